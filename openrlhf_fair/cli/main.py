@@ -1,10 +1,72 @@
-"""`openrlhf` / `openrlhf-fair`: OpenRLHF's CLI modules as subcommands, plus the add-on's flags.
+"""`openrlhf` / `openrlhf-fair`: one program whose subcommands are OpenRLHF's CLI modules plus the add-on's own.
 
-Placeholder while the CLI is written; see README.
+    openrlhf train_rm <OpenRLHF's train_rm flags> [--fairness_reg 0.1 ...]
+    openrlhf train_ppo_ray <OpenRLHF's flags> [--fair_coef 0.5 ...]
+    openrlhf-fair report --model PATH --data FILE --out DIR
+    openrlhf-fair demo
+
+With no add-on flag a host subcommand behaves exactly like ``python -m openrlhf.cli.<name>``.
 """
+
+from __future__ import annotations
+
+import argparse
+import importlib
 import sys
 
+# The add-on's own subcommands: module with `main(argv) -> int`, and one line of help.
+ADDON_COMMANDS = {
+    "report": ("openrlhf_fair.report", "evaluate saved reward models on labelled pairs: accuracy and fairness per group"),
+    "demo": ("openrlhf_fair.demo", "train BT / fairness-regularised / fairness-coefficient reward models on real data and compare"),
+}
 
-def main(argv=None):
-    print("openrlhf-fair CLI under construction", file=sys.stderr)
+
+def build_parser(host_commands: list[str]) -> argparse.ArgumentParser:
+    lines = [f"  {name:<16} OpenRLHF's openrlhf.cli.{name}" for name in host_commands]
+    lines += [f"  {name:<16} {text}" for name, (_, text) in ADDON_COMMANDS.items()]
+    parser = argparse.ArgumentParser(
+        prog="openrlhf",
+        description="OpenRLHF with reward fairness (openrlhf-fair). Subcommands:\n" + "\n".join(lines),
+        epilog="`openrlhf <subcommand> --help` shows the subcommand's flags, OpenRLHF's and the add-on's.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    backend = parser.add_mutually_exclusive_group()
+    backend.add_argument("--cpu", dest="cpu", action="store_true", default=None,
+                         help="run OpenRLHF on the CPU backend (default: only when CUDA is unavailable; "
+                              "env OPENRLHF_FAIR_CPU=1/0 does the same)")
+    backend.add_argument("--no-cpu", dest="cpu", action="store_false", help="never use the CPU backend")
+    parser.add_argument("--version", action="store_true", help="print the add-on's and OpenRLHF's versions")
+    parser.add_argument("command", nargs="?", metavar="subcommand")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from openrlhf_fair import __version__
+    from openrlhf_fair.cli.runner import host_commands, run_host_cli
+    from openrlhf_fair.host.version import describe_host
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = host_commands()
+    parser = build_parser(commands)
+    # Everything after the subcommand belongs to it: parse only the options before it.
+    split = next((i for i, arg in enumerate(argv) if not arg.startswith("-")), len(argv))
+    args = parser.parse_args(argv[: split + 1])
+    rest = argv[split + 1 :]
+    if args.version:
+        print(f"openrlhf-fair {__version__}; {describe_host()}")
+        return 0
+    if args.command is None:
+        parser.print_help()
+        return 0 if argv else 2
+    if args.command in ADDON_COMMANDS:
+        module = importlib.import_module(ADDON_COMMANDS[args.command][0])
+        return module.main(rest)
+    if args.command in commands:
+        return run_host_cli(args.command, rest, cpu=args.cpu)
+    known = ", ".join(commands + list(ADDON_COMMANDS)) or f"none ({describe_host()})"
+    parser.error(f"unknown subcommand {args.command!r}; choose from: {known}")
     return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""Run one of OpenRLHF's CLI modules exactly as `python -m openrlhf.cli.<command>` would, plus the add-on.
+
+Order (the CLI contract): split the add-on's flags off, activate the CPU backend when asked or when CUDA is
+missing, apply the fairness patches only when a fairness flag is on, then run the host module as ``__main__``
+with the remaining arguments. With no add-on flag nothing is patched (except the CPU backend on a machine
+without CUDA, which OpenRLHF cannot run without) and the host sees exactly the arguments the user gave.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import runpy
+import sys
+from pathlib import Path
+
+# One host module per patched host file; each exposes `apply_fairness(config) -> undo`.
+HOST_PATCH_MODULES = {
+    "train_rm": "openrlhf_fair.host.rm_trainer",
+    "train_dpo": "openrlhf_fair.host.dpo_trainer",
+    "train_ppo_ray": "openrlhf_fair.host.experience_maker",
+}
+HOST_CLI_PACKAGE = "openrlhf.cli"
+
+
+def host_commands() -> list[str]:
+    """OpenRLHF's CLI modules that can run as ``__main__`` (found on disk, none of them imported)."""
+    spec = importlib.util.find_spec(HOST_CLI_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    commands = []
+    for location in spec.submodule_search_locations:
+        for path in sorted(Path(location).glob("*.py")):
+            if path.stem != "__init__" and 'if __name__ == "__main__"' in path.read_text(encoding="utf-8"):
+                commands.append(path.stem)
+    return commands
+
+
+def wants_help(argv: list[str]) -> bool:
+    return any(arg in ("-h", "--help") for arg in argv)
+
+
+def run_host_cli(command: str, argv: list[str], cpu: bool | None = None) -> int:
+    """Run ``openrlhf.cli.<command>`` with ``argv`` and the add-on's flags applied; return its exit code."""
+    from openrlhf_fair.cli import flags
+
+    config, rest = flags.parse_fairness_args(command, argv)
+    if wants_help(argv):
+        text = flags.fairness_help(command)
+        if text:
+            print(text + "\n\nOpenRLHF's own flags follow.\n", flush=True)
+
+    from openrlhf_fair import cpu_backend
+
+    cpu_backend.maybe_activate(command, cpu)
+    if config is not None:
+        importlib.import_module(HOST_PATCH_MODULES[command]).apply_fairness(config)
+
+    module = f"{HOST_CLI_PACKAGE}.{command}"
+    saved_argv = sys.argv
+    sys.argv = [module.replace(".", os.sep) + ".py", *rest]
+    try:
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+    except SystemExit as stop:  # argparse --help / errors, and host code calling sys.exit
+        return stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+    finally:
+        sys.argv = saved_argv
+    return 0
