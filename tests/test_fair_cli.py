@@ -1,0 +1,53 @@
+"""The `openrlhf` / `openrlhf-fair` command: subcommand listing, errors, and host behaviour unchanged."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+
+
+def run(*cmd, **kwargs):
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, **kwargs)
+
+
+@pytest.mark.parametrize("program", ["openrlhf", "openrlhf-fair"])
+def test_help_lists_host_and_addon_subcommands(program):
+    result = run(str(BIN / program), "--help")
+    assert result.returncode == 0, result.stderr
+    for name in ("train_rm", "train_dpo", "train_sft", "train_ppo_ray", "report", "demo"):
+        assert f"  {name} " in result.stdout
+
+
+def test_unknown_subcommand_is_a_clear_error():
+    result = run(str(BIN / "openrlhf"), "train_rn")
+    assert result.returncode == 2
+    assert "unknown subcommand 'train_rn'" in result.stderr
+    assert "train_rm" in result.stderr
+
+
+def test_no_subcommand_prints_usage_and_fails():
+    result = run(str(BIN / "openrlhf"))
+    assert result.returncode == 2
+    assert "usage: openrlhf" in result.stdout
+
+
+def test_version_names_the_host():
+    result = run(str(BIN / "openrlhf"), "--version")
+    assert result.returncode == 0
+    assert "OpenRLHF 0.11.2" in result.stdout
+
+
+@pytest.mark.parametrize("args", [["--help"], [], ["--no_such_flag", "1"]])
+def test_host_subcommand_behaves_like_python_dash_m(args):
+    """Same stdout, stderr and exit code as `python -m openrlhf.cli.lora_combiner` (a CLI that imports on CPU)."""
+    ours = run(str(BIN / "openrlhf"), "--no-cpu", "lora_combiner", *args)
+    host = run(sys.executable, "-m", "openrlhf.cli.lora_combiner", *args)
+    assert (ours.returncode, ours.stdout) == (host.returncode, host.stdout)
+    assert ours.stderr.splitlines()[-1:] == host.stderr.splitlines()[-1:]
+    if args == ["--help"]:
+        assert ours.returncode == 0 and "--model.model_name_or_path" in ours.stdout
+    else:
+        assert ours.returncode == 2
