@@ -1,0 +1,210 @@
+"""Lan et al.'s fairness f_tau of a positive allocation, computed in log space.
+
+Ouyang et al. (ACL 2025, "Towards Reward Fairness in RLHF") treat the margin of each preference pair as a
+resource, x_i = sigmoid(m_i / T), and score the batch with Lan et al.'s (INFOCOM 2010) fairness
+
+    f_tau(x) = sign(1 - tau) * ( sum_i p_i^(1 - tau) )^(1 / tau),    p_i = x_i / sum_j x_j.
+
+Since (1/tau) * log sum_i p_i^(1-tau) is the Renyi entropy of order 1 - tau, |f_tau| = exp(H_{1-tau}(p)) is a
+Hill number; we evaluate its log with one logsumexp, so it stays finite where the direct power form (the
+authors' code, kept here as `direct_fairness`) overflows: tau = 2 or 5 with margins of scale 10-100.
+
+Conventions (shared by every function here):
+- Inputs may have any shape; they are flattened. Allocations must be finite and strictly positive.
+- Everything is computed in float64 internally (the vectors are one value per pair, so this is free) and
+  returned as float32, or float64 for float64 inputs. bfloat16/float16 inputs are upcast; the result stays
+  differentiable with respect to the original input.
+- ``normalize=True`` divides f by n, as the authors' code does; then tau = -1 gives Jain's index.
+- tau -> 0 is the Shannon limit exp(H(p)); tau = 1 is degenerate (sign 0) and raises `FairnessInputError`.
+- With a single item f is constant (normalized value sign(1 - tau)) and its gradient is exactly zero: use
+  `has_fairness_signal` to detect that (e.g. OpenRLHF's default micro-batch of one pair).
+- Bad inputs (NaN/Inf, empty, non-positive allocation, temperature <= 0, tau = 1) raise `FairnessInputError`.
+  Validation reads a few scalars back to the host (one device sync per call).
+
+This module imports torch only, never openrlhf.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+
+__all__ = [
+    "FairnessInputError",
+    "MIN_ITEMS_FOR_FAIRNESS",
+    "SHANNON_LIMIT_TAU",
+    "allocation_from_margins",
+    "direct_fairness",
+    "fairness",
+    "fairness_of_margins",
+    "fairness_sign",
+    "has_fairness_signal",
+    "log_fairness",
+    "log_fairness_of_margins",
+]
+
+MIN_ITEMS_FOR_FAIRNESS = 2
+"""Fairness of fewer items is a constant with zero gradient."""
+
+SHANNON_LIMIT_TAU = 1e-5
+"""For |tau| below this, log|f| uses the second-order expansion around the Shannon limit (tau -> 0)."""
+
+
+class FairnessInputError(ValueError):
+    """An input the fairness math cannot score: NaN/Inf, empty, non-positive allocation, tau = 1, T <= 0."""
+
+
+# ----------------------------------------------------------------------------------------------- validation
+def _as_float_tensor(x, what: str) -> torch.Tensor:
+    """Flatten `x` to a 1-D floating tensor, rejecting empty and non-finite input."""
+    if not isinstance(x, torch.Tensor):
+        x = torch.as_tensor(x)
+    if x.is_complex():
+        raise FairnessInputError(f"{what} must be real, got dtype {x.dtype}")
+    if not x.is_floating_point():
+        x = x.to(torch.float32)
+    x = x.reshape(-1)
+    if x.numel() == 0:
+        raise FairnessInputError(f"{what} is empty: fairness needs at least one item")
+    if not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise FairnessInputError(f"{what} contains {bad} NaN/Inf value(s) out of {x.numel()}")
+    return x
+
+
+def _output_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _check_tau(tau: float) -> float:
+    tau = float(tau)
+    if not math.isfinite(tau):
+        raise FairnessInputError(f"tau must be finite, got {tau}")
+    if tau == 1.0:
+        raise FairnessInputError("tau = 1 is degenerate: f_tau has sign(1 - tau) = 0; use tau < 1 (default -1) or tau > 1")
+    return tau
+
+
+def _check_temperature(temperature: float) -> float:
+    temperature = float(temperature)
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise FairnessInputError(f"temperature must be a finite number > 0, got {temperature}")
+    return temperature
+
+
+# ----------------------------------------------------------------------------------------------- public API
+def fairness_sign(tau: float) -> float:
+    """sign(1 - tau): +1 for tau < 1 (f in (0, n]), -1 for tau > 1 (f negative, unbounded below)."""
+    return 1.0 if _check_tau(tau) < 1.0 else -1.0
+
+
+def has_fairness_signal(x) -> bool:
+    """True when `x` has at least MIN_ITEMS_FOR_FAIRNESS items, i.e. fairness can have a nonzero gradient."""
+    numel = x.numel() if isinstance(x, torch.Tensor) else torch.as_tensor(x).numel()
+    return numel >= MIN_ITEMS_FOR_FAIRNESS
+
+
+def allocation_from_margins(margins, temperature: float = 1.0) -> torch.Tensor:
+    """The paper's resource per pair, x = sigmoid(margin / T) = P(chosen > rejected); flattened.
+
+    Computed in float32 (float64 stays float64). Note sigmoid underflows to 0 in float32 for margin/T below
+    about -88; `log_fairness_of_margins` avoids that by working with logsigmoid.
+    """
+    m = _as_float_tensor(margins, "margins")
+    temperature = _check_temperature(temperature)
+    return torch.sigmoid(m.to(_output_dtype(m)) / temperature)
+
+
+def _log_fairness_from_log_x(log_x: torch.Tensor, tau: float, normalize: bool) -> torch.Tensor:
+    """log|f_tau| from log-allocations (float64 tensor): (1/tau) * logsumexp((1 - tau) * log p)."""
+    n = log_x.numel()
+    log_p = log_x - torch.logsumexp(log_x, dim=0)
+    if abs(tau) < SHANNON_LIMIT_TAU:
+        # g(tau) = logsumexp((1-tau) log p) = tau*H + tau^2/2 * Var_p(log p) + O(tau^3), so g/tau is smooth in tau.
+        p = log_p.exp()
+        shannon = -(p * log_p).sum()
+        var_log_p = (p * (log_p + shannon) ** 2).sum()
+        log_f = shannon + 0.5 * tau * var_log_p
+    else:
+        log_f = torch.logsumexp((1.0 - tau) * log_p, dim=0) / tau
+    if normalize:
+        log_f = log_f - math.log(n)
+    return log_f
+
+
+def log_fairness(x, tau: float = -1.0, normalize: bool = True) -> torch.Tensor:
+    """log |f_tau(x)| (divided by n when `normalize`), the Renyi entropy H_{1-tau}(p) minus log n. Scalar.
+
+    `x` must be finite and strictly positive. Differentiable; finite wherever the log-allocations are.
+    With `normalize` and tau < 1 the value lies in [-log n, 0]; 0 means a perfectly equal allocation.
+    """
+    x = _as_float_tensor(x, "allocation x")
+    tau = _check_tau(tau)
+    if not bool((x > 0).all()):
+        bad = int((x <= 0).sum())
+        raise FairnessInputError(
+            f"allocation x must be strictly positive, {bad} of {x.numel()} value(s) are <= 0 "
+            "(use allocation_from_margins / log_fairness_of_margins for raw margins)"
+        )
+    out_dtype = _output_dtype(x)
+    return _log_fairness_from_log_x(x.to(torch.float64).log(), tau, normalize).to(out_dtype)
+
+
+def _signed_exp(log_f: torch.Tensor, tau: float) -> torch.Tensor:
+    """sign(1 - tau) * exp(log_f), computed in float64 and cast to log_f's dtype.
+
+    When |f| is beyond the output dtype's range (only possible for tau > 1, e.g. -1.9e11 is fine but margins
+    of scale 100 with tau = 5 are not) the result is -inf and a RuntimeWarning says so: use log_fairness, or
+    pass float64 input, to get a finite number.
+    """
+    value = fairness_sign(tau) * log_f.to(torch.float64).exp()
+    result = value.to(log_f.dtype)
+    if bool(torch.isinf(result)):
+        warnings.warn(
+            f"fairness (tau={tau}) has |f| = exp({float(log_f):.6g}), beyond {log_f.dtype}; returning {float(result)}. "
+            "Use log_fairness (finite) or float64 input.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return result
+
+
+def fairness(x, tau: float = -1.0, normalize: bool = True) -> torch.Tensor:
+    """f_tau(x) (divided by n when `normalize`): sign(1 - tau) * exp(log_fairness). Scalar, differentiable.
+
+    tau = -1 with `normalize` is Jain's index. For tau > 1 the value is negative and can exceed the float32
+    range; then a float32 result is -inf with a RuntimeWarning (float64 input gives the finite value).
+    """
+    return _signed_exp(log_fairness(x, tau, normalize), tau)
+
+
+def log_fairness_of_margins(margins, tau: float = -1.0, temperature: float = 1.0, normalize: bool = True) -> torch.Tensor:
+    """log |f_tau(sigmoid(margins / T))|, via logsigmoid so very negative margins cannot underflow to x = 0."""
+    m = _as_float_tensor(margins, "margins")
+    tau = _check_tau(tau)
+    temperature = _check_temperature(temperature)
+    log_x = torch.nn.functional.logsigmoid(m.to(torch.float64) / temperature)
+    return _log_fairness_from_log_x(log_x, tau, normalize).to(_output_dtype(m))
+
+
+def fairness_of_margins(margins, tau: float = -1.0, temperature: float = 1.0, normalize: bool = True) -> torch.Tensor:
+    """f_tau(sigmoid(margins / T)) (over n when `normalize`): the F of the paper's FR and FC losses."""
+    return _signed_exp(log_fairness_of_margins(margins, tau, temperature, normalize), tau)
+
+
+def direct_fairness(x, tau: float, normalize: bool = True) -> torch.Tensor:
+    """The authors' direct power form sign(1-tau) * (sum p^(1-tau))^(1/tau) [/ n], in x's own dtype.
+
+    Reference/test oracle only: it overflows to +-inf/NaN for tau > 1 with large margins and has no tau -> 0
+    limit (tau = 0 raises). Losses should use `fairness` / `log_fairness`.
+    """
+    x = x if isinstance(x, torch.Tensor) else torch.as_tensor(x)
+    x = x.reshape(-1)
+    tau = _check_tau(tau)
+    if tau == 0.0:
+        raise FairnessInputError("direct_fairness has no tau = 0 value (1/tau); use fairness(), which takes the Shannon limit")
+    p = x / x.sum()
+    value = fairness_sign(tau) * (p ** (1.0 - tau)).sum() ** (1.0 / tau)
+    return value / x.numel() if normalize else value

@@ -1,0 +1,191 @@
+"""Inequality measures and group-wise summaries for reports and logs (not for losses: no gradients needed).
+
+Conventions:
+- Inputs are tensors (or anything `torch.as_tensor` takes) of any float or integer dtype and any shape
+  (flattened); they are computed in float64 on their own device.
+- Scalar measures return python floats; `group_means` / `group_accuracy` return tensors (float64 means,
+  int64 counts) on the input's device.
+- NaN/Inf, empty input, and negative values where a measure needs non-negative (or positive) values raise
+  `FairnessInputError` with a message saying which.
+- Empty groups get mean NaN and count 0 (documented result, not an error); `worst_group` and
+  `best_minus_worst_gap` ignore them.
+
+This module imports torch only, never openrlhf.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from openrlhf_fair.fairness import FairnessInputError
+
+__all__ = [
+    "best_minus_worst_gap",
+    "coefficient_of_variation",
+    "generalized_entropy",
+    "gini_coefficient",
+    "group_accuracy",
+    "group_means",
+    "inequality_summary",
+    "jain_index",
+    "max_min_ratio",
+    "worst_group",
+]
+
+
+def _values(x, what: str = "values") -> torch.Tensor:
+    """Flattened float64 copy of `x`; rejects empty and NaN/Inf input."""
+    x = x if isinstance(x, torch.Tensor) else torch.as_tensor(x)
+    if x.is_complex():
+        raise FairnessInputError(f"{what} must be real, got dtype {x.dtype}")
+    x = x.detach().reshape(-1).to(torch.float64)
+    if x.numel() == 0:
+        raise FairnessInputError(f"{what} is empty")
+    if not bool(torch.isfinite(x).all()):
+        raise FairnessInputError(f"{what} contains {int((~torch.isfinite(x)).sum())} NaN/Inf value(s)")
+    return x
+
+
+def _non_negative(x, what: str) -> torch.Tensor:
+    """Values that must be >= 0 with a positive total (an allocation)."""
+    x = _values(x, what)
+    if bool((x < 0).any()):
+        raise FairnessInputError(f"{what} needs non-negative values, got {int((x < 0).sum())} negative (min {float(x.min()):.6g})")
+    if float(x.sum()) <= 0:
+        raise FairnessInputError(f"{what} needs a positive total, all values are 0")
+    return x
+
+
+def jain_index(x) -> float:
+    """Jain's index (sum x)^2 / (n * sum x^2) of a non-negative allocation: 1/n (one item has all) .. 1 (equal).
+
+    Equals `fairness(x, tau=-1)`.
+    """
+    x = _non_negative(x, "jain_index input")
+    return float(x.sum() ** 2 / (x.numel() * (x**2).sum()))
+
+
+def gini_coefficient(x) -> float:
+    """Gini coefficient of a non-negative allocation: 0 (equal) .. 1 - 1/n (one item has all).
+
+    mean_{i,j} |x_i - x_j| / (2 * mean x), evaluated via the sorted values in O(n log n).
+    """
+    x = _non_negative(x, "gini_coefficient input")
+    n = x.numel()
+    ranks = torch.arange(1, n + 1, dtype=torch.float64, device=x.device)
+    xs = torch.sort(x).values
+    return float(2.0 * (ranks * xs).sum() / (n * xs.sum()) - (n + 1.0) / n)
+
+
+def generalized_entropy(x, alpha: float = 1.0) -> float:
+    """Generalized entropy index GE(alpha) = mean((x/mu)^alpha - 1) / (alpha (alpha - 1)); 0 means equal.
+
+    alpha = 1 is the Theil T index mean((x/mu) log(x/mu)) (zeros allowed, 0 log 0 = 0); alpha = 0 is the
+    Theil L index / mean log deviation -mean(log(x/mu)) (needs x > 0, as does any alpha <= 0).
+    """
+    alpha = float(alpha)
+    if not math.isfinite(alpha):
+        raise FairnessInputError(f"alpha must be finite, got {alpha}")
+    x = _non_negative(x, "generalized_entropy input")
+    if alpha <= 0 and bool((x == 0).any()):
+        raise FairnessInputError(f"generalized_entropy with alpha = {alpha} needs strictly positive values (got zeros)")
+    r = x / x.mean()
+    if alpha == 1.0:
+        return float(torch.special.xlogy(r, r).mean())
+    if alpha == 0.0:
+        return float(-r.log().mean())
+    return float(((r**alpha) - 1.0).mean() / (alpha * (alpha - 1.0)))
+
+
+def coefficient_of_variation(x) -> float:
+    """Population standard deviation over the mean (ddof = 0) of non-negative values with a positive total."""
+    x = _non_negative(x, "coefficient_of_variation input")
+    return float(x.std(correction=0) / x.mean())
+
+
+def max_min_ratio(x) -> float:
+    """max(x) / min(x) of non-negative values: 1 means equal; `inf` when the minimum is 0 (documented)."""
+    x = _non_negative(x, "max_min_ratio input")
+    lo, hi = float(x.min()), float(x.max())
+    return math.inf if lo == 0 else hi / lo
+
+
+def inequality_summary(x) -> dict[str, float]:
+    """All scalar measures of a strictly positive allocation, keyed for logging (e.g. sigmoid of margins)."""
+    return {
+        "jain": jain_index(x),
+        "gini": gini_coefficient(x),
+        "theil_t": generalized_entropy(x, 1.0),
+        "theil_l": generalized_entropy(x, 0.0),
+        "cv": coefficient_of_variation(x),
+        "max_min_ratio": max_min_ratio(x),
+    }
+
+
+# ----------------------------------------------------------------------------------------------- groups
+def _group_ids(group_ids, n: int, device) -> torch.Tensor:
+    g = group_ids if isinstance(group_ids, torch.Tensor) else torch.as_tensor(group_ids)
+    g = g.reshape(-1)
+    if g.is_floating_point() or g.is_complex() or g.dtype == torch.bool:
+        raise FairnessInputError(f"group_ids must be an integer tensor, got dtype {g.dtype}")
+    if g.numel() != n:
+        raise FairnessInputError(f"group_ids has {g.numel()} entries but there are {n} values")
+    if bool((g < 0).any()):
+        raise FairnessInputError("group_ids must be >= 0")
+    return g.to(device=device, dtype=torch.int64)
+
+
+def group_means(values, group_ids, num_groups: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-group mean of `values` over integer `group_ids` in [0, num_groups).
+
+    Returns (means float64, counts int64), each of length num_groups (default max id + 1). A group with no
+    item has mean NaN and count 0.
+    """
+    v = _values(values, "group values")
+    g = _group_ids(group_ids, v.numel(), v.device)
+    top = int(g.max()) + 1
+    if num_groups is None:
+        num_groups = top
+    elif top > num_groups:
+        raise FairnessInputError(f"group id {top - 1} is out of range for num_groups = {num_groups}")
+    counts = torch.bincount(g, minlength=num_groups)
+    sums = torch.zeros(num_groups, dtype=torch.float64, device=v.device).index_add_(0, g, v)
+    means = torch.where(counts > 0, sums / counts.clamp(min=1), torch.full_like(sums, math.nan))
+    return means, counts
+
+
+def _non_empty(means: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    means = torch.as_tensor(means).reshape(-1)
+    counts = torch.as_tensor(counts, device=means.device).reshape(-1)
+    if means.numel() != counts.numel():
+        raise FairnessInputError(f"means ({means.numel()}) and counts ({counts.numel()}) differ in length")
+    keep = counts > 0
+    if not bool(keep.any()):
+        raise FairnessInputError("every group is empty")
+    return keep
+
+
+def worst_group(means, counts) -> tuple[int, float]:
+    """(group id, mean) of the non-empty group with the lowest mean (e.g. accuracy or mean reward)."""
+    keep = _non_empty(means, counts)
+    masked = torch.where(keep, torch.as_tensor(means).reshape(-1).to(torch.float64), math.inf)
+    idx = int(torch.argmin(masked))
+    return idx, float(masked[idx])
+
+
+def best_minus_worst_gap(means, counts) -> float:
+    """Highest minus lowest mean over non-empty groups (0 with a single non-empty group)."""
+    keep = _non_empty(means, counts)
+    kept = torch.as_tensor(means).reshape(-1).to(torch.float64)[keep]
+    return float(kept.max() - kept.min())
+
+
+def group_accuracy(chosen, rejected, group_ids, num_groups: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-group preference accuracy: share of pairs with chosen reward > rejected reward (ties count as wrong,
+    as in OpenRLHF's RM trainer). Returns (accuracies float64, counts int64) like `group_means`."""
+    c, r = _values(chosen, "chosen rewards"), _values(rejected, "rejected rewards")
+    if c.numel() != r.numel():
+        raise FairnessInputError(f"chosen ({c.numel()}) and rejected ({r.numel()}) rewards differ in length")
+    return group_means((c > r).to(torch.float64), group_ids, num_groups)
