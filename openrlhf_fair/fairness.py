@@ -48,8 +48,12 @@ __all__ = [
 MIN_ITEMS_FOR_FAIRNESS = 2
 """Fairness of fewer items is a constant with zero gradient."""
 
-SHANNON_LIMIT_TAU = 1e-5
+SHANNON_LIMIT_TAU = 1e-8
 """For |tau| below this, log|f| uses the second-order expansion around the Shannon limit (tau -> 0)."""
+
+_SMALL_TAU = 0.1
+"""Below this |tau|, logsumexp((1-tau) log p) ~ tau * H is computed as log1p(sum p * expm1(-tau log p)), which
+avoids the cancellation that would otherwise cost eps/|tau| of relative accuracy."""
 
 
 class FairnessInputError(ValueError):
@@ -127,6 +131,10 @@ def _log_fairness_from_log_x(log_x: torch.Tensor, tau: float, normalize: bool) -
         shannon = -(p * log_p).sum()
         var_log_p = (p * (log_p + shannon) ** 2).sum()
         log_f = shannon + 0.5 * tau * var_log_p
+    elif abs(tau) < _SMALL_TAU:
+        # g = log(sum p * p^-tau) = log1p(sum p * expm1(-tau log p)). The clamp only touches items whose
+        # p = exp(log p) < exp(-7000) is already 0 in float64, so it changes nothing but an inf * 0.
+        log_f = torch.log1p((log_p.exp() * torch.expm1((-tau * log_p).clamp(max=700.0))).sum()) / tau
     else:
         log_f = torch.logsumexp((1.0 - tau) * log_p, dim=0) / tau
     if normalize:
