@@ -1,0 +1,163 @@
+"""Prefer OpenRLHF's native extension hooks (from `patches/`) to runtime patching, when the host has them.
+
+`patches/openrlhf-<version>/extension-hooks.diff` adds ``openrlhf/utils/extension_hooks.py`` to OpenRLHF and calls
+it from three places: the reward-model and DPO trainers pass their loss through ``apply_loss_hooks`` (and add
+``get_loss_logs`` to their step logs), and ``compute_advantages_and_returns`` passes the experiences through
+``apply_experience_hooks`` after the advantages are normalised. On a host with those call sites the add-on
+registers hooks instead of replacing OpenRLHF attributes, for users who cannot run runtime patches.
+
+Feature detection, not version strings: a hook point counts as present when the hooks module exists AND the
+host function really calls it (its code object names the hook function), so a half-applied diff is not trusted.
+
+``OPENRLHF_FAIR_PATCH_MODE`` chooses:
+- ``auto`` (default): native hooks where present, runtime patches elsewhere;
+- ``native``: native hooks only; runtime patching is disabled and a missing hook point is an error;
+- ``runtime``: runtime patches only, even on a patched host.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Any, Callable
+
+from openrlhf_fair.host.patching import HostMismatchError, original_of
+
+PATCH_MODE_ENV = "OPENRLHF_FAIR_PATCH_MODE"
+PATCH_MODES = ("auto", "native", "runtime")
+HOOKS_MODULE = "openrlhf.utils.extension_hooks"
+DIFF_HINT = "apply patches/openrlhf-0.11.2/extension-hooks.diff to OpenRLHF (see patches/README.md)"
+
+# Hook point -> (host module, [(function qualname, hook function it must call), ...]).
+HOOK_POINTS = {
+    "rm_loss": (
+        "openrlhf.trainer.rm_trainer",
+        [("RewardModelTrainer.__init__", "apply_loss_hooks"), ("RewardModelTrainer.fit", "get_loss_logs")],
+    ),
+    "dpo_loss": (
+        "openrlhf.trainer.dpo_trainer",
+        [("DPOTrainer.__init__", "apply_loss_hooks"), ("DPOTrainer.fit", "get_loss_logs")],
+    ),
+    "experience": (
+        "openrlhf.trainer.ppo_utils.experience_maker",
+        [("RemoteExperienceMaker.compute_advantages_and_returns", "apply_experience_hooks")],
+    ),
+}
+
+_announced: set[str] = set()
+
+
+def patch_mode() -> str:
+    mode = os.environ.get(PATCH_MODE_ENV, "auto").strip().lower() or "auto"
+    if mode not in PATCH_MODES:
+        raise ValueError(f"{PATCH_MODE_ENV}={mode!r}: expected one of {', '.join(PATCH_MODES)}")
+    return mode
+
+
+def hooks_module() -> Any | None:
+    """OpenRLHF's extension-hooks module, or None on an unpatched host."""
+    try:
+        return importlib.import_module(HOOKS_MODULE)
+    except ModuleNotFoundError as error:
+        if error.name != HOOKS_MODULE:
+            raise
+        return None
+
+
+def missing_call_sites(point: str) -> list[str]:
+    """The host functions of ``point`` that do not call their hook (empty: the hook point is present)."""
+    module_name, call_sites = HOOK_POINTS[point]
+    if hooks_module() is None:
+        return [f"{HOOKS_MODULE} (module missing)"]
+    module = importlib.import_module(module_name)
+    missing = []
+    for qualname, hook_name in call_sites:
+        owner_name, function_name = qualname.split(".")
+        function = original_of(getattr(getattr(module, owner_name, None), function_name, None))
+        code = getattr(function, "__code__", None)
+        if code is None or hook_name not in code.co_names:
+            missing.append(f"{module_name}.{qualname} (does not call {hook_name})")
+    return missing
+
+
+def has_native_hook(point: str) -> bool:
+    return not missing_call_sites(point)
+
+
+def use_native_hook(point: str) -> bool:
+    """Whether the add-on should register a native hook for ``point`` (else patch at run time).
+
+    Says which it chose in one log line per hook point and process. Fails in ``native`` mode when the host
+    lacks the hook point, naming what is missing.
+    """
+    mode = patch_mode()
+    if mode == "runtime":
+        return False
+    missing = missing_call_sites(point)
+    if missing and mode == "native":
+        raise HostMismatchError(
+            f"openrlhf-fair: {PATCH_MODE_ENV}=native but the installed OpenRLHF lacks the native hook point "
+            f"{point!r}: {'; '.join(missing)}. {DIFF_HINT.capitalize()}, or unset {PATCH_MODE_ENV}."
+        )
+    if not missing:
+        _announce(point, f"openrlhf-fair: using OpenRLHF's native {point} hook ({HOOKS_MODULE}); no runtime patch")
+    return not missing
+
+
+def _announce(point: str, message: str) -> None:
+    if point in _announced:
+        return
+    _announced.add(point)
+    from openrlhf.utils.logging_utils import init_logger
+
+    init_logger("openrlhf_fair").info(message)
+
+
+def runtime_patching_allowed() -> bool:
+    return patch_mode() != "native"
+
+
+def require_runtime_patching(what: str) -> None:
+    """Fail clearly when ``what`` needs a runtime patch (it has no native hook point) in ``native`` mode."""
+    if not runtime_patching_allowed():
+        raise HostMismatchError(
+            f"openrlhf-fair: {what} has no native hook point and needs a runtime patch, but "
+            f"{PATCH_MODE_ENV}=native disables runtime patching; drop that option or set {PATCH_MODE_ENV}=auto."
+        )
+
+
+def register_loss_hook(
+    trainer_class: type, wrap_loss: Callable[[Any, Any], Any], hook_id: str
+) -> Callable[[], None]:
+    """Register ``wrap_loss(trainer, loss_fn) -> loss_fn`` for trainers of ``trainer_class``; return the undo.
+
+    The host's loss hooks run for every trainer, so the hook leaves other trainers' losses alone. Registering
+    the same ``hook_id`` again is harmless (one hook, a no-op undo), like `patching.patch_attribute`.
+    """
+
+    def hook(trainer: Any, loss_fn: Any) -> Any:
+        return wrap_loss(trainer, loss_fn) if isinstance(trainer, trainer_class) else loss_fn
+
+    return _register("register_loss_hook", hook, hook_id)
+
+
+def register_experience_hook(shape: Callable[[Any, list], list], hook_id: str) -> Callable[[], None]:
+    """Register ``shape(maker, experiences) -> experiences`` (runs after advantages are normalised); undo."""
+    return _register("register_experience_hook", shape, hook_id)
+
+
+_registered: dict[str, Callable[[], None]] = {}
+
+
+def _register(register_name: str, hook: Callable, hook_id: str) -> Callable[[], None]:
+    if hook_id in _registered:
+        return lambda: None
+    remove = getattr(hooks_module(), register_name)(hook)
+    _registered[hook_id] = remove
+
+    def undo() -> None:
+        if _registered.get(hook_id) is remove:
+            del _registered[hook_id]
+            remove()
+
+    return undo
