@@ -36,8 +36,8 @@ __all__ = [
 
 
 def _values(x, what: str = "values") -> torch.Tensor:
-    """Flattened float64 copy of `x`; rejects empty and NaN/Inf input."""
-    x = x if isinstance(x, torch.Tensor) else torch.as_tensor(x)
+    """Flattened float64 copy of `x` (python sequences are read as float64); rejects empty and NaN/Inf input."""
+    x = x if isinstance(x, torch.Tensor) else torch.as_tensor(x, dtype=torch.float64)
     if x.is_complex():
         raise FairnessInputError(f"{what} must be real, got dtype {x.dtype}")
     x = x.detach().reshape(-1).to(torch.float64)

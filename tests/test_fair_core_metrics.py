@@ -1,0 +1,279 @@
+"""Tests for openrlhf_fair.metrics: inequality measures and group-wise summaries for reports."""
+
+import itertools
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from openrlhf_fair.fairness import FairnessInputError, fairness
+from openrlhf_fair.metrics import (
+    best_minus_worst_gap,
+    coefficient_of_variation,
+    generalized_entropy,
+    gini_coefficient,
+    group_accuracy,
+    group_means,
+    inequality_summary,
+    jain_index,
+    max_min_ratio,
+    worst_group,
+)
+
+FAST = settings(max_examples=60, deadline=None)
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")),
+]
+non_negative_lists = st.lists(st.one_of(st.just(0.0), st.floats(1e-3, 100.0)), min_size=1, max_size=40).filter(
+    lambda v: sum(v) > 0
+)
+positive_lists = st.lists(st.floats(0.01, 100.0), min_size=1, max_size=40)
+# measures of inequality: higher means less fair (Jain is the odd one out: higher means fairer)
+INEQUALITY = {
+    "gini": gini_coefficient,
+    "theil_t": lambda x: generalized_entropy(x, 1.0),
+    "theil_l": lambda x: generalized_entropy(x, 0.0),
+    "ge2": lambda x: generalized_entropy(x, 2.0),
+    "ge_half": lambda x: generalized_entropy(x, 0.5),
+    "cv": coefficient_of_variation,
+    "max_min": max_min_ratio,
+}
+
+
+# ------------------------------------------------------------------------------------------ known values
+def test_known_values():
+    equal = [2.0, 2.0, 2.0, 2.0]
+    one_has_all = [0.0, 0.0, 0.0, 5.0]
+    assert jain_index(equal) == pytest.approx(1.0)
+    assert jain_index(one_has_all) == pytest.approx(0.25)
+    assert gini_coefficient(equal) == pytest.approx(0.0, abs=1e-15)
+    assert gini_coefficient(one_has_all) == pytest.approx(0.75)  # 1 - 1/n
+    assert generalized_entropy(equal, 1.0) == pytest.approx(0.0, abs=1e-15)
+    assert generalized_entropy(one_has_all, 1.0) == pytest.approx(math.log(4))  # Theil T max is log n
+    assert coefficient_of_variation(equal) == pytest.approx(0.0, abs=1e-15)
+    assert coefficient_of_variation([1.0, 3.0]) == pytest.approx(0.5)
+    assert max_min_ratio([1.0, 4.0, 2.0]) == pytest.approx(4.0)
+    assert max_min_ratio([0.0, 1.0]) == math.inf
+    assert jain_index([3.0]) == 1.0 and gini_coefficient([3.0]) == 0.0
+
+
+def gini_reference(values):
+    n, mean = len(values), sum(values) / len(values)
+    return sum(abs(a - b) for a, b in itertools.product(values, values)) / (2 * n * n * mean)
+
+
+@given(non_negative_lists)
+@FAST
+def test_gini_matches_pairwise_definition(values):
+    assert gini_coefficient(torch.tensor(values, dtype=torch.float64)) == pytest.approx(gini_reference(values), rel=1e-9, abs=1e-12)
+
+
+@given(positive_lists)
+@FAST
+def test_generalized_entropy_references(values):
+    n, mu = len(values), sum(values) / len(values)
+    theil_t = sum(v / mu * math.log(v / mu) for v in values) / n
+    theil_l = -sum(math.log(v / mu) for v in values) / n
+    ge2 = sum((v / mu) ** 2 - 1 for v in values) / (2 * n)
+    x = torch.tensor(values, dtype=torch.float64)
+    assert generalized_entropy(x, 1.0) == pytest.approx(theil_t, rel=1e-9, abs=1e-12)
+    assert generalized_entropy(x, 0.0) == pytest.approx(theil_l, rel=1e-9, abs=1e-12)
+    assert generalized_entropy(x, 2.0) == pytest.approx(ge2, rel=1e-9, abs=1e-12)
+    assert generalized_entropy(x, 2.0) == pytest.approx(coefficient_of_variation(x) ** 2 / 2, rel=1e-9, abs=1e-12)
+    # alpha -> 1 and alpha -> 0 are continuous limits
+    assert generalized_entropy(x, 1.0 + 1e-7) == pytest.approx(theil_t, rel=1e-4, abs=1e-8)
+    assert generalized_entropy(x, 1e-7) == pytest.approx(theil_l, rel=1e-4, abs=1e-8)
+
+
+@given(positive_lists)
+@FAST
+def test_jain_equals_fairness_tau_minus_one(values):
+    x = torch.tensor(values, dtype=torch.float64)
+    assert jain_index(x) == pytest.approx(fairness(x, -1.0).item(), rel=1e-12)
+
+
+# ------------------------------------------------------------------------------------------ properties
+@given(non_negative_lists)
+@FAST
+def test_bounds(values):
+    n = len(values)
+    assert 1.0 / n - 1e-12 <= jain_index(values) <= 1.0 + 1e-12
+    assert -1e-12 <= gini_coefficient(values) <= 1.0 - 1.0 / n + 1e-12
+    assert -1e-12 <= generalized_entropy(values, 1.0) <= math.log(n) + 1e-12
+    assert coefficient_of_variation(values) >= 0
+    assert max_min_ratio(values) >= 1.0
+
+
+@given(positive_lists, st.randoms(use_true_random=False), st.floats(1e-3, 1e3))
+@FAST
+def test_permutation_and_scale_invariance(values, rnd, scale):
+    shuffled = list(values)
+    rnd.shuffle(shuffled)
+    x, y = torch.tensor(values, dtype=torch.float64), torch.tensor(shuffled, dtype=torch.float64)
+    for name, measure in list(INEQUALITY.items()) + [("jain", jain_index)]:
+        ref = measure(x)
+        assert measure(y) == pytest.approx(ref, rel=1e-9, abs=1e-12), name
+        assert measure(x * scale) == pytest.approx(ref, rel=1e-9, abs=1e-12), name
+
+
+@given(positive_lists, st.data())
+@FAST
+def test_transfer_from_richer_to_poorer_never_raises_inequality(values, data):
+    x = torch.tensor(values, dtype=torch.float64)
+    i = data.draw(st.integers(0, len(values) - 1))
+    j = data.draw(st.integers(0, len(values) - 1))
+    rich, poor = (i, j) if x[i] >= x[j] else (j, i)
+    delta = data.draw(st.floats(0.0, 0.5)) * (x[rich] - x[poor])
+    y = x.clone()
+    y[rich] -= delta
+    y[poor] += delta
+    for name, measure in INEQUALITY.items():
+        assert measure(y) <= measure(x) + 1e-9 * (1 + abs(measure(x))), name
+    assert jain_index(y) >= jain_index(x) - 1e-12
+
+
+def test_transfer_strictly_changes_each_measure():
+    """Guards the property test above against measures that are constant."""
+    x, y = torch.tensor([1.0, 2.0, 6.0]), torch.tensor([1.5, 2.0, 5.5])
+    for name, measure in INEQUALITY.items():
+        assert measure(y) < measure(x), name
+    assert jain_index(y) > jain_index(x)
+
+
+def test_inequality_summary():
+    x = torch.sigmoid(torch.tensor([-1.0, 0.0, 2.0, 3.0]))
+    summary = inequality_summary(x)
+    assert set(summary) == {"jain", "gini", "theil_t", "theil_l", "cv", "max_min_ratio"}
+    assert summary["jain"] == jain_index(x) and summary["theil_l"] == generalized_entropy(x, 0.0)
+    assert all(isinstance(v, float) for v in summary.values())
+
+
+# ------------------------------------------------------------------------------------------ dtypes / devices
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.int64])
+def test_dtypes_and_devices(device, dtype):
+    values = [1.0, 2.0, 3.0, 8.0]
+    x = torch.tensor(values).to(dtype=dtype, device=device)
+    for name, measure in list(INEQUALITY.items()) + [("jain", jain_index)]:
+        got = measure(x)
+        assert isinstance(got, float)
+        assert got == pytest.approx(measure(torch.tensor(values, dtype=torch.float64)), rel=1e-12), name
+    means, counts = group_means(x, torch.tensor([0, 1, 1, 3], device=device))
+    assert means.device.type == device and means.dtype == torch.float64 and counts.dtype == torch.int64
+
+
+# ------------------------------------------------------------------------------------------ groups
+def test_group_means_with_empty_groups():
+    values = torch.tensor([1.0, 2.0, 4.0, 10.0, 20.0])
+    ids = torch.tensor([0, 0, 0, 3, 3])
+    means, counts = group_means(values, ids, num_groups=5)
+    assert counts.tolist() == [3, 0, 0, 2, 0]
+    assert means[0].item() == pytest.approx(7.0 / 3) and means[3].item() == pytest.approx(15.0)
+    assert torch.isnan(means[[1, 2, 4]]).all()
+    # default num_groups = max id + 1
+    means, counts = group_means(values, ids)
+    assert means.numel() == 4 and counts.tolist() == [3, 0, 0, 2]
+    assert worst_group(means, counts) == (0, pytest.approx(7.0 / 3))
+    assert best_minus_worst_gap(means, counts) == pytest.approx(15.0 - 7.0 / 3)
+
+
+def test_group_means_of_2d_input_and_one_group():
+    means, counts = group_means(torch.ones(2, 3), torch.zeros(2, 3, dtype=torch.int32))
+    assert means.tolist() == [1.0] and counts.tolist() == [6]
+    assert best_minus_worst_gap(means, counts) == 0.0 and worst_group(means, counts) == (0, 1.0)
+
+
+def test_worst_group_and_gap_accept_plain_sequences():
+    means, counts = [0.9, float("nan"), 0.6, 0.8], [10, 0, 5, 7]
+    assert worst_group(means, counts) == (2, pytest.approx(0.6))
+    assert best_minus_worst_gap(means, counts) == pytest.approx(0.3)
+
+
+def test_group_accuracy():
+    chosen = torch.tensor([1.0, 0.5, 2.0, 0.0, 3.0, 1.0])
+    rejected = torch.tensor([0.0, 0.5, 1.0, 1.0, 2.0, 0.0])  # pair 1 is a tie: counts as wrong
+    ids = torch.tensor([0, 0, 1, 1, 2, 2])
+    acc, counts = group_accuracy(chosen, rejected, ids, num_groups=4)
+    assert acc[:3].tolist() == [0.5, 0.5, 1.0] and math.isnan(acc[3].item())
+    assert counts.tolist() == [2, 2, 2, 0]
+    assert worst_group(acc, counts)[1] == 0.5
+    assert best_minus_worst_gap(acc, counts) == pytest.approx(0.5)
+
+
+# ------------------------------------------------------------------------------------------ bad inputs
+ALL_MEASURES = list(INEQUALITY.values()) + [jain_index, inequality_summary]
+
+
+@pytest.mark.parametrize("measure", ALL_MEASURES)
+def test_nan_is_rejected(measure):
+    with pytest.raises(FairnessInputError, match="NaN/Inf"):
+        measure(torch.tensor([1.0, float("nan")]))
+
+
+@pytest.mark.parametrize("measure", ALL_MEASURES)
+def test_inf_is_rejected(measure):
+    with pytest.raises(FairnessInputError, match="NaN/Inf"):
+        measure(torch.tensor([1.0, float("inf")]))
+
+
+@pytest.mark.parametrize("measure", ALL_MEASURES)
+def test_empty_is_rejected(measure):
+    with pytest.raises(FairnessInputError, match="empty"):
+        measure(torch.tensor([]))
+
+
+@pytest.mark.parametrize("measure", ALL_MEASURES)
+def test_negative_is_rejected(measure):
+    with pytest.raises(FairnessInputError, match="non-negative"):
+        measure(torch.tensor([1.0, -0.5, 2.0]))
+
+
+@pytest.mark.parametrize("measure", ALL_MEASURES)
+def test_all_zero_is_rejected(measure):
+    with pytest.raises(FairnessInputError, match="positive total"):
+        measure(torch.zeros(3))
+
+
+@pytest.mark.parametrize("alpha", [0.0, -1.0])
+def test_generalized_entropy_needs_positive_values_for_alpha_at_most_zero(alpha):
+    assert generalized_entropy([0.0, 1.0], 1.0) == pytest.approx(math.log(2))  # zeros fine for Theil T
+    with pytest.raises(FairnessInputError, match="strictly positive"):
+        generalized_entropy([0.0, 1.0], alpha)
+
+
+def test_generalized_entropy_rejects_non_finite_alpha():
+    with pytest.raises(FairnessInputError, match="alpha"):
+        generalized_entropy([1.0, 2.0], float("nan"))
+
+
+def test_group_means_rejects_bad_ids():
+    values = torch.tensor([1.0, 2.0, 3.0])
+    with pytest.raises(FairnessInputError, match="integer"):
+        group_means(values, torch.tensor([0.0, 1.0, 1.0]))
+    with pytest.raises(FairnessInputError, match="entries"):
+        group_means(values, torch.tensor([0, 1]))
+    with pytest.raises(FairnessInputError, match=">= 0"):
+        group_means(values, torch.tensor([0, -1, 1]))
+    with pytest.raises(FairnessInputError, match="out of range"):
+        group_means(values, torch.tensor([0, 1, 5]), num_groups=3)
+    with pytest.raises(FairnessInputError, match="NaN/Inf"):
+        group_means(torch.tensor([1.0, float("nan"), 3.0]), torch.tensor([0, 1, 1]))
+    with pytest.raises(FairnessInputError, match="empty"):
+        group_means(torch.tensor([]), torch.tensor([], dtype=torch.int64))
+
+
+def test_gap_functions_reject_all_empty_or_mismatched_groups():
+    with pytest.raises(FairnessInputError, match="every group is empty"):
+        worst_group(torch.tensor([math.nan, math.nan]), torch.tensor([0, 0]))
+    with pytest.raises(FairnessInputError, match="every group is empty"):
+        best_minus_worst_gap(torch.tensor([math.nan]), torch.tensor([0]))
+    with pytest.raises(FairnessInputError, match="differ in length"):
+        best_minus_worst_gap(torch.tensor([1.0, 2.0]), torch.tensor([1]))
+
+
+def test_group_accuracy_rejects_mismatched_lengths():
+    with pytest.raises(FairnessInputError, match="differ in length"):
+        group_accuracy(torch.ones(3), torch.zeros(2), torch.zeros(3, dtype=torch.int64))
