@@ -1,0 +1,96 @@
+"""The CPU backend: unmodified OpenRLHF trainers on a machine without CUDA (demos, tests, debugging).
+
+    openrlhf --cpu train_rm ...            # or OPENRLHF_FAIR_CPU=1; on by default only without CUDA
+    torchrun --nproc_per_node 2 -m openrlhf_fair.cli.train_rm ...   # ranks talk over gloo on loopback
+
+`maybe_activate(command, requested)` decides, `activate(command)` applies, in this order:
+the flash_attn import stand-in (only when flash_attn is not installed), CPU-aware ``torch.cuda`` calls,
+the DeepSpeed strategy patches (CPU device mesh, no C++ JIT ops), the argument checks (unsupported flags
+fail before training, flash attention becomes sdpa), the process environment (loopback, ports, and
+``OPENRLHF_FAIR_CPU=1`` so child ranks activate too), then for ``train_ppo_ray`` the Ray/vLLM support.
+Nothing happens at import time.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+from typing import Callable
+
+ENV_VAR = "OPENRLHF_FAIR_CPU"
+PPO_SUPPORT = "openrlhf_fair.cpu_backend.ray_support"
+
+_undo: Callable[[], None] | None = None
+
+
+def _env_request(env=os.environ) -> bool | None:
+    value = env.get(ENV_VAR, "").strip()
+    if value == "":
+        return None
+    if value in ("1", "0"):
+        return value == "1"
+    raise SystemExit(f"openrlhf-fair: {ENV_VAR} must be 1 or 0, got {value!r}")
+
+
+def wanted(requested: bool | None = None) -> bool:
+    """True/False from the caller wins; else ``OPENRLHF_FAIR_CPU``=1/0; else on only when CUDA is unavailable."""
+    if requested is not None:
+        return requested
+    from_env = _env_request()
+    if from_env is not None:
+        return from_env
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+def is_active() -> bool:
+    return _undo is not None
+
+
+def maybe_activate(command: str, requested: bool | None = None) -> bool:
+    """Activate the CPU backend for ``command`` when `wanted`; return whether it is active."""
+    if not wanted(requested):
+        os.environ[ENV_VAR] = "0"  # children of an explicit --no-cpu run stay off too
+        return False
+    activate(command)
+    return True
+
+
+def activate(command: str) -> Callable[[], None]:
+    """Apply every CPU patch for ``command`` (idempotent); return the function that undoes them."""
+    global _undo
+    if _undo is not None:
+        return _undo
+    from . import cli_args, launch, stand_ins, strategy, torch_cuda
+
+    os.environ[ENV_VAR] = "1"
+    launch.prepare_environment(command)
+    flash_stand_in = stand_ins.install("flash_attn")
+    undos = [torch_cuda.apply(), strategy.apply(), cli_args.apply()]
+    if command == "train_ppo_ray" and importlib.util.find_spec(PPO_SUPPORT) is not None:
+        ray_undo = importlib.import_module(PPO_SUPPORT).apply()
+        if callable(ray_undo):
+            undos.append(ray_undo)
+    if flash_stand_in:
+        undos.append(lambda: stand_ins.uninstall("flash_attn"))
+
+    def undo() -> None:
+        global _undo
+        for undo_one in reversed(undos):
+            undo_one()
+        _undo = None
+
+    _undo = undo
+    if cli_args.is_rank_zero():
+        flash = "import-only flash_attn stand-in" if flash_stand_in else "real flash_attn"
+        print(
+            f"[openrlhf-fair] CPU backend active for {command}: torch.cuda calls on CPU, DeepSpeed over gloo "
+            f"without C++ JIT ops (torch AdamW), sdpa attention, {flash}, rendezvous on "
+            f"{os.environ['MASTER_ADDR']}.",
+            file=sys.stderr,
+            flush=True,
+        )
+    return undo

@@ -1,0 +1,101 @@
+"""Check and adjust a host CLI's parsed arguments for the CPU backend (patches openrlhf/utils/config.py).
+
+Every OpenRLHF trainer CLI runs ``args = hierarchize(parser.parse_args())`` before it builds anything, so
+wrapping `hierarchize` sees the real parser's result: flags the CPU cannot serve fail there with a
+message, before any model is loaded, and a requested flash attention becomes torch's sdpa.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable
+
+from openrlhf_fair.host.patching import patch_attribute
+
+PATCH_ID = "openrlhf_fair.cpu_backend.cli_args"
+CPU_ATTENTION = "sdpa"
+
+
+class CpuBackendExit(SystemExit):
+    """A clear CPU-backend error: prints its message to stderr when raised and exits with status 2.
+
+    The message is printed at once because callers that run the host CLI (``runpy``) may turn a
+    ``SystemExit`` into an exit code without printing it.
+    """
+
+    def __init__(self, message: str):
+        super().__init__(2)
+        self.message = message
+        print(message, file=sys.stderr, flush=True)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UnsupportedOnCpu(CpuBackendExit):
+    """A flag the CPU backend cannot serve; raised before any model is loaded."""
+
+
+def _get(args, dotted: str, default=None):
+    node = args
+    for part in dotted.split("."):
+        node = getattr(node, part, None)
+        if node is None:
+            return default
+    return node
+
+
+# (dotted flag, predicate on its value, why the CPU cannot serve it)
+UNSUPPORTED = [
+    ("ds.packing_samples", bool, "packed samples need flash-attn's variable-length CUDA kernels"),
+    ("ds.ring_attn_size", lambda v: v > 1, "ring attention needs flash-attn (CUDA)"),
+    ("ds.load_in_4bit", bool, "4-bit loading needs bitsandbytes' CUDA kernels"),
+    ("ds.tensor_parallel_size", lambda v: v > 1, "DeepSpeed tensor parallelism is not supported on the CPU backend"),
+    ("ds.param_dtype", lambda v: v == "fp16", "DeepSpeed's CPU accelerator has no fp16 training; use bf16"),
+]
+
+
+def is_rank_zero() -> bool:
+    return os.environ.get("RANK", "0") in ("", "0")
+
+
+def check_args(args) -> None:
+    """Raise `UnsupportedOnCpu` naming every flag the CPU backend cannot serve."""
+    problems = [
+        f"--{flag} {_get(args, flag)!s}: {why}"
+        for flag, bad, why in UNSUPPORTED
+        if _get(args, flag) is not None and bad(_get(args, flag))
+    ]
+    if problems:
+        raise UnsupportedOnCpu(
+            "openrlhf-fair CPU backend: cannot run with\n  " + "\n  ".join(problems)
+            + "\nDrop these flags, or run on a CUDA machine (`openrlhf --no-cpu ...`)."
+        )
+
+
+def adjust_attention(args) -> None:
+    """flash_attention_2/3 (OpenRLHF's default) has no CPU kernel: use torch's sdpa and say so once."""
+    ds = getattr(args, "ds", None)
+    requested = getattr(ds, "attn_implementation", None)
+    if requested is None or requested in ("sdpa", "eager"):
+        return
+    ds.attn_implementation = CPU_ATTENTION
+    if is_rank_zero():
+        print(f"[openrlhf-fair] CPU backend: --ds.attn_implementation {requested} -> {CPU_ATTENTION}", file=sys.stderr)
+
+
+def _checked_hierarchize(original):
+    def hierarchize(args):
+        nested = original(args)
+        check_args(nested)
+        adjust_attention(nested)
+        return nested
+
+    return hierarchize
+
+
+def apply() -> Callable[[], None]:
+    from openrlhf.utils import config
+
+    return patch_attribute(config, "hierarchize", _checked_hierarchize, PATCH_ID)

@@ -1,0 +1,267 @@
+"""Ray and vLLM support of the CPU backend for ``train_ppo_ray`` (driver side and every Ray worker).
+
+OpenRLHF's PPO driver starts Ray itself (``ray.init(runtime_env=...)`` in ``openrlhf/cli/train_ppo_ray.py``)
+and puts every model in a Ray actor that asks for ``num_gpus=1`` (or 0.2 when colocated). On CPU:
+
+- `apply()` (driver) wraps ``ray.init`` so that a local Ray starts on loopback (``127.0.0.1``; Ray would
+  otherwise advertise the machine's address unless ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``) with logical
+  GPUs and CPUs for OpenRLHF's actors to schedule on, no dashboard, and a ``worker_process_setup_hook``
+  that makes the CPU backend active in every Ray worker; it serves ``import vllm`` from the stand-in
+  (only when vllm is not installed) and rejects PPO flags the CPU cannot serve before anything starts.
+- `worker_process_setup()` (each Ray worker, at start) is lazy: it only installs an import hook. The CPU
+  patches (``openrlhf_fair.cpu_backend.activate``) run when the worker first imports ``openrlhf``, i.e. when
+  it unpickles one of OpenRLHF's actor classes; Ray's own processes and idle workers never import torch
+  (an eager torch import in every worker made Ray's agents time out on 2 cores).
+
+Environment knobs: ``OPENRLHF_FAIR_RAY_NUM_GPUS`` / ``OPENRLHF_FAIR_RAY_NUM_CPUS`` (logical resources,
+default 16 / 16).
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import os
+import sys
+from typing import Any, Callable, Dict
+
+from openrlhf_fair.host.patching import patch_attribute
+
+PATCH_ID = "openrlhf_fair.cpu_backend.ray_support"
+WORKER_HOOK = "openrlhf_fair.cpu_backend.ray_support.worker_process_setup"
+WORKER_ENV = "OPENRLHF_FAIR_RAY_WORKER"  # set in Ray workers' environment by the driver
+LOOPBACK = "127.0.0.1"
+RAY_CLUSTER_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+DEFAULT_LOGICAL_GPUS = 16
+DEFAULT_LOGICAL_CPUS = 16
+
+
+class UnsupportedPpoOnCpu(SystemExit):
+    """A PPO flag the CPU backend cannot serve; exits with the message before Ray starts."""
+
+
+class RayStartError(RuntimeError):
+    """Ray could not start on loopback; the message says what to check."""
+
+
+# --------------------------------------------------------------------------------------------------
+# PPO flags the CPU rollout engine cannot serve (checked on the parsed, hierarchized args).
+# --------------------------------------------------------------------------------------------------
+
+
+def _get(args, dotted: str, default=None):
+    node = args
+    for part in dotted.split("."):
+        node = getattr(node, part, None)
+        if node is None:
+            return default
+    return node
+
+
+def check_ppo_args(args) -> None:
+    """Raise `UnsupportedPpoOnCpu` naming every PPO flag the CPU backend cannot serve."""
+    problems = []
+    if not _get(args, "vllm.num_engines"):
+        problems.append("--vllm.num_engines missing or 0: OpenRLHF 0.11 has no rollout path without vLLM engines; "
+                        "pass --vllm.num_engines 1 (the CPU rollout engine stands in for vLLM)")
+    if (_get(args, "vllm.tensor_parallel_size") or 1) > 1:
+        problems.append(f"--vllm.tensor_parallel_size {_get(args, 'vllm.tensor_parallel_size')}: the CPU rollout "
+                        f"engine runs one process per engine; use 1")
+    if _get(args, "vllm.sync_with_ray"):
+        problems.append("--vllm.sync_with_ray: Ray collective weight sync is not supported; drop the flag "
+                        "(weights go over gloo)")
+    if _get(args, "vllm.sync_backend", "gloo") not in ("nccl", "gloo"):
+        problems.append(f"--vllm.sync_backend {_get(args, 'vllm.sync_backend')}: weights go over gloo on CPU")
+    if (_get(args, "data.max_images_per_prompt") or 0) > 0:
+        problems.append("--data.max_images_per_prompt: multimodal rollouts are not supported on CPU")
+    if problems:
+        raise UnsupportedPpoOnCpu(
+            "openrlhf-fair CPU backend: cannot run train_ppo_ray with\n  " + "\n  ".join(problems)
+            + "\nDrop these flags, or run on a CUDA machine with vLLM (`openrlhf --no-cpu ...`)."
+        )
+
+
+def _checked_hierarchize(original):
+    def hierarchize(args):
+        nested = original(args)
+        if hasattr(nested, "vllm"):  # only train_ppo_ray's parser has the vllm group
+            check_ppo_args(nested)
+            if _get(nested, "vllm.sync_backend") == "nccl":
+                # NCCL (and, with --train.colocate_all, CUDA IPC) needs GPUs: the weight broadcast goes over gloo.
+                nested.vllm.sync_backend = "gloo"
+                print("[openrlhf-fair] CPU backend: --vllm.sync_backend nccl -> gloo", file=sys.stderr)
+        return nested
+
+    return hierarchize
+
+
+# --------------------------------------------------------------------------------------------------
+# Driver: ray.init on loopback with logical GPUs and the worker hook.
+# --------------------------------------------------------------------------------------------------
+
+
+def _logical(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    if not value.isdigit() or int(value) < 1:
+        raise SystemExit(f"openrlhf-fair: {name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def worker_env() -> Dict[str, str]:
+    """Variables every Ray worker of the job gets (with the setup hook)."""
+    env = {WORKER_ENV: "1", "OPENRLHF_FAIR_CPU": "1", RAY_CLUSTER_ENV: "0"}
+    for key in ("MASTER_ADDR", "GLOO_SOCKET_IFNAME", "DS_ACCELERATOR", "TORCHDYNAMO_DISABLE",
+                "OPENRLHF_FAIR_ROLLOUT_LOG"):
+        if os.environ.get(key):
+            env[key] = os.environ[key]
+    return env
+
+
+def ray_init_kwargs(kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    """OpenRLHF's ``ray.init`` keyword arguments, completed for the CPU backend."""
+    kwargs = dict(kwargs)
+    runtime_env = dict(kwargs.get("runtime_env") or {})
+    env_vars = dict(runtime_env.get("env_vars") or {})
+    env_vars.update(worker_env())
+    runtime_env["env_vars"] = env_vars
+    hook = runtime_env.get("worker_process_setup_hook")
+    if hook not in (None, WORKER_HOOK):
+        raise RayStartError(
+            f"openrlhf-fair CPU backend: ray.init already has worker_process_setup_hook={hook!r}; the CPU backend "
+            f"needs its own ({WORKER_HOOK}) to make Ray workers CPU-aware"
+        )
+    runtime_env["worker_process_setup_hook"] = WORKER_HOOK
+    kwargs["runtime_env"] = runtime_env
+    connecting = kwargs.get("address") or os.environ.get("RAY_ADDRESS")
+    if not connecting:  # a local Ray started by this process: declare what OpenRLHF's actors ask for
+        kwargs.setdefault("num_gpus", _logical("OPENRLHF_FAIR_RAY_NUM_GPUS", DEFAULT_LOGICAL_GPUS))
+        kwargs.setdefault("num_cpus", _logical("OPENRLHF_FAIR_RAY_NUM_CPUS", DEFAULT_LOGICAL_CPUS))
+        kwargs.setdefault("_node_ip_address", LOOPBACK)
+        kwargs.setdefault("include_dashboard", False)
+    return kwargs
+
+
+def _cpu_ray_init(original):
+    def init(*args, **kwargs):
+        full = ray_init_kwargs(kwargs)
+        if not (full.get("address") or os.environ.get("RAY_ADDRESS")):
+            print(f"[openrlhf-fair] CPU backend: starting Ray on {LOOPBACK} with {full['num_gpus']} logical GPUs "
+                  f"and {full['num_cpus']} logical CPUs", file=sys.stderr, flush=True)
+        else:
+            print("[openrlhf-fair] CPU backend: joining an existing Ray cluster; it must have been started with "
+                  "logical GPUs (`ray start --head --num-gpus 16 --node-ip-address 127.0.0.1`)",
+                  file=sys.stderr, flush=True)
+        try:
+            return original(*args, **full)
+        except (ConnectionError, RuntimeError, TimeoutError) as error:
+            raise RayStartError(
+                f"openrlhf-fair CPU backend: Ray failed to start on {LOOPBACK} ({error}). Check that no stale Ray "
+                f"is running (`ray stop`), that /tmp has space, and that RAY_ADDRESS is unset for a local run."
+            ) from error
+
+    return init
+
+
+def _loopback_ray(env=os.environ) -> None:
+    """Keep Ray on 127.0.0.1 (its node address, GCS, and what OpenRLHF passes as master address)."""
+    env[RAY_CLUSTER_ENV] = "0"
+    constants = sys.modules.get("ray._private.ray_constants")
+    if constants is not None:  # ray already imported: the constant was read at import
+        constants.ENABLE_RAY_CLUSTER = False
+
+
+def _install_vllm_stand_in() -> bool:
+    from openrlhf_fair.cpu_backend import stand_ins
+
+    return stand_ins.install("vllm")
+
+
+def apply() -> Callable[[], None]:
+    """Driver side for ``train_ppo_ray`` (or, inside a Ray worker, the worker side); return the undo function."""
+    if os.environ.get(WORKER_ENV) == "1":
+        return _apply_in_worker()
+    import ray
+    from openrlhf.utils import config
+
+    _loopback_ray()
+    vllm_stand_in = _install_vllm_stand_in()
+    if ray.is_initialized():
+        print("[openrlhf-fair] CPU backend: Ray is already initialised in this process; its workers only become "
+              "CPU-aware if it was started with ray_support.ray_init_kwargs(...)", file=sys.stderr)
+    undos = [
+        patch_attribute(ray, "init", _cpu_ray_init, PATCH_ID),
+        patch_attribute(config, "hierarchize", _checked_hierarchize, PATCH_ID),
+    ]
+    if vllm_stand_in:
+        undos.append(_uninstall_vllm_stand_in)
+
+    def undo() -> None:
+        for undo_one in reversed(undos):
+            undo_one()
+
+    return undo
+
+
+def _uninstall_vllm_stand_in() -> None:
+    from openrlhf_fair.cpu_backend import stand_ins
+
+    stand_ins.uninstall("vllm")
+
+
+def _apply_in_worker() -> Callable[[], None]:
+    if _install_vllm_stand_in():
+        return _uninstall_vllm_stand_in
+    return lambda: None
+
+
+# --------------------------------------------------------------------------------------------------
+# Ray workers: a lazy post-import hook on `openrlhf`.
+# --------------------------------------------------------------------------------------------------
+
+
+class _ActivateAfterLoad(importlib.abc.Loader):
+    """Runs the real loader of ``openrlhf``, then activates the CPU backend (the package is empty)."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module):
+        self.loader.exec_module(module)
+        from openrlhf_fair.cpu_backend import activate
+
+        activate("train_ppo_ray")
+
+
+class OpenRLHFImportHook(importlib.abc.MetaPathFinder):
+    """Front of ``sys.meta_path`` in a Ray worker: the first ``import openrlhf`` activates the CPU backend."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != "openrlhf":
+            return None
+        remove_import_hook()
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is None or spec.loader is None:
+            return spec
+        spec.loader = _ActivateAfterLoad(spec.loader)
+        return spec
+
+
+def remove_import_hook() -> None:
+    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, OpenRLHFImportHook)]
+
+
+def worker_process_setup() -> None:
+    """Ray's ``worker_process_setup_hook``: cheap (no torch import); activation waits for ``import openrlhf``."""
+    os.environ.setdefault(WORKER_ENV, "1")
+    if "openrlhf" in sys.modules:
+        from openrlhf_fair.cpu_backend import activate
+
+        activate("train_ppo_ray")
+        return
+    if not any(isinstance(f, OpenRLHFImportHook) for f in sys.meta_path):
+        sys.meta_path.insert(0, OpenRLHFImportHook())

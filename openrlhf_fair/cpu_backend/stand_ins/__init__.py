@@ -1,0 +1,87 @@
+"""Import-only stand-ins for CUDA-only packages OpenRLHF imports at module top (flash_attn; vllm for PPO).
+
+`install("flash_attn")` appends a finder to the END of ``sys.meta_path`` that serves the package from this
+folder. Every regular finder runs first, so an installed package always wins; `install` also refuses
+when the real package is importable, so a stand-in never shadows a real one. Stand-ins let modules
+import; their functions raise `StandInCalled` naming what the CPU backend does not support.
+"""
+
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Callable
+
+HERE = Path(__file__).resolve().parent
+
+
+class StandInCalled(RuntimeError):
+    """Code called into a stand-in package: the feature needs the real package (and CUDA)."""
+
+
+def unsupported(package: str, name: str, feature: str) -> Callable[..., None]:
+    """A function that raises a clear error when called; ``feature`` says what needs the real package."""
+
+    def stand_in(*args, **kwargs):
+        raise StandInCalled(
+            f"{package}.{name} was called, but {package} is an import-only stand-in of the openrlhf-fair CPU "
+            f"backend: {feature} needs the real {package} on a CUDA machine."
+        )
+
+    stand_in.__name__ = stand_in.__qualname__ = name.rsplit(".", 1)[-1]
+    stand_in.__module__ = package
+    return stand_in
+
+
+class StandInFinder:
+    """Finds the top-level stand-in packages in this folder; submodules then load through their ``__path__``."""
+
+    def __init__(self, names: set[str]):
+        self.names = names
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname not in self.names:
+            return None
+        return importlib.machinery.PathFinder.find_spec(fullname, [str(HERE)])
+
+    def __repr__(self) -> str:
+        return f"openrlhf_fair.StandInFinder({sorted(self.names)})"
+
+
+def _finder() -> StandInFinder | None:
+    return next((f for f in sys.meta_path if isinstance(f, StandInFinder)), None)
+
+
+def is_stand_in(module) -> bool:
+    return Path(getattr(module, "__file__", "") or "").resolve().is_relative_to(HERE)
+
+
+def install(name: str) -> bool:
+    """Serve ``name`` from its stand-in unless the real package is importable; True when the stand-in serves it."""
+    if not (HERE / name / "__init__.py").is_file():
+        raise ValueError(f"openrlhf-fair has no stand-in for {name!r}")
+    finder = _finder()
+    if finder is not None and name in finder.names:
+        return True
+    if importlib.util.find_spec(name) is not None:  # the real package: never shadow it
+        return False
+    if finder is None:
+        finder = StandInFinder(set())
+        sys.meta_path.append(finder)
+    finder.names.add(name)
+    return True
+
+
+def uninstall(name: str) -> None:
+    """Stop serving ``name`` (already imported stand-in modules are dropped from ``sys.modules``)."""
+    finder = _finder()
+    if finder is None or name not in finder.names:
+        return
+    finder.names.discard(name)
+    if not finder.names:
+        sys.meta_path.remove(finder)
+    for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
+        if is_stand_in(sys.modules[key]):
+            del sys.modules[key]

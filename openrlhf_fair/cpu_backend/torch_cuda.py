@@ -1,0 +1,54 @@
+"""CPU-aware `torch.cuda` calls that OpenRLHF makes unconditionally.
+
+OpenRLHF calls ``torch.cuda.set_device / synchronize / empty_cache / current_stream / current_device``
+whatever the device (DeepspeedStrategy.setup_distributed, all_reduce/all_gather, barriers, PPO actors).
+On the CPU backend these become what they mean on a single CPU device: selecting, synchronising or
+freeing a device is a no-op, the current device is ``cpu`` (so ``tensor.to(torch.cuda.current_device())``
+stays on the CPU) and there is no CUDA stream (``None``, the "default stream" argument of collectives).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from openrlhf_fair.host.patching import patch_attribute
+
+PATCH_ID = "openrlhf_fair.cpu_backend.torch_cuda"
+
+
+def _no_op(original):
+    def cpu_backend_no_op(*args, **kwargs):
+        return None
+
+    return cpu_backend_no_op
+
+
+def _current_device(original):
+    import torch
+
+    def cpu_backend_current_device():
+        return torch.device("cpu")
+
+    return cpu_backend_current_device
+
+
+REPLACEMENTS = {
+    "set_device": _no_op,
+    "synchronize": _no_op,
+    "empty_cache": _no_op,
+    "current_stream": _no_op,
+    "current_device": _current_device,
+}
+
+
+def apply() -> Callable[[], None]:
+    """Patch the `torch.cuda` functions above; return the undo function."""
+    import torch
+
+    undos = [patch_attribute(torch.cuda, name, make, PATCH_ID) for name, make in REPLACEMENTS.items()]
+
+    def undo() -> None:
+        for undo_one in reversed(undos):
+            undo_one()
+
+    return undo
