@@ -1,0 +1,94 @@
+"""`FairDPOLoss`: OpenRLHF's DPO loss plus the paper's fairness term over DPO's implicit-reward margins.
+
+Ouyang et al. (ACL 2025) apply their two methods to DPO as well: each pair's implicit reward margin
+    m_i = beta * [(log pi - log pi_ref)(chosen_i) - (log pi - log pi_ref)(rejected_i)]
+(the quantity DPO pushes up, Rafailov et al. 2023 eq. 7) is the pair's resource, x_i = sigmoid(m_i / T), and with
+base = the host's DPO loss exactly as OpenRLHF computes it (sigmoid DPO, label smoothing, or IPO):
+    FR: loss = base - alpha * F        FC: loss = base * F**gamma  (or F**(-gamma), form "inverse")
+with F = f_tau(x) / n. The fairness term itself is `openrlhf_fair.losses.FairPairWiseLoss` (group mode, scope,
+NaN checks and metrics included) fed with the implicit rewards beta * (log pi - log pi_ref), so its margins are
+the m_i above and its gradient reaches the policy's log-probabilities (the reference ones carry none).
+
+Evaluation (the host calls the loss under `torch.no_grad()`) returns the host's DPO loss unchanged, so eval
+loss stays comparable with plain DPO. This module imports torch only, never openrlhf.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from openrlhf_fair.config import RewardFairnessConfig
+from openrlhf_fair.losses import FairPairWiseLoss
+
+__all__ = ["FairDPOLoss", "implicit_rewards"]
+
+
+def implicit_rewards(policy_logps: torch.Tensor, reference_logps: torch.Tensor, beta: float) -> torch.Tensor:
+    """DPO's implicit reward beta * (log pi - log pi_ref) of each sequence (Rafailov et al. 2023, eq. 5)."""
+    return beta * (policy_logps - reference_logps)
+
+
+class FairDPOLoss(nn.Module):
+    """Wraps a host ``DPOLoss`` (called and returned like it: ``(loss, chosen_rewards, rejected_rewards)``).
+
+    ``beta`` defaults to the wrapped loss's own ``beta``. ``last_metrics`` (after each training call) holds the
+    metrics of `openrlhf_fair.losses.METRIC_NAMES`; `extra_logs()` returns them for the host's step logs.
+    """
+
+    def __init__(
+        self,
+        dpo_loss: nn.Module,
+        config: RewardFairnessConfig,
+        beta: Optional[float] = None,
+        process_group=None,
+        steps_per_update: int = 1,
+    ) -> None:
+        super().__init__()
+        self.dpo_loss = dpo_loss
+        self.beta = float(dpo_loss.beta if beta is None else beta)
+        self._base: Optional[torch.Tensor] = None
+        # The pairwise fairness loss, whose "host loss" is the DPO loss already computed for this batch.
+        self.fair = FairPairWiseLoss(self._take_base, config, process_group, steps_per_update)
+
+    @property
+    def config(self) -> RewardFairnessConfig:
+        return self.fair.config
+
+    @property
+    def last_metrics(self) -> dict[str, float]:
+        return self.fair.last_metrics
+
+    def extra_logs(self) -> dict[str, float]:
+        return dict(self.fair.last_metrics)
+
+    def set_batch_group_ids(self, group_ids) -> None:
+        self.fair.set_batch_group_ids(group_ids)
+
+    def extra_repr(self) -> str:
+        return f"beta={self.beta}"
+
+    def _take_base(self, chosen_reward, reject_reward, margin) -> torch.Tensor:
+        base, self._base = self._base, None
+        return base
+
+    def forward(
+        self,
+        policy_chosen_logps: torch.Tensor,
+        policy_rejected_logps: torch.Tensor,
+        reference_chosen_logps: torch.Tensor,
+        reference_rejected_logps: torch.Tensor,
+    ):
+        loss, chosen_rewards, rejected_rewards = self.dpo_loss(
+            policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps
+        )
+        if not torch.is_grad_enabled():  # the host's evaluation
+            return loss, chosen_rewards, rejected_rewards
+        self._base = loss
+        loss = self.fair(
+            implicit_rewards(policy_chosen_logps, reference_chosen_logps, self.beta),
+            implicit_rewards(policy_rejected_logps, reference_rejected_logps, self.beta),
+        )
+        return loss, chosen_rewards, rejected_rewards
