@@ -67,8 +67,47 @@ def reward_config_from_namespace(ns: argparse.Namespace) -> Optional[RewardFairn
 
 
 # ===================================================================== PPO (train_ppo_ray)
-# >>> Owned by the PPO helper: define add_ppo_fairness_arguments(parser) and ppo_config_from_namespace(ns)
-# >>> here and register "train_ppo_ray" in FLAG_SETS below.
+def add_ppo_fairness_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Flags of PPO fairness shaping (the add-on's transfer of the paper to on-policy RL). All default to off."""
+    group = parser.add_argument_group(
+        "PPO fairness shaping (openrlhf-fair; after Ouyang et al., ACL 2025)",
+        "Rewards of a rollout batch are resources of agents: x = sigmoid(reward / T), U = mean x, F = f_tau(x) / K. "
+        "Each agent's advantages are scaled by w_k = K * dPsi/dx_k of Psi = U * F**GAMMA + ALPHA * F (clipped, "
+        "renormalised to mean 1), after OpenRLHF's estimator computed them; returns stay unchanged. Other flags "
+        "alone (GAMMA = ALPHA = 0) only log F, Jain, Gini of the batch: a baseline.",
+    )
+    _add(group, "coef", type=float, default=None, metavar="GAMMA",
+         help="Psi = U * F**GAMMA (the paper's fairness coefficient, as a welfare to maximise: it raises fairness). "
+              "Recommended 0.5 (paper default).")
+    _add(group, "reg", type=float, default=None, metavar="ALPHA",
+         help="Psi = U + ALPHA * F (the paper's fairness regularisation). Paper default 0.1; 0.5-1 for a visible "
+              "effect. With --fair_coef too: Psi = U * F**GAMMA + ALPHA * F.")
+    _add(group, "tau", type=float, default=None, metavar="TAU",
+         help="Lan et al.'s tau (default -1: Jain's index; -> 0: exp(Shannon entropy); 1 is invalid; > 1 only with "
+              "--fair_reg).")
+    _add(group, "temperature", type=float, default=None, metavar="T",
+         help="x = sigmoid(reward / T) (default 1); use about the reward's spread for rewards far from [-5, 5].")
+    _add(group, "unit", type=str, default=None, metavar="UNIT",
+         help="Who the agents are: sample (default, like the paper's pairs), prompt (the n samples of one prompt, x = "
+              "their mean), or label:KEY (prompts sharing the value of prompt-dataset column KEY; logs mean reward "
+              "per label).")
+    _add(group, "weight_clip", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+         help="Clip the weights to [LOW, HIGH] before renormalising to mean 1 (default 0 5: never flip an "
+              "advantage's sign; at most 5x for one agent).")
+    return parser
+
+
+def ppo_config_from_namespace(ns: argparse.Namespace):
+    """A validated PPOFairnessConfig, or None when no PPO fairness flag was given."""
+    from openrlhf_fair.ppo_config import PPOFairnessConfig
+
+    names = ("coef", "reg", "tau", "temperature", "unit", "weight_clip")
+    given = {name: getattr(ns, f"fairness_{name}") for name in names if getattr(ns, f"fairness_{name}") is not None}
+    if not given:
+        return None
+    return PPOFairnessConfig(**given)
+
+
 # ===================================================================== end of PPO section
 
 
@@ -77,6 +116,7 @@ FlagSet = tuple[Callable[[argparse.ArgumentParser], argparse.ArgumentParser], Ca
 FLAG_SETS: dict[str, FlagSet] = {
     "train_rm": (add_reward_fairness_arguments, reward_config_from_namespace),
     "train_dpo": (add_reward_fairness_arguments, reward_config_from_namespace),
+    "train_ppo_ray": (add_ppo_fairness_arguments, ppo_config_from_namespace),
 }
 
 

@@ -1,0 +1,214 @@
+"""Fairness shaping for PPO: per-sample advantage weights from a fairness-aware objective of the rollout batch.
+
+The paper (Ouyang et al., ACL 2025) has no PPO code; this is the add-on's own transfer of its idea to
+on-policy RL. Rewards of one rollout batch are resources allocated to "agents", and the policy should
+improve a fairness-aware objective of that allocation, not only its sum.
+
+Allocation (one value per agent k = 1..K)
+    x_i = sigmoid(r_i / T)                    r_i: the sample's final reward (after OpenRLHF's reward
+                                              normalisation and length penalties), T = --fair_temperature
+    agents (--fair_unit):  sample   each sample is an agent (default; like the paper's pairs)
+                           prompt   the n samples of one prompt, x_k = their mean
+                           label:KEY  the samples whose prompt has the same value in dataset column KEY
+    U = (1/K) sum_k x_k                       utility (mean resource)
+    F = f_tau(x) / K                          normalised fairness (`openrlhf_fair.fairness`; tau = -1: Jain)
+
+Objective (to maximise):
+    Psi = U * F**gamma + alpha * F            gamma = --fair_coef (paper's FC), alpha = --fair_reg (paper's FR)
+With gamma = alpha = 0, Psi = U: exactly what plain policy gradient improves.
+
+First-order policy-gradient argument. Let X_k(theta) = E_{pi_theta}[x] over agent k's prompts. Then
+    grad Psi = sum_k dPsi/dX_k * grad X_k = (1/K) sum_k w_k * grad X_k,   w_k = K * dPsi/dX_k,
+and (1/K) sum_k grad X_k = grad U is what the host's estimator already estimates from the batch (each agent's
+samples with their own advantages and baseline). So to first order, ascending Psi is ascending U with agent k's
+contribution scaled by w_k, evaluated at the current batch and held constant (stop-gradient), the same
+frozen-advantage approximation PPO makes. Two further approximations, stated: the host's per-sample signal is r,
+not sigmoid(r/T) (sigmoid is monotone, so only the per-sample factor sigmoid'(r/T)/T is ignored), and X_k is
+estimated by the batch's own samples. Scaling the advantages AFTER the host computed and normalised them keeps
+every estimator's baseline (gae, reinforce, rloo, reinforce_baseline, group_norm, dr_grpo, flash_reinforce) and
+keeps the weights from being normalised away: a constant per batch or per prompt group would vanish under
+group_norm, reinforce, reinforce_baseline and whitened gae. Returns (the critic's targets) stay unchanged.
+
+Closed form (float64). With p = x / sum x, the escort distribution q_k = p_k^(1-tau) / sum_j p_j^(1-tau), and
+    h_k = ((1 - tau) / tau) * (q_k / p_k - 1)         (tau -> 0: h_k = -(log p_k + H(p)), sum_k p_k h_k = 0),
+one has K * dlog|F|/dx_k = h_k / U, hence
+    w_k = F**gamma * (1 + gamma * h_k) + alpha * F * h_k / U.
+For tau = -1 (Jain), h_k = 2 * (1 - x_k * sum(x) / sum(x^2)): agents below sum(x^2)/sum(x) get h_k > 0, so w > 1
+for --fair_reg (and for --fair_coef) -- under-rewarded agents are pushed up. Since sum_k p_k w_k = F**gamma > 0,
+at least one weight is positive. tau > 1 makes F negative: allowed for --fair_reg only (F**gamma is undefined).
+
+Clipping and renormalisation. Weights are clipped to [low, high] (--fair_weight_clip, default 0 5) and then
+divided by their mean over the batch's SAMPLES, so the batch keeps its overall step size (mean weight 1):
+- low = 0: a weight never flips the sign of an advantage (that would un-learn an agent's good samples);
+- high = 5: bounds how much one poor agent can amplify its step when U is small or K is large (h_k grows
+  like 1/p_k); with the paper's defaults (tau = -1, gamma = 0.5, alpha = 0.1) typical weights stay in [0.5, 2].
+The bounds act before renormalisation, so a final weight may exceed `high` by the factor 1/mean(clipped).
+
+This module imports torch only, never openrlhf.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Hashable, Sequence
+
+import torch
+
+from openrlhf_fair.fairness import SHANNON_LIMIT_TAU, FairnessInputError, fairness
+from openrlhf_fair.metrics import gini_coefficient, jain_index
+from openrlhf_fair.ppo_config import DEFAULT_WEIGHT_CLIP, UNITS, PPOFairnessConfig
+
+__all__ = [
+    "DEFAULT_WEIGHT_CLIP",
+    "FairnessShaping",
+    "PPOFairnessConfig",
+    "UNITS",
+    "agent_weights",
+    "fairness_objective",
+    "fairness_weights",
+    "label_agent_ids",
+    "prompt_agent_ids",
+]
+
+_SMALL_TAU = 0.1  # below it, log sum p^(1-tau) goes through log1p/expm1 (as fairness.py)
+_TINY = 1e-300  # floor for scaled allocations that underflow (f is scale invariant)
+
+
+# ----------------------------------------------------------------------------------------------- agents
+def prompt_agent_ids(sample_index, n_samples_per_prompt: int) -> torch.Tensor:
+    """Agent of each sample for `--fair_unit prompt`: index // n, OpenRLHF's own prompt grouping
+    (RemoteExperienceMaker reshapes rewards sorted by index to (-1, n_samples_per_prompt))."""
+    if int(n_samples_per_prompt) < 1:
+        raise FairnessInputError(f"n_samples_per_prompt must be >= 1, got {n_samples_per_prompt}")
+    index = torch.as_tensor(sample_index, dtype=torch.int64).reshape(-1)
+    return torch.div(index, int(n_samples_per_prompt), rounding_mode="floor")
+
+
+def label_agent_ids(labels: Sequence[Hashable]) -> tuple[torch.Tensor, list]:
+    """Agent of each sample for `--fair_unit label:KEY`: (ids, sorted distinct labels); ids index the labels."""
+    if len(labels) == 0:
+        raise FairnessInputError("no labels: the rollout batch is empty")
+    names = sorted(set(labels), key=str)
+    position = {name: i for i, name in enumerate(names)}
+    return torch.tensor([position[label] for label in labels], dtype=torch.int64), names
+
+
+def _compact(agent_ids, n: int) -> tuple[torch.Tensor, int]:
+    ids = torch.as_tensor(agent_ids).reshape(-1)
+    if ids.is_floating_point() or ids.dtype == torch.bool or ids.numel() != n:
+        raise FairnessInputError(f"agent_ids must be {n} integers (one per sample), got {ids.numel()} of dtype {ids.dtype}")
+    uniq, inverse = torch.unique(ids, return_inverse=True)
+    return inverse, int(uniq.numel())
+
+
+# ----------------------------------------------------------------------------------------------- the math
+def agent_weights(log_x: torch.Tensor, config: PPOFairnessConfig) -> tuple[torch.Tensor, float, float]:
+    """Closed-form w_k = K * dPsi/dx_k from the agents' log-allocations (float64). Returns (w, F, U).
+
+    Works in log space (log p, escort distribution), so it stays finite for any finite reward; for small |tau|
+    it avoids the eps/|tau| cancellation the same way `fairness.py` does (log1p/expm1, then the Shannon limit).
+    """
+    log_x = log_x.to(torch.float64)
+    K = log_x.numel()
+    tau, gamma, alpha = config.tau, config.coef, config.reg
+    log_sum = torch.logsumexp(log_x, dim=0)
+    log_p = log_x - log_sum
+    U = math.exp(float(log_sum)) / K
+    # F from the fairness core; f is scale invariant, so scale the largest x to 1 (no underflow of the rest).
+    x_scaled = (log_x - log_x.max()).exp().clamp_min(_TINY)
+    F = fairness(x_scaled, tau, normalize=True).item()
+    if abs(tau) < SHANNON_LIMIT_TAU:  # Shannon limit: h to second order in tau
+        p = log_p.exp()
+        a = -log_p - (-(p * log_p).sum())  # surprisal minus entropy
+        var = (p * a * a).sum()
+        h = a + tau * (0.5 * (a * a - var) - a)
+    else:
+        if abs(tau) < _SMALL_TAU:  # g = log sum p^(1-tau) without cancellation (~ tau * H)
+            g = torch.log1p((log_p.exp() * torch.expm1((-tau * log_p).clamp(max=700.0))).sum())
+        else:
+            g = torch.logsumexp((1.0 - tau) * log_p, dim=0)
+        h = ((1.0 - tau) / tau) * torch.expm1(-tau * log_p - g)  # (q_k / p_k - 1) * (1 - tau) / tau
+    w = (F**gamma if gamma else 1.0) * (1.0 + gamma * h)
+    if alpha:
+        w = w + (alpha * F / U) * h
+    return w, F, U
+
+
+def fairness_objective(x: torch.Tensor, config: PPOFairnessConfig) -> torch.Tensor:
+    """Psi = U * F**gamma + alpha * F of an allocation, differentiable (reference for tests and docs)."""
+    F = fairness(x, config.tau, normalize=True)
+    U = x.mean()
+    return U * F**config.coef + config.reg * F
+
+
+@dataclass
+class FairnessShaping:
+    """Result of `fairness_weights` for one rollout batch (all tensors float64, on CPU)."""
+
+    sample_weights: torch.Tensor  # (N,) final weights: clipped and renormalised to mean 1 over samples
+    agent_ids: torch.Tensor  # (N,) compact agent id of each sample, in [0, K)
+    raw_agent_weights: torch.Tensor  # (K,) w_k = K * dPsi/dx_k before clipping
+    allocation: torch.Tensor  # (K,) x_k
+    fairness: float  # F = f_tau(x) / K
+    utility: float  # U = mean x
+    num_clipped: int  # samples whose weight hit the clip range
+
+    @property
+    def num_agents(self) -> int:
+        return self.allocation.numel()
+
+    def metrics(self) -> dict[str, float]:
+        """Batch-level numbers for OpenRLHF's logged metrics (keys without prefix)."""
+        w = self.sample_weights
+        return {
+            "F": self.fairness,
+            "jain": jain_index(self.allocation),
+            "gini": gini_coefficient(self.allocation),
+            "utility": self.utility,
+            "num_agents": float(self.num_agents),
+            "weight_min": float(w.min()),
+            "weight_max": float(w.max()),
+            "clipped_frac": self.num_clipped / w.numel(),
+        }
+
+
+def fairness_weights(rewards, agent_ids, config: PPOFairnessConfig) -> FairnessShaping:
+    """Per-sample advantage weights for one rollout batch (see the module docstring for the derivation).
+
+    `rewards`: (N,) final rewards; `agent_ids`: (N,) integers, samples with the same id form one agent.
+    Raises FairnessInputError for NaN/Inf rewards. With one agent every weight is 1.
+    """
+    r = torch.as_tensor(rewards).detach().reshape(-1).to(device="cpu", dtype=torch.float64)
+    n = r.numel()
+    if n == 0:
+        raise FairnessInputError("the rollout batch has no rewards")
+    if not bool(torch.isfinite(r).all()):
+        bad = int((~torch.isfinite(r)).sum())
+        raise FairnessInputError(f"{bad} of {n} rewards are NaN/Inf")
+    ids, K = _compact(agent_ids, n)
+    log_sig = torch.nn.functional.logsigmoid(r / config.temperature)
+    if K == n and bool((ids == torch.arange(n)).all()):
+        log_x = log_sig
+    else:  # log of each agent's mean sigmoid, a per-agent logsumexp
+        peak = torch.full((K,), -math.inf, dtype=torch.float64).scatter_reduce(0, ids, log_sig, reduce="amax")
+        sums = torch.zeros(K, dtype=torch.float64).index_add_(0, ids, (log_sig - peak[ids]).exp())
+        counts = torch.bincount(ids, minlength=K).to(torch.float64)
+        log_x = peak + sums.log() - counts.log()
+    w_agent, F, U = agent_weights(log_x, config)
+    low, high = config.weight_clip
+    w = w_agent[ids]
+    clipped = w.clamp(low, high)
+    num_clipped = int((clipped != w).sum())
+    mean = clipped.mean()
+    if not float(mean) > 0:  # cannot happen (sum_k p_k w_k = F**gamma > 0), kept as a loud guard
+        raise FairnessInputError(f"all fairness weights were clipped to {low}; raw weights {w_agent.tolist()[:8]}...")
+    return FairnessShaping(
+        sample_weights=clipped / mean,
+        agent_ids=ids,
+        raw_agent_weights=w_agent,
+        allocation=log_x.exp(),
+        fairness=F,
+        utility=U,
+        num_clipped=num_clipped,
+    )
