@@ -163,9 +163,9 @@ def log_fairness(x, tau: float = -1.0, normalize: bool = True) -> torch.Tensor:
 def _signed_exp(log_f: torch.Tensor, tau: float) -> torch.Tensor:
     """sign(1 - tau) * exp(log_f), computed in float64 and cast to log_f's dtype.
 
-    When |f| is beyond the output dtype's range (only possible for tau > 1, e.g. -1.9e11 is fine but margins
-    of scale 100 with tau = 5 are not) the result is -inf and a RuntimeWarning says so: use log_fairness, or
-    pass float64 input, to get a finite number.
+    When |f| is beyond the output dtype's range (only possible for tau > 1: -1.2e11 from 4096 margins of scale
+    10 at tau = 5 fits float32, margins of scale 100 do not) the result is -inf and a RuntimeWarning says so;
+    log_fairness stays finite, and float64 input gives the finite value up to about -1.8e308.
     """
     value = fairness_sign(tau) * log_f.to(torch.float64).exp()
     result = value.to(log_f.dtype)
@@ -183,7 +183,8 @@ def fairness(x, tau: float = -1.0, normalize: bool = True) -> torch.Tensor:
     """f_tau(x) (divided by n when `normalize`): sign(1 - tau) * exp(log_fairness). Scalar, differentiable.
 
     tau = -1 with `normalize` is Jain's index. For tau > 1 the value is negative and can exceed the float32
-    range; then a float32 result is -inf with a RuntimeWarning (float64 input gives the finite value).
+    range; then the float32 result is -inf (its gradient inf/NaN) with a RuntimeWarning. Losses that may meet
+    such values should use `log_fairness`; float64 input gives the finite value.
     """
     return _signed_exp(log_fairness(x, tau, normalize), tau)
 

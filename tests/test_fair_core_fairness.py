@@ -329,7 +329,10 @@ def test_low_precision_input_is_upcast(low):
     fairness_of_margins(margins, -1.0).backward()
     assert margins.grad.dtype == low and torch.isfinite(margins.grad.float()).all()
     x = torch.sigmoid(margins.detach())
-    assert fairness(x, -1.0).dtype == torch.float32
+    for tau in [-1.0, 0.0, 2.0]:
+        got = fairness(x, tau)
+        assert got.dtype == torch.float32
+        assert got.item() == pytest.approx(fairness(x.double(), tau).item(), rel=1e-6)
     assert allocation_from_margins(margins).dtype == torch.float32
 
 
