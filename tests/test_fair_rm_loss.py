@@ -238,3 +238,53 @@ def test_eval_recording_returns_host_loss_and_keeps_rewards():
 def test_config_rejects_bad_settings(kwargs, message):
     with pytest.raises(FairnessConfigError, match=message):
         RewardFairnessConfig(**kwargs)
+
+
+# ----------------------------------------------------------------------------------------------- global scope
+GLOBAL_CONFIGS = {
+    "fr": RewardFairnessConfig(alpha=0.8, scope="global"),
+    "fc": RewardFairnessConfig(gamma=0.5, scope="global"),
+    "fr-groups": RewardFairnessConfig(alpha=0.8, scope="global", group_key="category"),
+}
+
+
+def _global_scope_worker(rank, world, init_file, out_dir):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        chosen, reject, _ = batch(n=8, seed=21)
+        ids = torch.arange(8) % 3
+        rows = slice(rank * 4, rank * 4 + 4)
+        for name, config in GLOBAL_CONFIGS.items():
+            c = chosen[rows].clone().requires_grad_()
+            loss = FairPairWiseLoss(pairwise_loss, config)
+            out = loss(c, reject[rows], group_ids=ids[rows] if config.group_key else None)
+            out.backward()
+            torch.save({"grad": c.grad, "items": loss.last_metrics["fair_items"]}, f"{out_dir}/{name}-{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def global_scope_results(tmp_path_factory):
+    import torch.multiprocessing as mp
+
+    out = tmp_path_factory.mktemp("global_scope")
+    mp.spawn(_global_scope_worker, args=(2, str(out / "init"), str(out)), nprocs=2)
+    return out
+
+
+@pytest.mark.parametrize("name", list(GLOBAL_CONFIGS))
+def test_global_scope_gathers_margins_with_gradients(global_scope_results, name):
+    """Two gloo ranks with 4 pairs each: after data-parallel averaging (grad / world) each rank's gradient equals
+    the single-process gradient of the loss over all 8 pairs; without gathering it would not."""
+    config, world = GLOBAL_CONFIGS[name], 2
+    chosen, reject, _ = batch(n=8, seed=21)
+    c = chosen.clone().requires_grad_()
+    ids = torch.arange(8) % 3 if config.group_key else None
+    micro = RewardFairnessConfig(**{**config.__dict__, "scope": "micro"})
+    FairPairWiseLoss(pairwise_loss, micro)(c, reject, group_ids=ids).backward()
+    results = [torch.load(global_scope_results / f"{name}-{rank}.pt") for rank in range(world)]
+    torch.testing.assert_close(torch.cat([r["grad"] for r in results]) / world, c.grad, rtol=1e-9, atol=1e-12)
+    assert [r["items"] for r in results] == [3.0 if config.group_key else 8.0] * world
