@@ -59,23 +59,21 @@ def maybe_activate(command: str, requested: bool | None = None) -> bool:
     return True
 
 
+def _restore_environment(saved: dict[str, str]) -> None:
+    for key in set(os.environ) - set(saved):
+        del os.environ[key]
+    os.environ.update(saved)
+
+
 def activate(command: str) -> Callable[[], None]:
-    """Apply every CPU patch for ``command`` (idempotent); return the function that undoes them."""
+    """Apply every CPU patch for ``command`` (idempotent); return the function that undoes them all."""
     global _undo
     if _undo is not None:
         return _undo
     from . import cli_args, launch, stand_ins, strategy, torch_cuda
 
-    os.environ[ENV_VAR] = "1"
-    launch.prepare_environment(command)
-    flash_stand_in = stand_ins.install("flash_attn")
-    undos = [torch_cuda.apply(), strategy.apply(), cli_args.apply()]
-    if command == "train_ppo_ray" and importlib.util.find_spec(PPO_SUPPORT) is not None:
-        ray_undo = importlib.import_module(PPO_SUPPORT).apply()
-        if callable(ray_undo):
-            undos.append(ray_undo)
-    if flash_stand_in:
-        undos.append(lambda: stand_ins.uninstall("flash_attn"))
+    saved_env = dict(os.environ)
+    undos: list[Callable[[], None]] = [lambda: _restore_environment(saved_env)]
 
     def undo() -> None:
         global _undo
@@ -83,9 +81,24 @@ def activate(command: str) -> Callable[[], None]:
             undo_one()
         _undo = None
 
+    try:
+        os.environ[ENV_VAR] = "1"
+        launch.prepare_environment(command)
+        # Before anything imports openrlhf: openrlhf.models imports flash_attn at module top.
+        flash_stand_in = stand_ins.install("flash_attn")
+        if flash_stand_in:
+            undos.append(lambda: stand_ins.uninstall("flash_attn"))
+        undos += [torch_cuda.apply(), strategy.apply(), cli_args.apply()]
+        if command == "train_ppo_ray" and importlib.util.find_spec(PPO_SUPPORT) is not None:
+            ray_undo = importlib.import_module(PPO_SUPPORT).apply()
+            if callable(ray_undo):
+                undos.append(ray_undo)
+    except BaseException:
+        undo()
+        raise
     _undo = undo
     if cli_args.is_rank_zero():
-        flash = "import-only flash_attn stand-in" if flash_stand_in else "real flash_attn"
+        flash = "import-only flash_attn stand-in" if flash_stand_in else "the installed flash_attn"
         print(
             f"[openrlhf-fair] CPU backend active for {command}: torch.cuda calls on CPU, DeepSpeed over gloo "
             f"without C++ JIT ops (torch AdamW), sdpa attention, {flash}, rendezvous on "

@@ -210,10 +210,40 @@ def _uninstall_vllm_stand_in() -> None:
     stand_ins.uninstall("vllm")
 
 
+def _cpu_replay_buffer_init(original):
+    """``NaiveReplayBuffer.__init__`` builds ``torch.device(f"cuda:{torch.cuda.current_device()}")``.
+
+    On the CPU backend ``current_device()`` is ``cpu`` (so that ``.to(current_device())`` stays on CPU), which
+    makes that string invalid: the original runs with a CUDA index for that one line, then the buffer's
+    target device becomes the CPU.
+    """
+
+    def __init__(self, *args, **kwargs):
+        import torch
+
+        current_device = torch.cuda.current_device
+        torch.cuda.current_device = lambda: 0
+        try:
+            original(self, *args, **kwargs)
+        finally:
+            torch.cuda.current_device = current_device
+        self.target_device = torch.device("cpu")
+
+    return __init__
+
+
 def _apply_in_worker() -> Callable[[], None]:
+    from openrlhf.trainer.ppo_utils import replay_buffer
+
+    undos = [patch_attribute(replay_buffer.NaiveReplayBuffer, "__init__", _cpu_replay_buffer_init, PATCH_ID)]
     if _install_vllm_stand_in():
-        return _uninstall_vllm_stand_in
-    return lambda: None
+        undos.append(_uninstall_vllm_stand_in)
+
+    def undo() -> None:
+        for undo_one in reversed(undos):
+            undo_one()
+
+    return undo
 
 
 # --------------------------------------------------------------------------------------------------

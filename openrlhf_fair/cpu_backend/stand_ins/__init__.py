@@ -21,17 +21,18 @@ class StandInCalled(RuntimeError):
     """Code called into a stand-in package: the feature needs the real package (and CUDA)."""
 
 
-def unsupported(package: str, name: str, feature: str) -> Callable[..., None]:
+def unsupported(module: str, name: str, feature: str) -> Callable[..., None]:
     """A function that raises a clear error when called; ``feature`` says what needs the real package."""
+    package = module.split(".")[0]
 
     def stand_in(*args, **kwargs):
         raise StandInCalled(
-            f"{package}.{name} was called, but {package} is an import-only stand-in of the openrlhf-fair CPU "
-            f"backend: {feature} needs the real {package} on a CUDA machine."
+            f"{module}.{name} was called, but this {package} is the openrlhf-fair CPU backend's import-only "
+            f"stand-in: {feature} need the real {package} on a CUDA machine."
         )
 
-    stand_in.__name__ = stand_in.__qualname__ = name.rsplit(".", 1)[-1]
-    stand_in.__module__ = package
+    stand_in.__name__ = stand_in.__qualname__ = name
+    stand_in.__module__ = module
     return stand_in
 
 
