@@ -10,7 +10,7 @@ NaN checks and metrics included) fed with the implicit rewards beta * (log pi - 
 the m_i above and its gradient reaches the policy's log-probabilities (the reference ones carry none).
 
 Evaluation (the host calls the loss under `torch.no_grad()`) returns the host's DPO loss unchanged, so eval
-loss stays comparable with plain DPO. This module imports torch only, never openrlhf.
+loss stays comparable with plain DPO (while recording, the implicit rewards are kept for eval metrics). This module imports torch only, never openrlhf.
 """
 
 from __future__ import annotations
@@ -31,11 +31,12 @@ def implicit_rewards(policy_logps: torch.Tensor, reference_logps: torch.Tensor, 
     return beta * (policy_logps - reference_logps)
 
 
-class FairDPOLoss(nn.Module):
-    """Wraps a host ``DPOLoss`` (called and returned like it: ``(loss, chosen_rewards, rejected_rewards)``).
+class FairDPOLoss(FairPairWiseLoss):
+    """Wraps a host ``DPOLoss``; called and returning like it: ``(loss, chosen_rewards, rejected_rewards)``.
 
-    ``beta`` defaults to the wrapped loss's own ``beta``. ``last_metrics`` (after each training call) holds the
-    metrics of `openrlhf_fair.losses.METRIC_NAMES`; `extra_logs()` returns them for the host's step logs.
+    A `FairPairWiseLoss` whose pairs are scored by their implicit rewards and whose "host loss" is the DPO loss
+    already computed for the batch, so group labels, evaluation recording, ``last_metrics`` and
+    ``pop_window_metrics`` work as for the reward model. ``beta`` defaults to the wrapped loss's own ``beta``.
     """
 
     def __init__(
@@ -46,29 +47,13 @@ class FairDPOLoss(nn.Module):
         process_group=None,
         steps_per_update: int = 1,
     ) -> None:
-        super().__init__()
+        super().__init__(self._take_base, config, process_group, steps_per_update)
         self.dpo_loss = dpo_loss
         self.beta = float(dpo_loss.beta if beta is None else beta)
         self._base: Optional[torch.Tensor] = None
-        # The pairwise fairness loss, whose "host loss" is the DPO loss already computed for this batch.
-        self.fair = FairPairWiseLoss(self._take_base, config, process_group, steps_per_update)
-
-    @property
-    def config(self) -> RewardFairnessConfig:
-        return self.fair.config
-
-    @property
-    def last_metrics(self) -> dict[str, float]:
-        return self.fair.last_metrics
-
-    def extra_logs(self) -> dict[str, float]:
-        return dict(self.fair.last_metrics)
-
-    def set_batch_group_ids(self, group_ids) -> None:
-        self.fair.set_batch_group_ids(group_ids)
 
     def extra_repr(self) -> str:
-        return f"beta={self.beta}"
+        return f"beta={self.beta}, {super().extra_repr()}"
 
     def _take_base(self, chosen_reward, reject_reward, margin) -> torch.Tensor:
         base, self._base = self._base, None
@@ -84,10 +69,11 @@ class FairDPOLoss(nn.Module):
         loss, chosen_rewards, rejected_rewards = self.dpo_loss(
             policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps
         )
-        if not torch.is_grad_enabled():  # the host's evaluation
+        recording = self._eval_records is not None
+        if not torch.is_grad_enabled() and not recording:  # the host's evaluation, nothing to record
             return loss, chosen_rewards, rejected_rewards
         self._base = loss
-        loss = self.fair(
+        loss = super().forward(
             implicit_rewards(policy_chosen_logps, reference_chosen_logps, self.beta),
             implicit_rewards(policy_rejected_logps, reference_rejected_logps, self.beta),
         )

@@ -116,6 +116,10 @@ class FairPairWiseLoss(nn.Module):
         self._window_sums, self._window_count = {}, 0
         return means
 
+    def extra_logs(self) -> dict[str, float]:
+        """The last training call's metrics, for OpenRLHF's native loss hook (`patches/`): step logs."""
+        return dict(self.last_metrics)
+
     def _record(self, metrics: dict[str, float]) -> None:
         self.last_metrics = metrics
         for k, v in metrics.items():

@@ -146,3 +146,19 @@ def test_reference_logps_get_no_gradient_and_beta_follows_the_host(DPOLoss):
     loss, _, _ = loss_fn(pc.requires_grad_(), pr.requires_grad_(), rc.detach(), rr.detach())
     loss.backward()
     assert rc.grad is None and rr.grad is None and pc.grad is not None
+
+
+def test_eval_recording_keeps_the_implicit_rewards(DPOLoss):
+    """The host trainer's evaluate wrapper records rewards for eval fairness metrics; the eval loss stays DPO's."""
+    beta = 0.1
+    pc, pr, rc, rr = logps(seed=6)
+    host = DPOLoss(beta)
+    loss_fn = FairDPOLoss(host, RewardFairnessConfig(alpha=0.1))
+    loss_fn.start_eval_recording()
+    with torch.no_grad():
+        loss, _, _ = loss_fn(pc, pr, rc, rr)
+    records = loss_fn.stop_eval_recording()
+    assert torch.equal(loss, host(pc, pr, rc, rr)[0])
+    torch.testing.assert_close(records["chosen"], (beta * (pc - rc)).float())
+    torch.testing.assert_close(records["reject"], (beta * (pr - rr)).float())
+    assert loss_fn.micro_step == 0 and loss_fn.pop_window_metrics() == {}
