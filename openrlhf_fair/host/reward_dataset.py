@@ -131,7 +131,7 @@ def apply_group_labels(group_key: str) -> Callable[[], None]:
     cls = require_attribute(host, "RewardDataset", "the preference dataset of train_rm / train_dpo")
     for name in ("__init__", "__getitem__", "collate_fn"):
         require_attribute(cls, name, "RewardDataset method wrapped for --fairness_group_key")
-    undos = [
+    undos = [  # every symbol was checked above, so these cannot fail half-way
         patch_attribute(cls, "__init__", _wrap_init(group_key), f"{PATCH_ID}.init"),
         patch_attribute(cls, "__getitem__", _wrap_getitem, f"{PATCH_ID}.getitem"),
         patch_attribute(cls, "collate_fn", _wrap_collate_fn, f"{PATCH_ID}.collate_fn"),

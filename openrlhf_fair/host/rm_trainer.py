@@ -282,14 +282,20 @@ def apply_fairness(config: RewardFairnessConfig) -> Callable[[], None]:
 
         return build
 
-    undos = [patch_attribute(cls, name, tagged(make), f"{PATCH_ID}.{name}") for name, make in makers.items()]
-    if config.group_key is not None:
-        from openrlhf_fair.host.reward_dataset import apply_group_labels
-
-        undos.append(apply_group_labels(config.group_key))
+    undos: list[Callable[[], None]] = []
 
     def undo() -> None:
         for step in reversed(undos):
             step()
 
+    try:  # all or nothing: a host symbol missing half-way leaves nothing patched
+        for name, make in makers.items():
+            undos.append(patch_attribute(cls, name, tagged(make), f"{PATCH_ID}.{name}"))
+        if config.group_key is not None:
+            from openrlhf_fair.host.reward_dataset import apply_group_labels
+
+            undos.append(apply_group_labels(config.group_key))
+    except BaseException:
+        undo()
+        raise
     return undo
