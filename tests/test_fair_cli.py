@@ -48,6 +48,6 @@ def test_host_subcommand_behaves_like_python_dash_m(args):
     assert (ours.returncode, ours.stdout) == (host.returncode, host.stdout)
     assert ours.stderr.splitlines()[-1:] == host.stderr.splitlines()[-1:]
     if args == ["--help"]:
-        assert ours.returncode == 0 and "--model.model_name_or_path" in ours.stdout
+        assert ours.returncode == 0 and "--lora_path" in ours.stdout
     else:
         assert ours.returncode == 2
