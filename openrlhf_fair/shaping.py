@@ -72,7 +72,7 @@ __all__ = [
 ]
 
 _SMALL_TAU = 0.1  # below it, log sum p^(1-tau) goes through log1p/expm1 (as fairness.py)
-_TINY = 1e-300  # floor for scaled allocations that underflow (f is scale invariant)
+_HUGE = 1e300  # stands for an infinite weight before clipping
 
 
 # ----------------------------------------------------------------------------------------------- agents
@@ -114,25 +114,34 @@ def agent_weights(log_x: torch.Tensor, config: PPOFairnessConfig) -> tuple[torch
     tau, gamma, alpha = config.tau, config.coef, config.reg
     log_sum = torch.logsumexp(log_x, dim=0)
     log_p = log_x - log_sum
-    U = math.exp(float(log_sum)) / K
-    # F from the fairness core; f is scale invariant, so scale the largest x to 1 (no underflow of the rest).
-    x_scaled = (log_x - log_x.max()).exp().clamp_min(_TINY)
-    F = fairness(x_scaled, tau, normalize=True).item()
-    if abs(tau) < SHANNON_LIMIT_TAU:  # Shannon limit: h to second order in tau
+    log_U = float(log_sum) - math.log(K)
+    if abs(tau) < SHANNON_LIMIT_TAU:  # Shannon limit, to second order in tau (log|f| as in fairness.py)
         p = log_p.exp()
-        a = -log_p - (-(p * log_p).sum())  # surprisal minus entropy
+        entropy = -(p * log_p).sum()
+        a = -log_p - entropy  # surprisal minus entropy
         var = (p * a * a).sum()
+        log_f = entropy + 0.5 * tau * var
         h = a + tau * (0.5 * (a * a - var) - a)
     else:
         if abs(tau) < _SMALL_TAU:  # g = log sum p^(1-tau) without cancellation (~ tau * H)
             g = torch.log1p((log_p.exp() * torch.expm1((-tau * log_p).clamp(max=700.0))).sum())
         else:
             g = torch.logsumexp((1.0 - tau) * log_p, dim=0)
+        log_f = g / tau
         h = ((1.0 - tau) / tau) * torch.expm1(-tau * log_p - g)  # (q_k / p_k - 1) * (1 - tau) / tau
-    w = (F**gamma if gamma else 1.0) * (1.0 + gamma * h)
+    log_F = float(log_f) - math.log(K)  # log|F|, F = f_tau / K
+    sign = 1.0 if tau < 1 else -1.0
+    F = sign * _exp(log_F)
+    w = _exp(gamma * log_F) * (1.0 + gamma * h) if gamma else torch.ones_like(h)
     if alpha:
-        w = w + (alpha * F / U) * h
-    return w, F, U
+        w = w + (alpha * sign * _exp(log_F - log_U)) * h  # alpha * F / U, without forming U (may underflow)
+    if not bool(torch.isfinite(w).all()):  # only beyond float64's range (|F| for tau > 1, |h| for tiny p):
+        w = torch.nan_to_num(w, nan=1.0, posinf=_HUGE, neginf=-_HUGE)  # such weights saturate at the clip bounds
+    return w, F, _exp(log_U)
+
+
+def _exp(value: float) -> float:
+    return math.exp(value) if value < 709.0 else math.inf
 
 
 def fairness_objective(x: torch.Tensor, config: PPOFairnessConfig) -> torch.Tensor:
@@ -149,22 +158,28 @@ class FairnessShaping:
     sample_weights: torch.Tensor  # (N,) final weights: clipped and renormalised to mean 1 over samples
     agent_ids: torch.Tensor  # (N,) compact agent id of each sample, in [0, K)
     raw_agent_weights: torch.Tensor  # (K,) w_k = K * dPsi/dx_k before clipping
-    allocation: torch.Tensor  # (K,) x_k
+    log_allocation: torch.Tensor  # (K,) log x_k
     fairness: float  # F = f_tau(x) / K
     utility: float  # U = mean x
     num_clipped: int  # samples whose weight hit the clip range
 
     @property
+    def allocation(self) -> torch.Tensor:
+        """x_k (may underflow to 0 for rewards far below -700 T; the metrics use the scale-free form)."""
+        return self.log_allocation.exp()
+
+    @property
     def num_agents(self) -> int:
-        return self.allocation.numel()
+        return self.log_allocation.numel()
 
     def metrics(self) -> dict[str, float]:
         """Batch-level numbers for OpenRLHF's logged metrics (keys without prefix)."""
         w = self.sample_weights
+        scaled = (self.log_allocation - self.log_allocation.max()).exp()  # Jain and Gini are scale invariant
         return {
             "F": self.fairness,
-            "jain": jain_index(self.allocation),
-            "gini": gini_coefficient(self.allocation),
+            "jain": jain_index(scaled),
+            "gini": gini_coefficient(scaled),
             "utility": self.utility,
             "num_agents": float(self.num_agents),
             "weight_min": float(w.min()),
@@ -207,7 +222,7 @@ def fairness_weights(rewards, agent_ids, config: PPOFairnessConfig) -> FairnessS
         sample_weights=clipped / mean,
         agent_ids=ids,
         raw_agent_weights=w_agent,
-        allocation=log_x.exp(),
+        log_allocation=log_x,
         fairness=F,
         utility=U,
         num_clipped=num_clipped,

@@ -1,0 +1,254 @@
+"""PPO fairness shaping in OpenRLHF's experience maker (openrlhf/trainer/ppo_utils/experience_maker.py).
+
+`apply_fairness(config)` (called by the `openrlhf train_ppo_ray` runner only when a PPO fairness flag is
+given) makes `RemoteExperienceMaker.compute_advantages_and_returns` end with `shape_experiences`: the host
+method runs unchanged (length penalties, group baselines, reward clip + KL, GAE or returns, whitening), then
+each sample's advantages are multiplied by its fairness weight (`openrlhf_fair.shaping`), so every estimator
+keeps its own baseline and the weights are not normalised away; returns (the critic's targets) stay as they
+are. The batch's fairness numbers go into ``experience.info`` as per-sample tensors, which OpenRLHF averages
+into its logged train metrics (``fairness/F``, ``fairness/jain``, ...).
+
+Where it runs: the experience maker lives in OpenRLHF's PPO trainer Ray actor (or the async training actor),
+which a driver-side patch does not reach; `host.ray_workers` carries `apply_in_worker` inside the args to
+every actor process. With ``--fair_unit label:KEY`` the label column is carried too (`host.prompts_dataset`,
+`host.samples_generator`). On an OpenRLHF that has the native experience hook (`patches/`), the hook is
+registered instead of replacing the method (`host.native_hooks`).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+from typing import Callable, List
+
+from openrlhf_fair.host import native_hooks, ray_workers
+from openrlhf_fair.host.patching import HostMismatchError, patch_attribute, require_attribute
+from openrlhf_fair.ppo_config import PPOFairnessConfig
+
+PATCH_ID = "openrlhf_fair.experience_maker"
+HOOK_ID = "openrlhf_fair.experience_maker.hook"
+CONFIG_ATTR = "__openrlhf_fair_config__"
+HOST_MODULE = "openrlhf.trainer.ppo_utils.experience_maker"
+WORKER_TARGET = "openrlhf_fair.host.experience_maker:apply_in_worker"
+METRIC_PREFIX = "fairness/"
+LABEL_INFO_KEY = "fairness/label"  # carried per sample from the samples generator; popped before logging
+MAX_LABEL_METRICS = 32  # per-label mean rewards logged for at most this many labels per batch
+STATE_ATTR = "_openrlhf_fair_state"
+
+logger = logging.getLogger("openrlhf_fair.ppo")
+
+# The one active configuration in this process (patch or hook): id -> (config, undo). Not read by the math.
+_active: dict[str, tuple[PPOFairnessConfig, Callable[[], None]]] = {}
+
+
+def _log(message: str, warning: bool = False) -> None:
+    try:
+        from openrlhf.utils.logging_utils import init_logger
+
+        target = init_logger("openrlhf_fair")
+    except ImportError:  # pragma: no cover - OpenRLHF is always there when this runs
+        target = logger
+    (target.warning if warning else target.info)(message)
+
+
+def _metric_name(label) -> str:
+    return METRIC_PREFIX + "label_reward/" + (re.sub(r"[^0-9A-Za-z_.\-]+", "_", str(label)) or "_")
+
+
+# --------------------------------------------------------------------------------------------- the step
+def shape_experiences(maker, experiences: List, config: PPOFairnessConfig) -> List:
+    """Scale each sample's advantages by its fairness weight and log the batch's fairness; see module doc.
+
+    Runs after the host computed advantages and returns. Raises FairnessInputError on NaN/Inf rewards, naming
+    the rollout batch. Measure-only configs (coef = reg = 0) leave the advantages untouched.
+    """
+    import torch
+
+    from openrlhf_fair.fairness import FairnessInputError
+    from openrlhf_fair.shaping import fairness_weights, label_agent_ids, prompt_agent_ids
+
+    state = maker.__dict__.setdefault(STATE_ATTR, {"batches": 0, "warned": set()})
+    state["batches"] += 1
+    batch = state["batches"]
+    carried = [exp.info.pop(LABEL_INFO_KEY, None) for exp in experiences]
+    if not experiences:
+        return experiences
+
+    lengths = [len(exp.rewards) for exp in experiences]
+    rewards = torch.cat([exp.rewards.reshape(-1) for exp in experiences]).detach().to("cpu", torch.float64)
+    if not bool(torch.isfinite(rewards).all()):
+        bad = int((~torch.isfinite(rewards)).sum())
+        raise FairnessInputError(
+            f"openrlhf-fair: {bad} of {rewards.numel()} rewards are NaN/Inf in rollout batch {batch} of this run "
+            f"(the batch logged as global step {batch} when training started from step 0); stopping before the "
+            "fairness weights spread them. Check the reward model / reward function."
+        )
+
+    label_names = None
+    if config.label_key is not None:
+        labels = []
+        for exp, carried_labels in zip(experiences, carried):
+            if carried_labels is None or len(carried_labels) != len(exp.rewards):
+                raise HostMismatchError(
+                    f"openrlhf-fair: --fair_unit {config.unit} needs each sample's label, but an experience arrived "
+                    "without it: the label patches (openrlhf_fair.host.samples_generator) did not run in the process "
+                    "that generated the samples"
+                )
+            labels.extend(carried_labels)
+        if any(label is None for label in labels):
+            raise FairnessInputError(
+                f"openrlhf-fair: --fair_unit {config.unit}: a sample's prompt was not found in the prompt dataset, "
+                "so its label is unknown (the rollout engine must return the prompt it was given)"
+            )
+        agent_ids, label_names = label_agent_ids(labels)
+    elif config.unit == "prompt":
+        index = [i for exp in experiences for i in exp.index]
+        agent_ids = prompt_agent_ids(index, maker.strategy.args.rollout.n_samples_per_prompt)
+    else:
+        agent_ids = torch.arange(rewards.numel())
+
+    shaping = fairness_weights(rewards, agent_ids, config)
+    if shaping.num_agents == 1 and "one_agent" not in state["warned"]:
+        state["warned"].add("one_agent")
+        _log(
+            f"openrlhf-fair: the rollout batch has one agent (--fair_unit {config.unit}), so every fairness weight "
+            "is 1 and fairness shaping does nothing; use more prompts per batch or another --fair_unit. "
+            "(This warning is shown once.)",
+            warning=True,
+        )
+
+    constants = {METRIC_PREFIX + key: value for key, value in shaping.metrics().items()}
+    if label_names is not None:
+        sums = torch.zeros(len(label_names), dtype=torch.float64).index_add_(0, shaping.agent_ids, rewards)
+        counts = torch.bincount(shaping.agent_ids, minlength=len(label_names))
+        shown = label_names[:MAX_LABEL_METRICS]
+        if len(label_names) > MAX_LABEL_METRICS and "many_labels" not in state["warned"]:
+            state["warned"].add("many_labels")
+            _log(f"openrlhf-fair: {len(label_names)} labels in one batch; logging mean reward for the first "
+                 f"{MAX_LABEL_METRICS} (sorted) only. (Shown once.)", warning=True)
+        for k, name in enumerate(shown):
+            constants[_metric_name(name)] = float(sums[k] / counts[k])
+
+    weights = shaping.sample_weights.split(lengths)
+    raw = rewards.split(lengths)
+    for exp, w, r in zip(experiences, weights, raw):
+        if config.enabled:
+            exp.advantages = exp.advantages * w.to(exp.advantages.dtype).to(exp.advantages.device).unsqueeze(-1)
+        device = exp.rewards.device
+        exp.info[METRIC_PREFIX + "weight"] = w.to(device=device, dtype=torch.float32)
+        exp.info[METRIC_PREFIX + "raw_reward"] = r.to(device=device, dtype=torch.float32)
+        for key, value in constants.items():
+            exp.info[key] = torch.full((len(w),), value, dtype=torch.float32, device=device)
+
+    _log(
+        f"[Fairness shaping] batch {batch}: {rewards.numel()} samples, {shaping.num_agents} agents ({config.unit}), "
+        f"F={shaping.fairness:.4f}, weights in [{constants[METRIC_PREFIX + 'weight_min']:.3f}, "
+        f"{constants[METRIC_PREFIX + 'weight_max']:.3f}], {shaping.num_clipped} clipped"
+        + ("" if config.enabled else " (measure only: advantages unchanged)")
+    )
+    return experiences
+
+
+def _wrap_compute(config: PPOFairnessConfig):
+    def make(original):
+        @functools.wraps(original)
+        def compute_advantages_and_returns(self, experiences, *args, **kwargs):
+            import torch
+
+            experiences = original(self, experiences, *args, **kwargs)
+            with torch.no_grad():
+                return shape_experiences(self, experiences, config)
+
+        setattr(compute_advantages_and_returns, CONFIG_ATTR, config)
+        return compute_advantages_and_returns
+
+    return make
+
+
+# --------------------------------------------------------------------------------------------- apply
+def apply_in_process(config: PPOFairnessConfig) -> Callable[[], None]:
+    """Patch (or hook) this process's experience maker for ``config`` now; return the undo function.
+
+    Applying the same config twice is harmless; a different config while one is active is an error.
+    """
+    import importlib
+
+    if PATCH_ID in _active:
+        active, undo = _active[PATCH_ID]
+        if active != config:
+            raise ValueError(
+                f"openrlhf-fair: PPO fairness is already active with {active}; undo it before applying {config}"
+            )
+        return lambda: None
+
+    host = importlib.import_module(HOST_MODULE)
+    maker = require_attribute(host, "RemoteExperienceMaker", "the PPO experience maker")
+    require_attribute(maker, "compute_advantages_and_returns", "where the rollout batch's advantages are computed")
+    undos = []
+    if native_hooks.use_native_hook("experience"):
+        undos.append(native_hooks.register_experience_hook(
+            lambda m, experiences: shape_experiences(m, experiences, config), HOOK_ID))
+    else:
+        undos.append(patch_attribute(maker, "compute_advantages_and_returns", _wrap_compute(config), PATCH_ID))
+    if config.label_key is not None:
+        from openrlhf_fair.host import prompts_dataset, samples_generator
+
+        native_hooks.require_runtime_patching(f"--fair_unit {config.unit} (carrying the label column)")
+        undos.append(prompts_dataset.apply_label_column(config.label_key))
+        undos.append(samples_generator.apply_label_tags(config.label_key))
+
+    def undo() -> None:
+        for step in reversed(undos):
+            step()
+        _active.pop(PATCH_ID, None)
+
+    _active[PATCH_ID] = (config, undo)
+    return undo
+
+
+def active_config() -> PPOFairnessConfig | None:
+    """The config patched into this process, or None."""
+    entry = _active.get(PATCH_ID)
+    return entry[0] if entry else None
+
+
+def apply_in_worker(payload: dict) -> None:
+    """Run in each Ray actor process that unpickles OpenRLHF's args (via `host.ray_workers`).
+
+    Lazy: patches when this process imports the experience maker (at once if it already has), so processes
+    that never make experience (vLLM engines, model actors) import nothing because of us.
+    """
+    config = PPOFairnessConfig.from_payload(payload)
+    ray_workers.when_imported(HOST_MODULE, lambda _module: apply_in_process(config))
+
+
+def apply_fairness(config: PPOFairnessConfig) -> Callable[[], None]:
+    """Apply PPO fairness shaping here and in every Ray actor of the run; return the undo function.
+
+    Nothing is patched for ``config=None``. Runs in the driver before OpenRLHF's CLI parses its arguments.
+    """
+    if config is None:
+        return lambda: None
+    if not isinstance(config, PPOFairnessConfig):
+        raise TypeError(f"openrlhf-fair: apply_fairness for train_ppo_ray needs a PPOFairnessConfig, got {type(config).__name__}")
+    undo_here = apply_in_process(config)
+    undo_carry = ray_workers.carry_to_workers(WORKER_TARGET, config.to_payload())
+    _log(f"openrlhf-fair: {config.describe()} (carried to OpenRLHF's Ray actors)")
+
+    def undo() -> None:
+        undo_carry()
+        undo_here()
+
+    return undo
+
+
+__all__ = [
+    "LABEL_INFO_KEY",
+    "METRIC_PREFIX",
+    "active_config",
+    "apply_fairness",
+    "apply_in_process",
+    "apply_in_worker",
+    "shape_experiences",
+]
