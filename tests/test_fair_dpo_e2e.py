@@ -1,0 +1,92 @@
+"""`openrlhf train_dpo --fairness_reg` end to end with real OpenRLHF on CPU (tiny Llama), and flags off identical
+to plain OpenRLHF (same seed, compare the saved weights byte for byte)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import make_preference_rows
+
+PLAIN_HOST = (
+    "import runpy, sys\n"
+    "from openrlhf_fair import cpu_backend\n"
+    "cpu_backend.activate('train_dpo')\n"
+    "sys.argv = ['train_dpo', *sys.argv[1:]]\n"
+    "runpy.run_module('openrlhf.cli.train_dpo', run_name='__main__', alter_sys=True)\n"
+)
+
+
+@pytest.fixture(scope="module")
+def dpo_data(tmp_path_factory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("dpo_data")
+    rows = make_preference_rows(40)
+    train, evaluation = folder / "train.jsonl", folder / "eval.jsonl"
+    train.write_text("".join(json.dumps(row) + "\n" for row in rows[:32]))
+    evaluation.write_text("".join(json.dumps(row) + "\n" for row in rows[32:]))
+    return train, evaluation
+
+
+def dpo_args(model: Path, data: tuple[Path, Path], out: Path, *extra: str) -> list[str]:
+    train, evaluation = data
+    return [
+        "--model.model_name_or_path", str(model), "--data.dataset", str(train), "--eval.dataset", str(evaluation),
+        "--eval.split", "train", "--data.prompt_key", "prompt", "--data.max_len", "48",
+        "--train.micro_batch_size", "4", "--train.batch_size", "8", "--train.max_epochs", "1", "--train.seed", "7",
+        "--ds.zero_stage", "0", "--ds.param_dtype", "bf16", "--adam.lr", "1e-3", "--model.beta", "0.5",
+        "--ckpt.output_dir", str(out), "--logger.logging_steps", "1", *extra,
+    ]  # fmt: skip
+
+
+def weights(out: Path) -> bytes:
+    return (out / "model.safetensors").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def plain_run(tiny_llama, dpo_data, tmp_path_factory):
+    """Plain OpenRLHF train_dpo (only the CPU backend, no add-on CLI): the reference output folder."""
+    import subprocess
+
+    out = tmp_path_factory.mktemp("dpo_plain") / "out"
+    result = subprocess.run(
+        [sys.executable, "-c", PLAIN_HOST, *dpo_args(tiny_llama, dpo_data, out)],
+        capture_output=True, text=True, timeout=180, cwd=out.parent,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return out
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+def test_flags_off_is_bit_identical_to_plain_openrlhf(tiny_llama, dpo_data, plain_run, run_cli, tmp_path):
+    out = tmp_path / "out"
+    result = run_cli("openrlhf", "train_dpo", *dpo_args(tiny_llama, dpo_data, out), timeout=180)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "openrlhf-fair" not in result.stdout.replace("openrlhf-fair] CPU backend", "")
+    assert weights(out) == weights(plain_run)
+    assert "openrlhf_fair" not in json.loads((out / "config.json").read_text())
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+def test_fairness_reg_trains_logs_and_records_settings(tiny_llama, dpo_data, plain_run, run_cli, tmp_path):
+    out, board = tmp_path / "out", tmp_path / "tb"
+    result = run_cli(
+        "openrlhf", "train_dpo", *dpo_args(tiny_llama, dpo_data, out, "--logger.tensorboard_dir", str(board)),
+        "--fairness_reg", "0.1", timeout=180,
+    )  # fmt: skip
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-4000:]
+    assert "openrlhf-fair (DPO, beta = 0.5): FR: loss = base - 0.1 * F" in log
+    # Step metrics in OpenRLHF's progress bar and in its TensorBoard events (train/ and, from evaluate, eval/).
+    for name in ("fair_base_loss", "fair_term", "fair_F", "fair_jain", "fair_gini"):
+        assert f"{name}=" in log, name
+    events = b"".join(path.read_bytes() for path in board.rglob("events.out.tfevents.*"))
+    assert b"train/fair_F" in events and b"train/fair_jain" in events and b"eval/fair_jain" in events
+    assert "openrlhf-fair eval: fair_jain=" in log
+    saved = json.loads((out / "config.json").read_text())["openrlhf_fair"]
+    assert saved["method"] == "fr" and saved["alpha"] == 0.1 and saved["tau"] == -1.0
+    assert weights(out) != weights(plain_run)  # the fairness term changed training
