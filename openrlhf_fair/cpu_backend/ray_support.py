@@ -164,6 +164,23 @@ def _cpu_ray_init(original):
     return init
 
 
+def _engines_ready(original):
+    """Wait until every rollout engine is constructed, so an engine that fails says why at once.
+
+    Without this an engine error only shows when DeepSpeed rank 0 gives up waiting for the engines to join
+    the weight-sync group (minutes later, as a store timeout).
+    """
+
+    def create_vllm_engines(*args, **kwargs):
+        import ray
+
+        engines = original(*args, **kwargs)
+        ray.get([engine.get_num_unfinished_requests.remote() for engine in engines])
+        return engines
+
+    return create_vllm_engines
+
+
 def _loopback_ray(env=os.environ) -> None:
     """Keep Ray on 127.0.0.1 (its node address, GCS, and what OpenRLHF passes as master address)."""
     env[RAY_CLUSTER_ENV] = "0"
@@ -182,17 +199,19 @@ def apply() -> Callable[[], None]:
     """Driver side for ``train_ppo_ray`` (or, inside a Ray worker, the worker side); return the undo function."""
     if os.environ.get(WORKER_ENV) == "1":
         return _apply_in_worker()
+    vllm_stand_in = _install_vllm_stand_in()  # first: openrlhf's PPO modules import vllm at module top
     import ray
+    import openrlhf.trainer.ray as ppo_ray
     from openrlhf.utils import config
 
     _loopback_ray()
-    vllm_stand_in = _install_vllm_stand_in()
     if ray.is_initialized():
         print("[openrlhf-fair] CPU backend: Ray is already initialised in this process; its workers only become "
               "CPU-aware if it was started with ray_support.ray_init_kwargs(...)", file=sys.stderr)
     undos = [
         patch_attribute(ray, "init", _cpu_ray_init, PATCH_ID),
         patch_attribute(config, "hierarchize", _checked_hierarchize, PATCH_ID),
+        patch_attribute(ppo_ray, "create_vllm_engines", _engines_ready, PATCH_ID),
     ]
     if vllm_stand_in:
         undos.append(_uninstall_vllm_stand_in)
@@ -233,11 +252,10 @@ def _cpu_replay_buffer_init(original):
 
 
 def _apply_in_worker() -> Callable[[], None]:
+    undos = [_uninstall_vllm_stand_in] if _install_vllm_stand_in() else []  # first: openrlhf's PPO imports vllm
     from openrlhf.trainer.ppo_utils import replay_buffer
 
-    undos = [patch_attribute(replay_buffer.NaiveReplayBuffer, "__init__", _cpu_replay_buffer_init, PATCH_ID)]
-    if _install_vllm_stand_in():
-        undos.append(_uninstall_vllm_stand_in)
+    undos.append(patch_attribute(replay_buffer.NaiveReplayBuffer, "__init__", _cpu_replay_buffer_init, PATCH_ID))
 
     def undo() -> None:
         for undo_one in reversed(undos):
@@ -268,9 +286,31 @@ class _ActivateAfterLoad(importlib.abc.Loader):
 
 
 class OpenRLHFImportHook(importlib.abc.MetaPathFinder):
-    """Front of ``sys.meta_path`` in a Ray worker: the first ``import openrlhf`` activates the CPU backend."""
+    """Front of ``sys.meta_path`` in a Ray worker; costs nothing until one of OpenRLHF's imports happens.
+
+    - ``import vllm`` / ``import flash_attn`` (Ray unpickles an actor class whose module imported them,
+      possibly before ``openrlhf`` itself): serve the stand-ins, only where the real package is missing.
+    - the first ``import openrlhf``: activate the whole CPU backend right after the (empty) package loads.
+    """
+
+    STAND_INS = ("vllm", "flash_attn")
+
+    def __init__(self):
+        self._busy = False
 
     def find_spec(self, fullname, path=None, target=None):
+        if self._busy:
+            return None
+        if fullname in self.STAND_INS:
+            self._busy = True
+            try:
+                from openrlhf_fair.cpu_backend import stand_ins
+
+                for name in self.STAND_INS:
+                    stand_ins.install(name)
+            finally:
+                self._busy = False
+            return None  # the real package, else the stand-in finder at the end of sys.meta_path
         if fullname != "openrlhf":
             return None
         remove_import_hook()

@@ -31,7 +31,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 # Env var naming a JSON-lines file where each engine appends one record per completed weight sync
 # (tests use it to check that the trained weights reach the engine).
 ROLLOUT_LOG_ENV = "OPENRLHF_FAIR_ROLLOUT_LOG"
-STORE_TIMEOUT_S = float(os.environ.get("OPENRLHF_FAIR_WEIGHT_SYNC_TIMEOUT", "300"))
+STORE_TIMEOUT_S = float(os.environ.get("OPENRLHF_FAIR_WEIGHT_SYNC_TIMEOUT", "180"))
 
 UNSUPPORTED = "the openrlhf-fair CPU rollout engine (vLLM stand-in) does not support"
 
