@@ -1,0 +1,353 @@
+"""PPO fairness patch against OpenRLHF's real RemoteExperienceMaker.compute_advantages_and_returns.
+
+Fabricated rollout batches (several micro-batches, shuffled prompt order, ragged action masks) go through the
+host method with and without the patch, for every advantage estimator; plus the patch checklist (replaced,
+twice harmless, undo, moved symbol, nothing when off), the worker-setup carrier and the label carrier.
+"""
+
+import argparse
+import copy
+import math
+import pickle
+import sys
+import textwrap
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from openrlhf_fair.fairness import FairnessInputError
+from openrlhf_fair.host.patching import HostMismatchError, ORIGINAL_ATTR, is_patched
+from openrlhf_fair.ppo_config import PPOFairnessConfig
+from openrlhf_fair.shaping import fairness_weights, label_agent_ids, prompt_agent_ids
+
+ESTIMATORS = ["gae", "reinforce", "rloo", "reinforce_baseline", "group_norm", "dr_grpo", "flash_reinforce"]
+N_PROMPTS, N_SAMPLES, MICRO, ACTIONS = 4, 4, 4, 7
+LABELS = ["helpful", "harmless", "helpful", "code"]  # label of prompt k
+
+
+@pytest.fixture(scope="module")
+def host():
+    """OpenRLHF's PPO modules, importable on CPU via the CPU backend's vllm / flash_attn stand-ins."""
+    from openrlhf_fair.cpu_backend import stand_ins
+
+    installed = [name for name in ("flash_attn", "vllm") if stand_ins.install(name)]
+    from openrlhf.trainer.ppo_utils import experience as experience_module
+    from openrlhf.trainer.ppo_utils import experience_maker
+    from openrlhf.trainer.ppo_utils.kl_controller import FixedKLController
+
+    yield SimpleNamespace(em=experience_maker, exp=experience_module, kl=FixedKLController)
+    for name in installed:
+        stand_ins.uninstall(name)
+
+
+@pytest.fixture
+def hm():
+    """The add-on's host module, with every PPO patch undone after the test."""
+    from openrlhf_fair.host import experience_maker as hm
+
+    yield hm
+    for _, undo in list(hm._active.values()):
+        undo()
+    from openrlhf_fair.host import ray_workers
+
+    for target in list(ray_workers._registered):
+        ray_workers._registered.pop(target)
+    if ray_workers._undo_hierarchize is not None:
+        ray_workers._undo_hierarchize()
+        ray_workers._undo_hierarchize = None
+
+
+def make_args(estimator: str, n: int = N_SAMPLES):
+    ns = SimpleNamespace
+    return ns(
+        algo=ns(advantage=ns(estimator=estimator, gamma=1.0, lambd=0.95, no_std_norm=False)),
+        rollout=ns(n_samples_per_prompt=n, micro_batch_size=MICRO),
+        reward=ns(clip_range=(-10.0, 10.0), overlong_buffer_len=None, stop_properly_penalty_coef=None),
+        data=ns(max_len=64),
+    )
+
+
+def make_maker(host, estimator: str, n: int = N_SAMPLES):
+    args = make_args(estimator, n)
+    strategy = SimpleNamespace(args=args)
+    return host.em.RemoteExperienceMaker(None, None, None, None, host.kl(0.01), strategy, None)
+
+
+def make_batch(host, seed: int = 0, n: int = N_SAMPLES, with_labels: bool = False):
+    """One rollout batch of N_PROMPTS * n samples as OpenRLHF's micro-batches, in a shuffled sample order."""
+    g = torch.Generator().manual_seed(seed)
+    total = N_PROMPTS * n
+    order = torch.randperm(total, generator=g)
+    batch = []
+    for chunk in order.split(MICRO):
+        b = len(chunk)
+        lengths = torch.randint(2, ACTIONS + 1, (b,), generator=g)
+        mask = torch.arange(ACTIONS)[None, :] < lengths[:, None]
+        # prompt k has mean reward k - 1.5: prompt 0 is the under-rewarded one
+        rewards = (chunk // n).float() - 1.5 + torch.randn(b, generator=g)
+        info = {"reward": rewards.clone()}
+        if with_labels:
+            info["fairness/label"] = [LABELS[int(i) // n] for i in chunk]
+        batch.append(
+            host.exp.Experience(
+                sequences=torch.ones(b, ACTIONS + 3, dtype=torch.long),
+                attention_mask=torch.ones(b, ACTIONS + 3, dtype=torch.long),
+                action_mask=mask,
+                kl=torch.randn(b, ACTIONS, generator=g) * 0.01,
+                values=torch.randn(b, ACTIONS, generator=g),
+                rewards=rewards,
+                response_length=lengths.float(),
+                index=chunk.tolist(),
+                prompts=[f"prompt {int(i) // n}" for i in chunk],
+                info=info,
+            )
+        )
+    return batch
+
+
+def agent_ids_for(config, batch, n=N_SAMPLES):
+    if config.unit == "prompt":
+        return prompt_agent_ids([i for exp in batch for i in exp.index], n)
+    if config.label_key:
+        return label_agent_ids([LABELS[i // n] for exp in batch for i in exp.index])[0]
+    return torch.arange(sum(len(exp.rewards) for exp in batch))
+
+
+def run(host, estimator, batch, n=N_SAMPLES):
+    return make_maker(host, estimator, n).compute_advantages_and_returns(copy.deepcopy(batch))
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+@pytest.mark.parametrize("unit", ["sample", "prompt"])
+def test_advantages_scaled_exactly_by_the_weights_returns_unchanged(host, hm, estimator, unit):
+    n = 1 if estimator == "flash_reinforce" and unit == "sample" else N_SAMPLES
+    batch = make_batch(host, seed=3, n=n)
+    base = run(host, estimator, batch, n)
+    config = PPOFairnessConfig(coef=0.5, reg=0.5, unit=unit)
+    hm.apply_in_process(config)
+    shaped = run(host, estimator, batch, n)
+
+    rewards = torch.cat([exp.rewards for exp in shaped])  # the final rewards the shaping saw
+    assert torch.equal(rewards, torch.cat([exp.rewards for exp in base]))
+    weights = fairness_weights(rewards, agent_ids_for(config, batch, n), config).sample_weights
+    assert weights.max() > 1.05 and weights.min() < 0.95  # a real reweighting, not a no-op
+    changed = False
+    for b, s, w in zip(base, shaped, weights.split([len(e.rewards) for e in batch])):
+        assert torch.equal(s.returns, b.returns)
+        assert torch.equal(s.advantages, b.advantages * w.to(b.advantages.dtype)[:, None])
+        changed |= not torch.equal(s.advantages, b.advantages)
+        assert torch.equal(s.info["fairness/weight"], w.float())
+        assert torch.equal(s.info["fairness/raw_reward"], s.rewards.float())
+    assert changed
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_measure_only_leaves_experience_bit_identical_and_logs(host, hm, estimator):
+    batch = make_batch(host, seed=5)
+    base = run(host, estimator, batch)
+    hm.apply_in_process(PPOFairnessConfig(unit="prompt"))  # coef = reg = 0
+    shaped = run(host, estimator, batch)
+    for b, s in zip(base, shaped):
+        assert torch.equal(s.advantages, b.advantages) and torch.equal(s.returns, b.returns)
+        assert torch.equal(s.info["fairness/weight"], torch.ones(len(s.rewards)))
+        for key in ("F", "jain", "gini", "weight_min", "weight_max", "utility", "num_agents", "raw_reward"):
+            value = s.info[f"fairness/{key}"]
+            assert isinstance(value, torch.Tensor) and value.shape == s.rewards.shape and value.is_floating_point()
+        assert s.info["fairness/num_agents"][0].item() == N_PROMPTS
+
+
+def test_flags_off_patch_nothing_and_output_is_identical(host, hm):
+    from openrlhf.utils import config as host_config
+
+    cls = host.em.RemoteExperienceMaker
+    before = cls.__dict__["compute_advantages_and_returns"]
+    undo = hm.apply_fairness(None)
+    assert cls.__dict__["compute_advantages_and_returns"] is before
+    assert not is_patched(host_config, "hierarchize")
+    batch = make_batch(host, seed=1)
+    a, b = run(host, "group_norm", batch), run(host, "group_norm", batch)
+    assert all(torch.equal(x.advantages, y.advantages) and x.info.keys() == y.info.keys() for x, y in zip(a, b))
+    assert not any(key.startswith("fairness/") for key in a[0].info)
+    undo()
+
+
+def test_patch_checklist_replaced_twice_harmless_undo(host, hm):
+    cls = host.em.RemoteExperienceMaker
+    original = cls.__dict__["compute_advantages_and_returns"]
+    config = PPOFairnessConfig(coef=0.5)
+    undo = hm.apply_in_process(config)
+    patched = cls.__dict__["compute_advantages_and_returns"]
+    assert patched is not original and is_patched(cls, "compute_advantages_and_returns", hm.PATCH_ID)
+    assert getattr(patched, ORIGINAL_ATTR) is original
+    batch = make_batch(host, seed=2)
+    once = run(host, "reinforce", batch)
+    hm.apply_in_process(config)  # twice: harmless
+    assert cls.__dict__["compute_advantages_and_returns"] is patched
+    twice = run(host, "reinforce", batch)
+    assert all(torch.equal(x.advantages, y.advantages) for x, y in zip(once, twice))
+    with pytest.raises(ValueError, match="already active"):
+        hm.apply_in_process(PPOFairnessConfig(coef=0.1))
+    undo()
+    assert cls.__dict__["compute_advantages_and_returns"] is original
+    assert hm.active_config() is None
+
+
+def test_moved_host_symbol_fails_loudly(host, hm, monkeypatch):
+    monkeypatch.delattr(host.em.RemoteExperienceMaker, "compute_advantages_and_returns")
+    with pytest.raises(HostMismatchError, match="RemoteExperienceMaker.compute_advantages_and_returns"):
+        hm.apply_in_process(PPOFairnessConfig(coef=0.5))
+    monkeypatch.undo()
+    monkeypatch.delattr(host.em, "RemoteExperienceMaker")
+    with pytest.raises(HostMismatchError, match="RemoteExperienceMaker"):
+        hm.apply_in_process(PPOFairnessConfig(coef=0.5))
+
+
+def test_native_mode_without_native_hook_is_an_error(host, hm, monkeypatch):
+    monkeypatch.setenv("OPENRLHF_FAIR_PATCH_MODE", "native")
+    with pytest.raises(HostMismatchError, match="experience"):
+        hm.apply_in_process(PPOFairnessConfig(coef=0.5))
+    assert not is_patched(host.em.RemoteExperienceMaker, "compute_advantages_and_returns")
+
+
+def test_nan_reward_stops_naming_the_batch(host, hm):
+    hm.apply_in_process(PPOFairnessConfig(coef=0.5))
+    maker = make_maker(host, "group_norm")
+    maker.compute_advantages_and_returns(make_batch(host, seed=1))
+    batch = make_batch(host, seed=2)
+    batch[1].rewards[2] = math.nan
+    with pytest.raises(FairnessInputError, match="rollout batch 2"):
+        maker.compute_advantages_and_returns(batch)
+
+
+def test_one_agent_warns_once(host, hm, monkeypatch):
+    messages = []
+    monkeypatch.setattr(hm, "_log", lambda message, warning=False: messages.append((warning, message)))
+    hm.apply_in_process(PPOFairnessConfig(coef=0.5, unit="prompt"))
+    maker = make_maker(host, "reinforce", n=N_PROMPTS * N_SAMPLES)  # the whole batch is one prompt group
+    for seed in range(3):
+        out = maker.compute_advantages_and_returns(make_batch(host, seed=seed))
+        assert all(torch.equal(e.info["fairness/weight"], torch.ones(len(e.rewards))) for e in out)
+    warnings = [m for w, m in messages if w]
+    assert len(warnings) == 1 and "one agent" in warnings[0]
+    assert sum("[Fairness shaping]" in m for _, m in messages) == 3  # one log line per batch
+
+
+def test_label_unit_uses_carried_labels_and_logs_mean_reward_per_label(host, hm):
+    config = PPOFairnessConfig(reg=0.5, unit="label:category")
+    batch = make_batch(host, seed=4, with_labels=True)
+    base = run(host, "group_norm", batch)  # unpatched host
+    hm.apply_in_process(config)
+    shaped = run(host, "group_norm", batch)
+    rewards = torch.cat([e.rewards for e in shaped]).double()
+    labels = [LABELS[i // N_SAMPLES] for e in batch for i in e.index]
+    ids, names = label_agent_ids(labels)
+    weights = fairness_weights(rewards, ids, config).sample_weights
+    for b, s, w in zip(base, shaped, weights.split([len(e.rewards) for e in batch])):
+        assert torch.equal(s.advantages, b.advantages * w.float()[:, None])
+        assert "fairness/label" not in s.info  # popped: strings would crash OpenRLHF's metric logging
+    for k, name in enumerate(names):
+        value = shaped[0].info[f"fairness/label_reward/{name}"][0].item()
+        assert value == pytest.approx(float(rewards[ids == k].mean()), rel=1e-6)
+    # OpenRLHF's replay-buffer path (split per sample, re-batch) accepts every info entry
+    items = [item for e in shaped for item in host.exp.split_experience_batch(e)]
+    merged = host.exp.make_experience_batch(items)
+    for key, values in merged.info.items():  # what PolicyModelActor.training_step does with each info entry
+        assert torch.tensor(values, dtype=torch.float).shape == (N_PROMPTS * N_SAMPLES,), key
+
+
+def test_label_unit_without_carried_labels_is_a_clear_error(host, hm):
+    hm.apply_in_process(PPOFairnessConfig(reg=1.0, unit="label:category"))
+    with pytest.raises(HostMismatchError, match="label"):
+        run(host, "group_norm", make_batch(host, seed=4, with_labels=False))
+
+
+# --------------------------------------------------------------------------------- carrying the patch to workers
+def test_apply_fairness_carries_a_worker_setup_inside_the_args(host, hm):
+    from openrlhf.utils import config as host_config
+
+    config = PPOFairnessConfig(coef=0.5, unit="prompt")
+    undo = hm.apply_fairness(config)
+    args = host_config.hierarchize(argparse.Namespace(**{"algo.advantage.estimator": "gae", "seed": 1}))
+    assert args.algo.advantage.estimator == "gae" and args.seed == 1
+    setup = args.openrlhf_fair_worker_setup
+    assert setup.entries == ((hm.WORKER_TARGET, config.to_payload()),)
+    undo()
+    assert hm.active_config() is None and not is_patched(host_config, "hierarchize")
+    assert not hasattr(host_config.hierarchize(argparse.Namespace(a=1)), "openrlhf_fair_worker_setup")
+    # what a Ray actor does with the args it receives: unpickling them applies the patch in that process
+    restored = pickle.loads(pickle.dumps(SimpleNamespace(args=args)))
+    assert hm.active_config() == config
+    assert is_patched(host.em.RemoteExperienceMaker, "compute_advantages_and_returns", hm.PATCH_ID)
+    assert restored.args.openrlhf_fair_worker_setup == setup
+
+
+def test_worker_setup_in_a_fresh_process_is_lazy(tmp_path):
+    """In a new interpreter (like a Ray worker), unpickling installs nothing until the host module is imported."""
+    import subprocess
+
+    from openrlhf_fair.host.ray_workers import WorkerSetup
+
+    (tmp_path / "fake_host_mod.py").write_text("class Maker:\n    def step(self):\n        return 1\n")
+    (tmp_path / "fake_setup.py").write_text(textwrap.dedent("""
+        from openrlhf_fair.host.ray_workers import when_imported
+        def setup(payload):
+            def patch(module):
+                module.Maker.step = lambda self: payload
+            when_imported("fake_host_mod", patch)
+    """))
+    blob = pickle.dumps(WorkerSetup([("fake_setup:setup", 42)]))
+    (tmp_path / "blob.pkl").write_bytes(blob)
+    script = textwrap.dedent("""
+        import pickle, sys
+        pickle.loads(open("blob.pkl", "rb").read())
+        assert "fake_host_mod" not in sys.modules and "torch" not in sys.modules
+        import fake_host_mod
+        print(fake_host_mod.Maker().step())
+    """)
+    out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                         env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "42"
+
+
+def test_worker_setup_rejects_bad_targets():
+    from openrlhf_fair.host.ray_workers import WorkerSetup, resolve
+
+    with pytest.raises(ValueError, match="module:function"):
+        WorkerSetup([("no_colon", 1)])
+    with pytest.raises(ValueError, match="not a function"):
+        resolve("openrlhf_fair.host.ray_workers:ARGS_ATTR")
+
+
+# --------------------------------------------------------------------------------- the label column carrier
+def _prompt_dataset(host, rows):
+    from datasets import Dataset
+    from openrlhf.datasets.prompts_dataset import PromptDataset
+
+    args = SimpleNamespace(data=SimpleNamespace(input_key="input", label_key=None, apply_chat_template=False, image_key="images"))
+    strategy = SimpleNamespace(args=args, is_rank_0=lambda: False)
+    return PromptDataset(Dataset.from_list(rows), None, strategy)
+
+
+def test_label_column_reaches_the_sample(host, hm):
+    from openrlhf.trainer.ppo_utils.samples_generator import SamplesGenerator
+
+    hm.apply_in_process(PPOFairnessConfig(coef=0.5, unit="label:category"))
+    dataset = _prompt_dataset(host, [{"input": "a?", "category": 3}, {"input": "b?", "category": 7}])
+    assert dataset.openrlhf_fair_label_of == {"a?": "3", "b?": "7"}
+    generator = SamplesGenerator(SimpleNamespace(args=None), SimpleNamespace(dataset=dataset), None, None, [])
+    response = {"observation_tokens": [1, 2, 3, 4], "action_ranges": [(2, 4)], "reward": 0.5, "prompt": "b?",
+                "label": "", "rollout_log_probs": None}
+    experience = generator._process_response_into_experience(response, max_len=16)
+    assert experience.info["fairness/label"] == ["7"]
+
+
+def test_label_column_missing_or_ambiguous_is_a_clear_error(host, hm):
+    from openrlhf_fair.host.prompts_dataset import LabelColumnError
+
+    hm.apply_in_process(PPOFairnessConfig(coef=0.5, unit="label:category"))
+    with pytest.raises(LabelColumnError, match="no column 'category'.*input"):
+        _prompt_dataset(host, [{"input": "a?", "topic": "x"}])
+    with pytest.raises(LabelColumnError, match="two labels"):
+        _prompt_dataset(host, [{"input": "a?", "category": "x"}, {"input": "a?", "category": "y"}])
