@@ -129,6 +129,8 @@ class FairPairWiseLoss(nn.Module):
     # ------------------------------------------------------------------------------------------- the loss
     def forward(self, chosen_reward, reject_reward, margin=None, group_ids=None) -> torch.Tensor:
         base = self.base_loss(chosen_reward, reject_reward, margin)
+        if self._eval_records is None and not torch.is_grad_enabled():
+            return base  # the host's evaluate without the recording wrapper (native loss hook): host loss only
         ids = self._group_ids_for(group_ids, chosen_reward.numel(), chosen_reward.device)
         if self._eval_records is not None:
             self._eval_records["chosen"].append(chosen_reward.detach().reshape(-1).float())

@@ -80,7 +80,7 @@ def test_fairness_reg_trains_logs_and_records_settings(tiny_llama, dpo_data, pla
     )  # fmt: skip
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-4000:]
-    assert "openrlhf-fair (DPO, beta = 0.5): FR: loss = base - 0.1 * F" in log
+    assert "openrlhf-fair: beta=0.5, FR: loss = base - 0.1 * F" in log
     # Step metrics in OpenRLHF's progress bar and in its TensorBoard events (train/ and, from evaluate, eval/).
     for name in ("fair_base_loss", "fair_term", "fair_F", "fair_jain", "fair_gini"):
         assert f"{name}=" in log, name

@@ -92,7 +92,7 @@ def test_patched_trainer_gets_fair_dpo_loss_around_the_host_loss(host, dpo_patch
     assert type(trainer.loss_fn.dpo_loss).__name__ == "DPOLoss" and trainer.loss_fn.dpo_loss.ipo
     assert trainer.loss_fn.steps_per_update == 2
     assert model.config.openrlhf_fair["method"] == "fc" and model.config.openrlhf_fair["coef_form"] == "inverse"
-    assert any("openrlhf-fair (DPO, beta = 0.2): FC (inverse)" in line for line in strategy.printed)
+    assert any("openrlhf-fair: beta=0.2, FC (inverse)" in line for line in strategy.printed)
     undo()
     assert {name: host.DPOTrainer.__dict__[name] for name in METHODS} == before
     assert type(make_trainer(host)[0].loss_fn).__name__ == "DPOLoss"

@@ -22,6 +22,7 @@ import re
 from typing import Callable, Optional
 
 from openrlhf_fair.config import FairnessConfigError, RewardFairnessConfig
+from openrlhf_fair.host import native_hooks
 from openrlhf_fair.host.patching import HostMismatchError, is_patched, patch_attribute, require_attribute
 
 PATCH_ID = "openrlhf_fair.rm_trainer"
@@ -142,27 +143,46 @@ def eval_fairness_metrics(
 
 
 # --------------------------------------------------------------------------------------------- wrappers
-def _wrap_init(config: RewardFairnessConfig):
+def fair_loss_for(trainer, loss_fn, config: RewardFairnessConfig, loss_class=None):
+    """``loss_class`` (default `FairPairWiseLoss`; `FairDPOLoss` for DPO) around the trainer's host loss, the
+    settings recorded in the model config (runtime patch and native loss hook alike)."""
+    if loss_class is None:
+        from openrlhf_fair.losses import FairPairWiseLoss as loss_class
+
+    strategy = trainer.strategy
+    fair = loss_class(
+        loss_fn,
+        config,
+        process_group=_process_group(config, strategy),
+        steps_per_update=getattr(strategy, "accumulated_gradient", 1),
+    )
+    strategy._unwrap_model(trainer.model).config.update({SAVED_CONFIG_KEY: config.to_dict()})
+    strategy.print(f"openrlhf-fair: {fair.extra_repr()}")
+    return fair
+
+
+def _wrap_init(config: RewardFairnessConfig, loss_class=None):
     def make(original):
         @functools.wraps(original)
         def __init__(self, *args, **kwargs):
-            from openrlhf_fair.losses import FairPairWiseLoss
-
             strategy = _bind(original, self, *args, **kwargs).arguments["strategy"]
             check_run(config, strategy)
             original(self, *args, **kwargs)
-            self.loss_fn = FairPairWiseLoss(
-                self.loss_fn,
-                config,
-                process_group=_process_group(config, strategy),
-                steps_per_update=getattr(strategy, "accumulated_gradient", 1),
-            )
-            strategy._unwrap_model(self.model).config.update({SAVED_CONFIG_KEY: config.to_dict()})
-            strategy.print(f"openrlhf-fair: {config.describe()}")
+            self.loss_fn = fair_loss_for(self, self.loss_fn, config, loss_class)
 
         return __init__
 
     return make
+
+
+def _native_loss_hook(config: RewardFairnessConfig, loss_class=None):
+    """For OpenRLHF's native loss hook (`patches/`): what the ``__init__`` wrapper does, from inside ``__init__``."""
+
+    def wrap_loss(trainer, loss_fn):
+        check_run(config, trainer.strategy)
+        return fair_loss_for(trainer, loss_fn, config, loss_class)
+
+    return wrap_loss
 
 
 def _wrap_fit(config: RewardFairnessConfig):
@@ -260,15 +280,27 @@ def apply_fairness(config: RewardFairnessConfig) -> Callable[[], None]:
     from openrlhf.trainer import rm_trainer as host
 
     cls = require_attribute(host, "RewardModelTrainer", "the reward-model trainer of train_rm")
+    return apply_to_trainer(cls, config, PATCH_ID, "rm_loss")
+
+
+def apply_to_trainer(cls, config: RewardFairnessConfig, patch_id: str, hook_point: str, loss_class=None):
+    """Wrap the pairwise trainer ``cls`` (RewardModelTrainer; DPOTrainer with `FairDPOLoss`); return the undo.
+
+    On an OpenRLHF with the native loss hook ``hook_point`` (`patches/`), registers the hook instead.
+    """
+    if native_hooks.use_native_hook(hook_point):  # patches/ applied: no runtime patch (step logs via the hook)
+        if config.group_key is not None:
+            native_hooks.require_runtime_patching("--fairness_group_key (group labels from the dataset)")
+        return native_hooks.register_loss_hook(cls, _native_loss_hook(config, loss_class), f"{patch_id}.loss_hook")
     for name in WRAPPED_METHODS:
-        require_attribute(cls, name, "RewardModelTrainer method wrapped by openrlhf-fair")
-    if is_patched(cls, "__init__", f"{PATCH_ID}.__init__"):
+        require_attribute(cls, name, f"{cls.__name__} method wrapped by openrlhf-fair")
+    if is_patched(cls, "__init__", f"{patch_id}.__init__"):
         applied = getattr(cls.__init__, CONFIG_ATTR, None)
         if applied != config:
-            raise FairnessConfigError(f"RewardModelTrainer is already patched with another config: {applied}")
+            raise FairnessConfigError(f"{cls.__name__} is already patched with another config: {applied}")
 
     makers = {
-        "__init__": _wrap_init(config),
+        "__init__": _wrap_init(config, loss_class),
         "fit": _wrap_fit(config),
         "save_logs_and_checkpoints": _wrap_save_logs(config),
         "evaluate": _wrap_evaluate(config),
@@ -290,7 +322,7 @@ def apply_fairness(config: RewardFairnessConfig) -> Callable[[], None]:
 
     try:  # all or nothing: a host symbol missing half-way leaves nothing patched
         for name, make in makers.items():
-            undos.append(patch_attribute(cls, name, tagged(make), f"{PATCH_ID}.{name}"))
+            undos.append(patch_attribute(cls, name, tagged(make), f"{patch_id}.{name}"))
         if config.group_key is not None:
             from openrlhf_fair.host.reward_dataset import apply_group_labels
 
