@@ -114,6 +114,18 @@ def test_moved_host_symbol_fails_loudly_and_patches_nothing(host, rm_patch, monk
     assert not any(is_patched(trainer_cls, n) for n in before)
 
 
+def test_changed_host_signature_fails_loudly_before_patching(host, rm_patch, monkeypatch):
+    trainer_cls = host.rm_trainer.RewardModelTrainer
+
+    def fit(self, args):  # a host release that dropped consumed_samples
+        pass
+
+    monkeypatch.setattr(trainer_cls, "fit", fit)
+    with pytest.raises(HostMismatchError, match="no parameter.*consumed_samples"):
+        rm_patch(RewardFairnessConfig(alpha=0.1))
+    assert not any(is_patched(trainer_cls, n) for n in TRAINER_METHODS)
+
+
 def test_nothing_patched_when_fairness_flags_are_off(host):
     """No fairness flag: no config (so the runner applies nothing), and importing our host modules patches nothing."""
     argv = ["--model.model_name_or_path", "m", "--train.micro_batch_size", "8", "--model.loss_type", "sigmoid"]

@@ -28,7 +28,14 @@ from openrlhf_fair.host.patching import HostMismatchError, is_patched, patch_att
 PATCH_ID = "openrlhf_fair.rm_trainer"
 CONFIG_ATTR = "__openrlhf_fair_config__"
 SAVED_CONFIG_KEY = "openrlhf_fair"
-WRAPPED_METHODS = ("__init__", "fit", "save_logs_and_checkpoints", "evaluate")
+# The host methods we wrap, and the parameters each wrapper reads (checked before anything is patched).
+WRAPPED_PARAMETERS = {
+    "__init__": ("strategy",),
+    "fit": ("args", "consumed_samples"),
+    "save_logs_and_checkpoints": ("step_bar", "logs_dict"),
+    "evaluate": ("eval_dataloader", "steps"),
+}
+WRAPPED_METHODS = tuple(WRAPPED_PARAMETERS)
 
 
 # --------------------------------------------------------------------------------------------- checks
@@ -98,8 +105,20 @@ class _GroupLabelFeed:
         return getattr(self._dataloader, name)
 
 
-def _bind(original: Callable, *args, **kwargs) -> inspect.BoundArguments:
-    bound = inspect.signature(original).bind(*args, **kwargs)
+def _check_parameters(method: Callable, names: tuple[str, ...]) -> inspect.Signature:
+    """The host method's signature (seen through wrappers that set ``__wrapped__``), which must have ``names``."""
+    signature = inspect.signature(method)
+    missing = [name for name in names if name not in signature.parameters]
+    if missing:
+        raise HostMismatchError(
+            f"openrlhf-fair: {getattr(method, '__qualname__', method)}{signature} has no parameter(s) "
+            f"{', '.join(missing)}; the trainer patch needs updating for this OpenRLHF version"
+        )
+    return signature
+
+
+def _bind(original: Callable, names: tuple[str, ...], *args, **kwargs) -> inspect.BoundArguments:
+    bound = _check_parameters(original, names).bind(*args, **kwargs)
     bound.apply_defaults()
     return bound
 
@@ -165,7 +184,7 @@ def _wrap_init(config: RewardFairnessConfig, loss_class=None):
     def make(original):
         @functools.wraps(original)
         def __init__(self, *args, **kwargs):
-            strategy = _bind(original, self, *args, **kwargs).arguments["strategy"]
+            strategy = _bind(original, ("strategy",), self, *args, **kwargs).arguments["strategy"]
             check_run(config, strategy)
             original(self, *args, **kwargs)
             self.loss_fn = fair_loss_for(self, self.loss_fn, config, loss_class)
@@ -189,7 +208,7 @@ def _wrap_fit(config: RewardFairnessConfig):
     def make(original):
         @functools.wraps(original)
         def fit(self, *args, **kwargs):
-            bound = _bind(original, self, *args, **kwargs)
+            bound = _bind(original, ("args", "consumed_samples"), self, *args, **kwargs)
             host_args, consumed = bound.arguments["args"], bound.arguments["consumed_samples"]
             self.loss_fn.micro_step = consumed // host_args.train.batch_size * self.strategy.accumulated_gradient
             if config.group_key is None:
@@ -210,7 +229,7 @@ def _wrap_save_logs(config: RewardFairnessConfig):
     def make(original):
         @functools.wraps(original)
         def save_logs_and_checkpoints(self, *args, **kwargs):
-            bound = _bind(original, self, *args, **kwargs)
+            bound = _bind(original, ("step_bar", "logs_dict"), self, *args, **kwargs)
             fair = self.loss_fn.pop_window_metrics()
             if fair:  # every rank calls this at the same steps, so the all-reduce is safe
                 fair = self.strategy.all_reduce(fair)
@@ -234,7 +253,7 @@ def _wrap_evaluate(config: RewardFairnessConfig):
         def evaluate(self, *args, **kwargs):
             import torch
 
-            bound = _bind(original, self, *args, **kwargs)
+            bound = _bind(original, ("eval_dataloader", "steps"), self, *args, **kwargs)
             feed = None
             if config.group_key is not None:
                 feed = bound.arguments["eval_dataloader"] = _GroupLabelFeed(bound.arguments["eval_dataloader"], self.loss_fn)
@@ -292,8 +311,9 @@ def apply_to_trainer(cls, config: RewardFairnessConfig, patch_id: str, hook_poin
         if config.group_key is not None:
             native_hooks.require_runtime_patching("--fairness_group_key (group labels from the dataset)")
         return native_hooks.register_loss_hook(cls, _native_loss_hook(config, loss_class), f"{patch_id}.loss_hook")
-    for name in WRAPPED_METHODS:
-        require_attribute(cls, name, f"{cls.__name__} method wrapped by openrlhf-fair")
+    for name, parameters in WRAPPED_PARAMETERS.items():
+        method = require_attribute(cls, name, f"{cls.__name__} method wrapped by openrlhf-fair")
+        _check_parameters(method, parameters)
     if is_patched(cls, "__init__", f"{patch_id}.__init__"):
         applied = getattr(cls.__init__, CONFIG_ATTR, None)
         if applied != config:
