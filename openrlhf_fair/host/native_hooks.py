@@ -18,6 +18,7 @@ host function really calls it (its code object names the hook function), so a ha
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 from typing import Any, Callable
 
@@ -74,7 +75,7 @@ def missing_call_sites(point: str) -> list[str]:
     for qualname, hook_name in call_sites:
         owner_name, function_name = qualname.split(".")
         function = original_of(getattr(getattr(module, owner_name, None), function_name, None))
-        code = getattr(function, "__code__", None)
+        code = getattr(inspect.unwrap(function), "__code__", None)  # through @torch.no_grad() and the like
         if code is None or hook_name not in code.co_names:
             missing.append(f"{module_name}.{qualname} (does not call {hook_name})")
     return missing
