@@ -66,6 +66,7 @@ def _build_atomically(path: Path, spec: dict, build: Callable[[Path], None]) -> 
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    staging.chmod(0o755)
     try:
         build(staging)
         _mark_complete(staging, spec)

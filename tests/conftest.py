@@ -5,7 +5,8 @@ Fixtures:
 - `minilm_rm`: all-MiniLM-L6-v2 with eos = [SEP], a real pretrained reward-model backbone.
 - `smollm2`: SmolLM2-135M-Instruct as an HF folder (converted once from the GGUF, cached between runs).
 - `preference_jsonl`: 64 small synthetic preference pairs (prompt/chosen/rejected) in a jsonl file.
-- `run_cli`: runs a command line in a subprocess with a timeout and records its wall time and peak memory;
+- `run_cli`: runs a command line in a subprocess with a timeout and records its wall time and peak memory
+  (of the largest process);
   the table of every end-to-end run is printed at the end of the session.
 """
 
@@ -91,22 +92,22 @@ _MEASURE = (
 )
 
 
-@pytest.fixture
-def run_cli(tmp_path, request):
-    """``run_cli(*argv, timeout=..., env=...)``: run, measure, return the CompletedProcess (text output)."""
+@pytest.fixture(scope="session")
+def run_cli(tmp_path_factory):
+    """``run_cli(*argv, label=..., timeout=..., env=..., cwd=...)``: run, measure, return the CompletedProcess."""
+    measure_dir = tmp_path_factory.mktemp("measure")
 
-    def run(*argv, timeout: float = 180, env: dict | None = None, cwd=None) -> subprocess.CompletedProcess:
-        measure_file = tmp_path / f"measure-{len(_E2E_RUNS)}.json"
+    def run(*argv, label: str, timeout: float = 180, env: dict | None = None, cwd=None) -> subprocess.CompletedProcess:
+        measure_file = measure_dir / f"{len(_E2E_RUNS)}.json"
         full_env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", **(env or {})}
         started = time.perf_counter()
         result = subprocess.run(
             [sys.executable, "-c", _MEASURE, str(measure_file), *map(str, argv)],
-            capture_output=True, text=True, timeout=timeout, env=full_env, cwd=cwd or tmp_path,
+            capture_output=True, text=True, timeout=timeout, env=full_env, cwd=cwd or measure_dir,
         )
         wall = time.perf_counter() - started
         peak = json.loads(measure_file.read_text())["peak_rss_mb"] if measure_file.exists() else float("nan")
-        _E2E_RUNS.append({"test": request.node.name, "command": " ".join(map(str, argv[:3])), "wall_s": wall,
-                          "peak_rss_mb": peak, "rc": result.returncode})
+        _E2E_RUNS.append({"label": label, "wall_s": wall, "peak_rss_mb": peak, "rc": result.returncode})
         return result
 
     return run
@@ -118,5 +119,5 @@ def pytest_terminal_summary(terminalreporter):
     terminalreporter.section("openrlhf-fair end-to-end runs (wall time, largest process peak RSS)")
     for run in _E2E_RUNS:
         terminalreporter.write_line(
-            f"{run['wall_s']:7.1f} s {run['peak_rss_mb']:8.0f} MB  rc={run['rc']}  {run['test']}: {run['command']}"
+            f"{run['wall_s']:7.1f} s {run['peak_rss_mb']:8.0f} MB  rc={run['rc']}  {run['label']}"
         )
