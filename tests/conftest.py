@@ -87,7 +87,8 @@ def preference_jsonl(tmp_path_factory) -> Path:
 _MEASURE = (
     "import json, resource, subprocess, sys\n"
     "rc = subprocess.call(sys.argv[2:])\n"
-    "json.dump({'peak_rss_mb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}, open(sys.argv[1], 'w'))\n"
+    "usage = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+    "json.dump({'peak_rss_mb': usage.ru_maxrss / 1024, 'cpu_s': usage.ru_utime + usage.ru_stime}, open(sys.argv[1], 'w'))\n"
     "sys.exit(rc)\n"
 )
 
@@ -106,8 +107,9 @@ def run_cli(tmp_path_factory):
             capture_output=True, text=True, timeout=timeout, env=full_env, cwd=cwd or measure_dir,
         )
         wall = time.perf_counter() - started
-        peak = json.loads(measure_file.read_text())["peak_rss_mb"] if measure_file.exists() else float("nan")
-        _E2E_RUNS.append({"label": label, "wall_s": wall, "peak_rss_mb": peak, "rc": result.returncode})
+        usage = json.loads(measure_file.read_text()) if measure_file.exists() else {}
+        _E2E_RUNS.append({"label": label, "wall_s": wall, "cpu_s": usage.get("cpu_s", float("nan")),
+                          "peak_rss_mb": usage.get("peak_rss_mb", float("nan")), "rc": result.returncode})
         return result
 
     return run
@@ -116,8 +118,9 @@ def run_cli(tmp_path_factory):
 def pytest_terminal_summary(terminalreporter):
     if not _E2E_RUNS:
         return
-    terminalreporter.section("openrlhf-fair end-to-end runs (wall time, largest process peak RSS)")
+    terminalreporter.section("openrlhf-fair end-to-end runs")
+    terminalreporter.write_line("   wall  CPU(all processes)  peak RSS (largest process)")
     for run in _E2E_RUNS:
         terminalreporter.write_line(
-            f"{run['wall_s']:7.1f} s {run['peak_rss_mb']:8.0f} MB  rc={run['rc']}  {run['label']}"
+            f"{run['wall_s']:6.1f} s {run['cpu_s']:8.1f} s {run['peak_rss_mb']:14.0f} MB   rc={run['rc']}  {run['label']}"
         )

@@ -166,3 +166,28 @@ def test_port_in_use_is_reported(run_cli, tiny_llama, preference_jsonl, tmp_path
     assert result.returncode == 2
     assert f"MASTER_PORT {port} on 127.0.0.1 is already in use" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.timeout(300)
+def test_smollm2_fixture_is_the_pretrained_model(request):
+    """The GGUF conversion keeps the pretrained weights and a working chat tokenizer (greedy answer is right)."""
+    import os
+
+    from openrlhf_fair import fixtures
+
+    cached = fixtures.default_cache_dir() / "smollm2_135m_instruct"
+    if not (cached / fixtures.MARKER).exists() and os.environ.get("OPENRLHF_FAIR_SLOW_FIXTURES") != "1":
+        pytest.skip("SmolLM2 is not converted yet (about 50 s): set OPENRLHF_FAIR_SLOW_FIXTURES=1 to convert it")
+    path = request.getfixturevalue("smollm2")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    assert (tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token) == ("<|im_start|>", "<|im_end|>", "<|im_end|>")
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
+                                           add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        output = model.generate(**prompt, max_new_tokens=12, do_sample=False)
+    answer = tokenizer.decode(output[0, prompt["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert "Paris" in answer, answer
