@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import logging
 import re
+import sys
 from typing import Callable, List
 
 from openrlhf_fair.host import native_hooks, ray_workers
@@ -43,12 +44,9 @@ _active: dict[str, tuple[PPOFairnessConfig, Callable[[], None]]] = {}
 
 
 def _log(message: str, warning: bool = False) -> None:
-    try:
-        from openrlhf.utils.logging_utils import init_logger
-
-        target = init_logger("openrlhf_fair")
-    except ImportError:  # pragma: no cover - OpenRLHF is always there when this runs
-        target = logger
+    """Through OpenRLHF's logger when the host has set it up (Ray actors), else the standard logger."""
+    host_logging = sys.modules.get("openrlhf.utils.logging_utils")
+    target = host_logging.init_logger("openrlhf_fair") if host_logging is not None else logger
     (target.warning if warning else target.info)(message)
 
 
@@ -130,16 +128,21 @@ def shape_experiences(maker, experiences: List, config: PPOFairnessConfig) -> Li
         for k, name in enumerate(shown):
             constants[_metric_name(name)] = float(sums[k] / counts[k])
 
-    weights = shaping.sample_weights.split(lengths)
-    raw = rewards.split(lengths)
-    for exp, w, r in zip(experiences, weights, raw):
+    # One float32 table of every logged column, one contiguous block per experience: each experience's info
+    # tensors are views of its own small block only (a view of a shared table would pickle the whole table).
+    keys = [METRIC_PREFIX + "weight", METRIC_PREFIX + "raw_reward", *constants]
+    table = torch.empty(rewards.numel(), len(keys), dtype=torch.float32)
+    table[:, 0] = shaping.sample_weights
+    table[:, 1] = rewards
+    table[:, 2:] = torch.tensor(list(constants.values()), dtype=torch.float32)
+    for exp, block in zip(experiences, table.split(lengths)):
+        columns = block.t().clone().unbind(0)
         if config.enabled:
-            exp.advantages = exp.advantages * w.to(exp.advantages.dtype).to(exp.advantages.device).unsqueeze(-1)
-        device = exp.rewards.device
-        exp.info[METRIC_PREFIX + "weight"] = w.to(device=device, dtype=torch.float32)
-        exp.info[METRIC_PREFIX + "raw_reward"] = r.to(device=device, dtype=torch.float32)
-        for key, value in constants.items():
-            exp.info[key] = torch.full((len(w),), value, dtype=torch.float32, device=device)
+            weight = columns[0] if exp.advantages.dtype == torch.float32 else columns[0].to(exp.advantages.dtype)
+            exp.advantages = exp.advantages * weight.to(exp.advantages.device).unsqueeze(-1)
+        if exp.rewards.device.type != "cpu":
+            columns = [column.to(exp.rewards.device) for column in columns]
+        exp.info.update(zip(keys, columns))
 
     _log(
         f"[Fairness shaping] batch {batch}: {rewards.numel()} samples, {shaping.num_agents} agents ({config.unit}), "
