@@ -271,3 +271,11 @@ def test_minilm_backbone_has_an_eos_token(minilm_rm):
     tokenizer = AutoTokenizer.from_pretrained(minilm_rm)
     assert tokenizer.eos_token == "[SEP]"
     assert tokenizer("a reward").input_ids[-1] == tokenizer.eos_token_id
+
+
+def test_fp16_is_refused_only_where_deepspeed_cannot_train_it(monkeypatch):
+    monkeypatch.setattr(cli_args, "_cpu_has_fp16", lambda: False)
+    with pytest.raises(cli_args.UnsupportedOnCpu, match="--ds.param_dtype fp16"):
+        cli_args.check_args(host_args(param_dtype="fp16"))
+    monkeypatch.setattr(cli_args, "_cpu_has_fp16", lambda: True)
+    cli_args.check_args(host_args(param_dtype="fp16"))

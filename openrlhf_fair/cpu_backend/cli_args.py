@@ -52,8 +52,16 @@ UNSUPPORTED = [
     ("ds.ring_attn_size", lambda v: v > 1, "ring attention needs flash-attn (CUDA)"),
     ("ds.load_in_4bit", bool, "4-bit loading needs bitsandbytes' CUDA kernels"),
     ("ds.tensor_parallel_size", lambda v: v > 1, "DeepSpeed tensor parallelism is not supported on the CPU backend"),
-    ("ds.param_dtype", lambda v: v == "fp16", "DeepSpeed's CPU accelerator has no fp16 training; use bf16"),
+    ("ds.param_dtype", lambda v: v == "fp16" and not _cpu_has_fp16(),
+     "DeepSpeed trains fp16 on CPU only where oneDNN has fp16 kernels (not this CPU); use bf16"),
 ]
+
+
+def _cpu_has_fp16() -> bool:
+    """DeepSpeed's CPU accelerator refuses fp16 unless oneDNN has fp16 kernels (AVX512-FP16 / AMX)."""
+    from deepspeed.accelerator import get_accelerator
+
+    return bool(get_accelerator().is_fp16_supported())
 
 
 def is_rank_zero() -> bool:
