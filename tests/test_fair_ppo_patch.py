@@ -343,11 +343,25 @@ def test_label_column_reaches_the_sample(host, hm):
     assert experience.info["fairness/label"] == ["7"]
 
 
-def test_label_column_missing_or_ambiguous_is_a_clear_error(host, hm):
+@pytest.mark.parametrize(
+    "rows,match",
+    [
+        ([{"input": "a?", "topic": "x"}], "no column 'category'.*input"),
+        ([{"input": "a?", "category": "x"}, {"input": "a?", "category": "y"}], "two labels"),
+    ],
+)
+def test_label_column_missing_or_ambiguous_is_a_clear_error(host, hm, rows, match):
+    from openrlhf.trainer.ppo_utils.samples_generator import SamplesGenerator
+
     from openrlhf_fair.host.prompts_dataset import LabelColumnError
 
     hm.apply_in_process(PPOFairnessConfig(coef=0.5, unit="label:category"))
-    with pytest.raises(LabelColumnError, match="no column 'category'.*input"):
-        _prompt_dataset(host, [{"input": "a?", "topic": "x"}])
-    with pytest.raises(LabelColumnError, match="two labels"):
-        _prompt_dataset(host, [{"input": "a?", "category": "x"}, {"input": "a?", "category": "y"}])
+    good = _prompt_dataset(host, [{"input": "a?", "category": "x"}])
+    bad = _prompt_dataset(host, rows)  # built without error: it may be the eval set, which needs no label
+    response = {"observation_tokens": [1, 2, 3], "action_ranges": [(1, 3)], "reward": 0.0, "prompt": "a?",
+                "label": "", "rollout_log_probs": None}
+    as_eval = SamplesGenerator(SimpleNamespace(args=None), SimpleNamespace(dataset=good), SimpleNamespace(dataset=bad), None, [])
+    assert as_eval._process_response_into_experience(response, max_len=16).info["fairness/label"] == ["x"]
+    as_train = SamplesGenerator(SimpleNamespace(args=None), SimpleNamespace(dataset=bad), None, None, [])
+    with pytest.raises(LabelColumnError, match=match):
+        as_train._process_response_into_experience(response, max_len=16)

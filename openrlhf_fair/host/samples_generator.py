@@ -23,20 +23,25 @@ def _label_map(generator, key: str) -> dict:
     cached = getattr(generator, CACHE_ATTR, None)
     if cached is not None:
         return cached
-    from openrlhf_fair.host.prompts_dataset import LABEL_MAP_ATTR
+    from openrlhf_fair.host.prompts_dataset import LABEL_ERROR_ATTR, LABEL_MAP_ATTR, LabelColumnError
 
     label_of: dict = {}
-    for loader in (generator.prompts_dataloader, getattr(generator, "eval_dataloader", None)):
+    loaders = [("training", generator.prompts_dataloader), ("eval", getattr(generator, "eval_dataloader", None))]
+    for role, loader in loaders:
         dataset = getattr(loader, "dataset", None)
-        if loader is None or dataset is None:
+        if dataset is None:
             continue
-        mapping = getattr(dataset, LABEL_MAP_ATTR, None)
-        if mapping is None:
+        if not hasattr(dataset, LABEL_MAP_ATTR):
             raise HostMismatchError(
                 f"openrlhf-fair: --fair_unit label:{key}: the prompt dataset was built without the label patch "
                 "(openrlhf_fair.host.prompts_dataset) in this process"
             )
-        for prompt, label in mapping.items():
+        error = getattr(dataset, LABEL_ERROR_ATTR, None)
+        if error is not None:
+            if role == "training":
+                raise LabelColumnError(error)
+            continue  # eval samples never reach the shaping; they need no label
+        for prompt, label in getattr(dataset, LABEL_MAP_ATTR).items():
             label_of.setdefault(prompt, label)
     setattr(generator, CACHE_ATTR, label_of)
     return label_of
