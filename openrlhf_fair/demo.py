@@ -251,10 +251,10 @@ def run_training(cmd: list[str], log_path: Path, title: str, quiet: bool = False
             found = _STEP_RE.findall(text)
             if found:
                 _, done, total = found[-1]
-                if bar.total != int(total):
+                if bar.total != int(total) or bar.n != int(done):
                     bar.total = int(total)
-                bar.n = int(done)
-                bar.refresh()
+                    bar.n = int(done)
+                    bar.refresh()
         rc = proc.wait()
     bar.close()
     elapsed = time.time() - start
@@ -300,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-len", type=int, default=192, help="tokens of prompt + response (train_rm --data.max_len)")
     p.add_argument("--micro-batch-size", type=int, default=16, help="pairs per micro-batch: fairness is computed over it")
     p.add_argument("--batch-size", type=int, default=16, help="pairs per optimizer step")
-    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--warmup-ratio", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--openrlhf", default=None, help="command that runs the openrlhf CLI (default: the installed one)")

@@ -156,6 +156,7 @@ def compute_metrics(chosen, rejected, groups: list[str], chosen_len=None, reject
     mean_reward_g, n2_g = group_means(rewards, gid2, k)
     worst_idx, worst_acc = worst_group(acc_g, n_g)
     gap = best_minus_worst_gap(mean_reward_g, n2_g)
+    margin_gap = best_minus_worst_gap(mm_g, n_g)
     reward_std = float(rewards.std(correction=0))
 
     lengths = None
@@ -189,6 +190,7 @@ def compute_metrics(chosen, rejected, groups: list[str], chosen_len=None, reject
         "worst_group_accuracy": worst_acc,
         "reward_gap": gap,
         "reward_gap_over_std": gap / reward_std if reward_std > 0 else math.nan,
+        "margin_gap": margin_gap,
         "highest_reward_group": hi,
         "lowest_reward_group": lo,
         "jain_sigmoid_margin": jain_index(alloc),
@@ -357,6 +359,7 @@ _SUMMARY_COLUMNS = [
     ("worst_group_accuracy", "worst-group acc", "{:.3f}"),
     ("reward_gap", "reward gap (raw)", "{:.3f}"),
     ("reward_gap_over_std", "gap / reward std", "{:.3f}"),
+    ("margin_gap", "margin gap", "{:.3f}"),
     ("jain_sigmoid_margin", "Jain σ(m)", "{:.4f}"),
     ("gini_sigmoid_margin", "Gini σ(m)", "{:.4f}"),
     ("length_corr", "corr(reward, length)", "{:+.3f}"),
@@ -368,6 +371,9 @@ _MEANINGS = """\
 - **reward gap (raw)**: best-minus-worst group mean reward (chosen and rejected responses together), in the model's
   raw reward units; **gap / reward std** divides it by the standard deviation of all the model's rewards on this
   data, so models with different reward scales compare (0 = the groups get the same reward level).
+- **margin gap**: best-minus-worst group mean margin reward(chosen) - reward(rejected): how unequally sure the
+  model is across groups. Pairwise losses (Bradley-Terry, FR, FC) see only margins, never a group's reward level,
+  so this is the group quantity they can move directly; the reward gap moves only through generalisation.
 - **Jain σ(m)** / **Gini σ(m)**: equality of the per-pair allocations x = sigmoid(margin), the paper's resource
   (Jain 1 and Gini 0 = every pair gets the same margin).
 - **corr(reward, length)**: Pearson correlation between a response's reward and its length in characters

@@ -161,6 +161,8 @@ def test_every_metric_matches_a_hand_computation(tiny_reward_models, report_run)
             assert gg["mean_reward"] == pytest.approx(mean_reward[g], abs=1e-4)
             g_lengths = [clen[i] for i in idx] + [rlen[i] for i in idx]
             assert gg["length_corr"] == pytest.approx(statistics.correlation(g_rewards, g_lengths), abs=1e-4)
+        margin = {g: got["groups"][g]["mean_margin"] for g in ("harmless", "helpful")}
+        assert got["margin_gap"] == pytest.approx(abs(margin["harmless"] - margin["helpful"]))
         worst = min(acc, key=acc.get)
         assert got["worst_group_accuracy"] == pytest.approx(acc[worst])
         if acc["harmless"] != acc["helpful"]:
@@ -236,6 +238,7 @@ def test_compute_metrics_small_example():
     assert m["reward_gap"] == pytest.approx(4 / 3 - 1)
     assert m["highest_reward_group"] == "b" and m["lowest_reward_group"] == "a"
     assert m["groups"]["b"]["mean_margin"] == pytest.approx((0 + 3 + 1) / 3)
+    assert m["margin_gap"] == pytest.approx(4 / 3 - 0)
 
 
 def test_pearson_and_pareto():

@@ -1,0 +1,106 @@
+"""`openrlhf-fair demo`: method parsing and command lines, and a reduced end-to-end run (tiny model, few pairs)
+with real `openrlhf train_rm` subprocesses and the report on the held-out split."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shlex
+
+import pytest
+
+from openrlhf_fair import demo
+
+DEFAULTS = {"alpha": 1.0, "gamma": 0.5, "form": "paper", "tau": -1.0, "temperature": 1.0, "group_key": None}
+
+
+def test_parse_methods_labels_and_flags():
+    methods = demo.parse_methods("bt,fr,fc:gamma=1:form=inverse,fr:alpha=0.1:tau=-2:T=0.5,fr:group_key=category",
+                                 DEFAULTS)
+    assert [m.label for m in methods] == ["bt", "fr_a1", "fc_inverse_g1", "fr_a0.1_tau-2_T0.5", "fr_a1_group"]
+    assert methods[0].fairness_flags() == []
+    assert methods[1].fairness_flags() == ["--fairness_reg", "1.0", "--fairness_tau", "-1.0",
+                                           "--fairness_temperature", "1.0"]
+    assert methods[2].fairness_flags()[:4] == ["--fairness_coef", "1.0", "--fairness_coef_form", "inverse"]
+    assert methods[3].fairness_flags() == ["--fairness_reg", "0.1", "--fairness_tau", "-2.0",
+                                           "--fairness_temperature", "0.5"]
+    assert methods[4].fairness_flags()[-2:] == ["--fairness_group_key", "category"]
+    assert [m.label for m in demo.parse_methods(demo.SWEEP, DEFAULTS)][0] == "bt"
+    assert "fc_inverse_g0.5" in [m.label for m in demo.parse_methods(demo.SWEEP, DEFAULTS)]
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("bt,xx", "unknown method"),
+    ("fr:alpha", "key=value"),
+    ("fr:beta=1", "unknown parameter"),
+    ("fr:alpha=abc", "bad value"),
+    ("bt:alpha=1", "no fairness parameters"),
+    ("fr,fr", "same label"),
+])
+def test_parse_methods_errors(spec, message):
+    with pytest.raises(demo.DemoError, match=message):
+        demo.parse_methods(spec, DEFAULTS)
+
+
+def test_train_command_is_a_plain_openrlhf_train_rm_line(tmp_path):
+    args = demo.build_parser().parse_args(["--openrlhf", "openrlhf", "--max-len", "96", "--lr", "2e-5",
+                                           "--extra-train-args", "--adam.weight_decay 0.01"])
+    method = demo.parse_methods("fc:form=inverse", DEFAULTS)[0]
+    cmd = demo.train_command(args, method, tmp_path / "bb", tmp_path / "data", tmp_path / "m")
+    line = shlex.join(cmd)
+    assert cmd[:2] == ["openrlhf", "train_rm"]
+    for piece in ("--data.max_len 96", "--adam.lr 2e-05", "--fairness_coef 0.5", "--fairness_coef_form inverse",
+                  "--train.micro_batch_size 16", "--adam.weight_decay 0.01", f"--ckpt.output_dir {tmp_path / 'm'}"):
+        assert piece in line
+
+
+def test_one_pair_micro_batches_are_refused(tmp_path, capsys):
+    rc = demo.main(["--micro-batch-size", "1", "--out", str(tmp_path)])
+    assert rc == 2 and ">= 2" in capsys.readouterr().err
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+def test_reduced_demo_end_to_end(tmp_path, capsys):
+    """Three real train_rm runs (bt, fr, fc inverse) on a tiny Llama, then the report on the test split."""
+    rows = [json.loads(line) for line in gzip.open(demo.PACKAGE_DATA, "rt")][:600]
+    small = tmp_path / "pairs.jsonl"
+    small.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "demo"
+    rc = demo.main([
+        "--data", str(small), "--backbone", "tiny", "--out", str(out), "--quiet",
+        "--train-pairs", "32", "--test-pairs", "16", "--max-len", "128",
+        "--micro-batch-size", "4", "--batch-size", "4",
+        "--methods", "bt,fr:alpha=1,fc:gamma=0.5:form=inverse",
+    ])
+    printed = capsys.readouterr()
+    assert rc == 0, printed.err[-3000:]
+    assert "dropped pairs whose chosen == rejected" in printed.err
+    for label in ("bt", "fr_a1", "fc_inverse_g0.5"):
+        assert f"| {label} |" in printed.out
+    assert "Pareto view" in printed.out
+
+    doc = json.loads((out / "report" / "report.json").read_text())
+    assert [m["label"] for m in doc["models"]] == ["bt", "fr_a1", "fc_inverse_g0.5"]
+    for m in doc["models"]:
+        assert m["n_pairs"] == 16
+        assert set(m["groups"]) == {"harmless", "helpful"}
+        assert m["groups"]["harmless"]["n_pairs"] == m["groups"]["helpful"]["n_pairs"] == 8
+        assert m["pairs_identical_after_truncation"] == 0  # the demo filtered them out
+    summary = json.loads((out / "demo.json").read_text())
+    assert summary["data"]["train_pairs"] == 32 and summary["data"]["test_pairs"] == 16
+    test_rows = [json.loads(line) for line in (out / "data" / "test.jsonl").read_text().splitlines()]
+    train_prompts = {json.loads(line)["prompt"] for line in (out / "data" / "train.jsonl").read_text().splitlines()}
+    assert all(r["split"] == "test" for r in test_rows) and not train_prompts & {r["prompt"] for r in test_rows}
+
+    # the fairness methods really trained with the add-on's loss, the plain one did not
+    fr_log = (out / "logs" / "fr_a1.log").read_text()
+    fc_log = (out / "logs" / "fc_inverse_g0.5.log").read_text()
+    bt_log = (out / "logs" / "bt.log").read_text()
+    assert "--fairness_reg 1.0" in fr_log and "fair_F=" in fr_log
+    assert "--fairness_coef_form inverse" in fc_log and "fair_F=" in fc_log
+    assert "fair_F=" not in bt_log
+    # three different models came out (fairness changed the weights)
+    margins = [m["mean_margin"] for m in doc["models"]]
+    assert len(set(margins)) == 3
+    assert (out / "report" / "reward_distributions.png").stat().st_size > 5000
