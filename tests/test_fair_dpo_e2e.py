@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import make_preference_rows
+from openrlhf_fair.host.version import installed_openrlhf_version
 
 PLAIN_HOST = (
     "import runpy, sys\n"
@@ -46,14 +47,12 @@ def weights(out: Path) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def plain_run(tiny_llama, dpo_data, tmp_path_factory):
+def plain_run(tiny_llama, dpo_data, tmp_path_factory, run_cli):
     """Plain OpenRLHF train_dpo (only the CPU backend, no add-on CLI): the reference output folder."""
-    import subprocess
-
     out = tmp_path_factory.mktemp("dpo_plain") / "out"
-    result = subprocess.run(
-        [sys.executable, "-c", PLAIN_HOST, *dpo_args(tiny_llama, dpo_data, out)],
-        capture_output=True, text=True, timeout=180, cwd=out.parent,
+    result = run_cli(
+        sys.executable, "-c", PLAIN_HOST, *dpo_args(tiny_llama, dpo_data, out),
+        label="train_dpo plain OpenRLHF (CPU backend only)", timeout=180,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return out
@@ -63,23 +62,32 @@ def plain_run(tiny_llama, dpo_data, tmp_path_factory):
 @pytest.mark.timeout(300)
 def test_flags_off_is_bit_identical_to_plain_openrlhf(tiny_llama, dpo_data, plain_run, run_cli, tmp_path):
     out = tmp_path / "out"
-    result = run_cli("openrlhf", "train_dpo", *dpo_args(tiny_llama, dpo_data, out), timeout=180)
+    result = run_cli("openrlhf", "train_dpo", *dpo_args(tiny_llama, dpo_data, out), label="train_dpo flags off", timeout=180)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "openrlhf-fair" not in result.stdout.replace("openrlhf-fair] CPU backend", "")
     assert weights(out) == weights(plain_run)
     assert "openrlhf_fair" not in json.loads((out / "config.json").read_text())
 
 
-@pytest.mark.e2e
-@pytest.mark.timeout(300)
-def test_fairness_reg_trains_logs_and_records_settings(tiny_llama, dpo_data, plain_run, run_cli, tmp_path):
-    out, board = tmp_path / "out", tmp_path / "tb"
+@pytest.fixture(scope="module")
+def fr_run(tiny_llama, dpo_data, tmp_path_factory, run_cli):
+    """``openrlhf train_dpo --fairness_reg 0.1`` (runtime patches): output folder, TensorBoard folder, log."""
+    folder = tmp_path_factory.mktemp("dpo_fr")
+    out, board = folder / "out", folder / "tb"
     result = run_cli(
         "openrlhf", "train_dpo", *dpo_args(tiny_llama, dpo_data, out, "--logger.tensorboard_dir", str(board)),
-        "--fairness_reg", "0.1", timeout=180,
+        "--fairness_reg", "0.1", label="train_dpo --fairness_reg 0.1 (runtime patches)", timeout=180,
+        env={"OPENRLHF_FAIR_PATCH_MODE": "runtime"},
     )  # fmt: skip
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-4000:]
+    return out, board, log
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+def test_fairness_reg_trains_logs_and_records_settings(fr_run, plain_run):
+    out, board, log = fr_run
     assert "openrlhf-fair: beta=0.5, FR: loss = base - 0.1 * F" in log
     # Step metrics in OpenRLHF's progress bar and in its TensorBoard events (train/ and, from evaluate, eval/).
     for name in ("fair_base_loss", "fair_term", "fair_F", "fair_jain", "fair_gini"):
@@ -90,3 +98,26 @@ def test_fairness_reg_trains_logs_and_records_settings(tiny_llama, dpo_data, pla
     saved = json.loads((out / "config.json").read_text())["openrlhf_fair"]
     assert saved["method"] == "fr" and saved["alpha"] == 0.1 and saved["tau"] == -1.0
     assert weights(out) != weights(plain_run)  # the fairness term changed training
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+def test_native_hooks_train_exactly_like_the_runtime_patches(tiny_llama, dpo_data, fr_run, run_cli, tmp_path):
+    """On an OpenRLHF copy carrying patches/ (native mode: runtime patching off) the same run gives the same
+    weights, its metrics reach the step logs through the hook, and the choice is said in one log line."""
+    from test_fair_patches import apply_diff, copy_openrlhf, diffs_for, native_env
+
+    site = copy_openrlhf(tmp_path / "site")
+    for diff in diffs_for(installed_openrlhf_version()):
+        apply_diff(diff, site)
+    out = tmp_path / "out"
+    result = run_cli(
+        "openrlhf", "train_dpo", *dpo_args(tiny_llama, dpo_data, out), "--fairness_reg", "0.1",
+        label="train_dpo --fairness_reg 0.1 (native hooks, patched OpenRLHF copy)", timeout=180, env=native_env(site),
+    )  # fmt: skip
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-4000:]
+    assert log.count("using OpenRLHF's native dpo_loss hook") == 1
+    assert "fair_F=" in log and "fair_jain=" in log
+    assert "openrlhf-fair eval:" not in log  # the runtime-only evaluate wrapper was not applied
+    assert weights(out) == weights(fr_run[0])

@@ -336,11 +336,9 @@ NATIVE_SELECTION = [
 
 
 def native_env(site: Path, extra: Path | None = None) -> dict:
-    env = dict(os.environ)
-    paths = [str(site), *([str(extra)] if extra else []), str(REPO), env.get("PYTHONPATH", "")]
-    env["PYTHONPATH"] = os.pathsep.join(path for path in paths if path)
-    env["OPENRLHF_FAIR_PATCH_MODE"] = "native"
-    return env
+    """Environment overrides: ``openrlhf`` imported from the copy under ``site``; native mode."""
+    paths = [str(site), *([str(extra)] if extra else []), str(REPO), os.environ.get("PYTHONPATH", "")]
+    return {"PYTHONPATH": os.pathsep.join(path for path in paths if path), "OPENRLHF_FAIR_PATCH_MODE": "native"}
 
 
 @pytest.mark.e2e
@@ -352,7 +350,7 @@ def test_integration_tests_pass_on_a_patched_copy_in_native_mode(patched_copy, t
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "fair_native_guard", "-p", "no:cacheprovider", "-rs",
          "-k", selection, *files],
-        cwd=REPO, env=native_env(patched_copy, tmp_path), capture_output=True, text=True, timeout=280,
+        cwd=REPO, env={**os.environ, **native_env(patched_copy, tmp_path)}, capture_output=True, text=True, timeout=280,
     )  # fmt: skip
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-6000:]
