@@ -306,6 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--openrlhf", default=None, help="command that runs the openrlhf CLI (default: the installed one)")
     p.add_argument("--extra-train-args", default=None, help="extra flags for every train_rm, one shell-quoted string")
     p.add_argument("--report-batch-size", type=int, default=32)
+    p.add_argument("--prepare-only", action="store_true",
+                   help="only write the backbone and the filtered train/eval/test files (for examples/*.sh)")
     p.add_argument("--reuse", action="store_true", help="skip training a model whose folder already holds one")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
@@ -361,6 +363,11 @@ def run_demo(args) -> dict:
     _say(f"training on {data_summary['train_pairs']} pairs, testing on {data_summary['test_pairs']} "
          f"(balanced by {args.group_key}; files in {out / 'data'})")
 
+    if args.prepare_only:
+        (out / "data" / "backbone.txt").write_text(str(backbone) + "\n")
+        _say(f"data prepared; backbone path written to {out / 'data' / 'backbone.txt'}")
+        return {"_prepared": data_summary}
+
     timings, commands = {}, {}
     for i, method in enumerate(methods, 1):
         model_dir = out / "models" / method.label
@@ -411,6 +418,9 @@ def main(argv=None) -> int:
     except (DemoError, ReportError) as e:
         print(f"openrlhf-fair demo: error: {e}", file=sys.stderr)
         return 2
+    if "_prepared" in doc:
+        print(json.dumps(doc["_prepared"], indent=2))
+        return 0
     results = doc["_results"]
     print(summary_table(results))
     if len(results) >= 3:
