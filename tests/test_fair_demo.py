@@ -104,3 +104,31 @@ def test_reduced_demo_end_to_end(tmp_path, capsys):
     margins = [m["mean_margin"] for m in doc["models"]]
     assert len(set(margins)) == 3
     assert (out / "report" / "reward_distributions.png").stat().st_size > 5000
+
+
+def test_demo_flags_are_the_add_ons_flags():
+    """Every fairness flag the demo passes is parsed by the one flag definition (cli/flags.py) as intended."""
+    from openrlhf_fair.cli.flags import parse_fairness_args
+
+    for method in demo.parse_methods(demo.SWEEP, DEFAULTS):
+        config, rest = parse_fairness_args("train_rm", ["--data.max_len", "8"] + method.fairness_flags())
+        assert rest == ["--data.max_len", "8"]
+        if method.kind == "bt":
+            assert config is None
+            continue
+        assert config.tau == method.params["tau"] and config.temperature == method.params["temperature"]
+        assert config.group_key == method.params.get("group_key")
+        if method.kind == "fr":
+            assert config.alpha == method.params["alpha"] and config.gamma is None
+        else:
+            assert config.gamma == method.params["gamma"] and config.coef_form == method.params["form"]
+
+
+def test_example_scripts_are_valid_shell():
+    import subprocess
+    from pathlib import Path
+
+    scripts = sorted((Path(__file__).resolve().parent.parent / "examples").glob("*.sh"))
+    assert len(scripts) >= 3
+    for script in scripts:
+        subprocess.run(["bash", "-n", str(script)], check=True)
