@@ -365,3 +365,44 @@ def test_label_column_missing_or_ambiguous_is_a_clear_error(host, hm, rows, matc
     as_train = SamplesGenerator(SimpleNamespace(args=None), SimpleNamespace(dataset=bad), None, None, [])
     with pytest.raises(LabelColumnError, match=match):
         as_train._process_response_into_experience(response, max_len=16)
+
+
+# --------------------------------------------------------------------------------- native hook (patches/ diff)
+def test_native_experience_hook_is_used_when_the_host_has_it(host, hm, monkeypatch):
+    """On an OpenRLHF with patches/openrlhf-0.11.2/extension-hooks.diff: a hook, no runtime patch, same numbers."""
+    import types
+
+    batch = make_batch(host, seed=9)
+    config = PPOFairnessConfig(coef=0.5, reg=0.5, unit="prompt")
+    undo = hm.apply_in_process(config)
+    expected = run(host, "rloo", batch)  # runtime patch
+    undo()
+
+    hooks = types.ModuleType("openrlhf.utils.extension_hooks")  # what the diff adds, in brief
+    hooks._experience_hooks = []
+
+    def register_experience_hook(fn):
+        hooks._experience_hooks.append(fn)
+        return lambda: hooks._experience_hooks.remove(fn)
+
+    def apply_experience_hooks(maker, experiences):
+        for hook in list(hooks._experience_hooks):
+            experiences = hook(maker, experiences)
+        return experiences
+
+    hooks.register_experience_hook, hooks.apply_experience_hooks = register_experience_hook, apply_experience_hooks
+    monkeypatch.setitem(sys.modules, "openrlhf.utils.extension_hooks", hooks)
+    cls = host.em.RemoteExperienceMaker
+    namespace = {"apply_experience_hooks": apply_experience_hooks, "host_method": cls.compute_advantages_and_returns}
+    exec("def compute_advantages_and_returns(self, experiences):\n"
+         "    return apply_experience_hooks(self, host_method(self, experiences))\n", namespace)
+    monkeypatch.setattr(cls, "compute_advantages_and_returns", namespace["compute_advantages_and_returns"])
+
+    undo = hm.apply_in_process(config)
+    assert not is_patched(cls, "compute_advantages_and_returns") and len(hooks._experience_hooks) == 1
+    shaped = run(host, "rloo", batch)
+    for e, s in zip(expected, shaped):
+        assert torch.equal(s.advantages, e.advantages) and torch.equal(s.returns, e.returns)
+        assert torch.equal(s.info["fairness/weight"], e.info["fairness/weight"])
+    undo()
+    assert hooks._experience_hooks == []
