@@ -224,6 +224,33 @@ def test_hooks_module_is_a_no_op_until_registered(patched_copy):
         hooks.register_loss_hook("not callable")
 
 
+def test_native_registration_twice_harmless_other_settings_refused_undo_removes(patched_copy, monkeypatch):
+    from openrlhf_fair.host import native_hooks
+
+    hooks = load_hooks_module(patched_copy)
+    monkeypatch.setattr(native_hooks, "hooks_module", lambda: hooks)
+
+    class Trainer:
+        pass
+
+    class OtherTrainer:
+        pass
+
+    undo = native_hooks.register_loss_hook(Trainer, lambda trainer, loss: ("fair", loss), "test.loss", settings=1)
+    again = native_hooks.register_loss_hook(Trainer, lambda trainer, loss: ("twice", loss), "test.loss", settings=1)
+    assert len(hooks._loss_hooks) == 1
+    with pytest.raises(ValueError, match="test.loss is already registered with other settings: 1"):
+        native_hooks.register_loss_hook(Trainer, lambda trainer, loss: loss, "test.loss", settings=2)
+    assert hooks.apply_loss_hooks(Trainer(), "host loss") == ("fair", "host loss")
+    assert hooks.apply_loss_hooks(OtherTrainer(), "host loss") == "host loss"  # other trainers untouched
+    again()
+    assert len(hooks._loss_hooks) == 1  # the no-op undo of the second registration removed nothing
+    undo()
+    assert hooks._loss_hooks == [] and hooks.apply_loss_hooks(Trainer(), "host loss") == "host loss"
+    native_hooks.register_experience_hook(lambda maker, exps: exps + ["shaped"], "test.exp")()
+    assert hooks._experience_hooks == []
+
+
 # ── Detection and the mode switch (in this process: the installed, unpatched OpenRLHF) ──
 
 

@@ -128,36 +128,44 @@ def require_runtime_patching(what: str) -> None:
 
 
 def register_loss_hook(
-    trainer_class: type, wrap_loss: Callable[[Any, Any], Any], hook_id: str
+    trainer_class: type, wrap_loss: Callable[[Any, Any], Any], hook_id: str, settings: Any = None
 ) -> Callable[[], None]:
     """Register ``wrap_loss(trainer, loss_fn) -> loss_fn`` for trainers of ``trainer_class``; return the undo.
 
     The host's loss hooks run for every trainer, so the hook leaves other trainers' losses alone. Registering
-    the same ``hook_id`` again is harmless (one hook, a no-op undo), like `patching.patch_attribute`.
+    the same ``hook_id`` with the same ``settings`` again is harmless (one hook, a no-op undo), like
+    `patching.patch_attribute`; with other settings it is an error.
     """
 
     def hook(trainer: Any, loss_fn: Any) -> Any:
         return wrap_loss(trainer, loss_fn) if isinstance(trainer, trainer_class) else loss_fn
 
-    return _register("register_loss_hook", hook, hook_id)
+    return _register("register_loss_hook", hook, hook_id, settings)
 
 
-def register_experience_hook(shape: Callable[[Any, list], list], hook_id: str) -> Callable[[], None]:
+def register_experience_hook(
+    shape: Callable[[Any, list], list], hook_id: str, settings: Any = None
+) -> Callable[[], None]:
     """Register ``shape(maker, experiences) -> experiences`` (runs after advantages are normalised); undo."""
-    return _register("register_experience_hook", shape, hook_id)
+    return _register("register_experience_hook", shape, hook_id, settings)
 
 
-_registered: dict[str, Callable[[], None]] = {}
+_registered: dict[str, tuple[Callable[[], None], Any]] = {}  # hook id -> (remove, settings)
 
 
-def _register(register_name: str, hook: Callable, hook_id: str) -> Callable[[], None]:
+def _register(register_name: str, hook: Callable, hook_id: str, settings: Any) -> Callable[[], None]:
     if hook_id in _registered:
+        registered_settings = _registered[hook_id][1]
+        if registered_settings != settings:
+            raise ValueError(
+                f"openrlhf-fair: native hook {hook_id} is already registered with other settings: {registered_settings}"
+            )
         return lambda: None
     remove = getattr(hooks_module(), register_name)(hook)
-    _registered[hook_id] = remove
+    entry = _registered[hook_id] = (remove, settings)
 
     def undo() -> None:
-        if _registered.get(hook_id) is remove:
+        if _registered.get(hook_id) is entry:
             del _registered[hook_id]
             remove()
 

@@ -310,7 +310,9 @@ def apply_to_trainer(cls, config: RewardFairnessConfig, patch_id: str, hook_poin
     if native_hooks.use_native_hook(hook_point):  # patches/ applied: no runtime patch (step logs via the hook)
         if config.group_key is not None:
             native_hooks.require_runtime_patching("--fairness_group_key (group labels from the dataset)")
-        return native_hooks.register_loss_hook(cls, _native_loss_hook(config, loss_class), f"{patch_id}.loss_hook")
+        return native_hooks.register_loss_hook(
+            cls, _native_loss_hook(config, loss_class), f"{patch_id}.loss_hook", settings=config
+        )
     for name, parameters in WRAPPED_PARAMETERS.items():
         method = require_attribute(cls, name, f"{cls.__name__} method wrapped by openrlhf-fair")
         _check_parameters(method, parameters)
