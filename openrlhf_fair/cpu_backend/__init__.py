@@ -4,11 +4,12 @@
     torchrun --nproc_per_node 2 -m openrlhf_fair.cli.train_rm ...   # ranks talk over gloo on loopback
 
 `maybe_activate(command, requested)` decides, `activate(command)` applies, in this order:
-the flash_attn import stand-in (only when flash_attn is not installed), CPU-aware ``torch.cuda`` calls,
-the DeepSpeed strategy patches (CPU device mesh, no C++ JIT ops), the argument checks (unsupported flags
-fail before training, flash attention becomes sdpa), the process environment (loopback, ports, and
-``OPENRLHF_FAIR_CPU=1`` so child ranks activate too), then for ``train_ppo_ray`` the Ray/vLLM support.
-Nothing happens at import time.
+the process environment (`launch`: loopback rendezvous, a checked or free port, ``OPENRLHF_FAIR_CPU=1``
+so child ranks activate too), the flash_attn import stand-in (`stand_ins`, only when flash_attn is not
+installed), CPU-aware ``torch.cuda`` calls (`torch_cuda`), the DeepSpeed strategy patches (`strategy`:
+CPU device mesh, no C++ JIT ops), the argument checks (`cli_args`: unsupported flags fail before
+training, flash attention becomes sdpa), then for ``train_ppo_ray`` the Ray/vLLM support (`ray_support`).
+Everything is undone by the function `activate` returns. Nothing happens at import time.
 """
 
 from __future__ import annotations
