@@ -144,6 +144,7 @@ def test_every_diff_applies_to_the_installed_openrlhf(pristine_copy):
     assert diffs
     problems = [problem for diff in diffs for problem in stale_hunks(diff, pristine_copy)]
     assert not problems, f"stale diff for the installed OpenRLHF {version}:\n" + "\n".join(problems)
+    subprocess.run(["git", "init", "-q"], cwd=pristine_copy, check=True)  # its own root, wherever tmp is
     for diff in diffs:  # git's stricter check agrees (no fuzz, exact context)
         result = subprocess.run(
             ["git", "apply", "--check", "-p1", str(diff)], cwd=pristine_copy, capture_output=True, text=True
