@@ -6,9 +6,11 @@ Two numbers per agent unit (sample, prompt, label):
 - "patch step": everything `openrlhf_fair.host.experience_maker.shape_experiences` adds to OpenRLHF's
   `compute_advantages_and_returns` (agent ids, weights, metrics, scaling each micro-batch's advantages, the
   per-sample info tensors), on fabricated micro-batches. Its cost grows with the number of micro-batches.
-Pure torch (stand-in experience objects), OpenRLHF is not imported.
+Pure torch (stand-in experience objects), OpenRLHF is not imported. With ``--host``, also OpenRLHF's own
+``compute_advantages_and_returns`` (reinforce_baseline) on the same batch, and the patch step on its output
+(imports OpenRLHF through the CPU backend's vllm / flash_attn stand-ins when those are missing).
 
-    python examples/benchmark_ppo_shaping.py [--samples 8192] [--micro 8] [--actions 256] [--threads 1]
+    python examples/benchmark_ppo_shaping.py [--samples 8192] [--micro 8] [--actions 256] [--threads 1] [--host]
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ def main() -> None:
     parser.add_argument("--labels", type=int, default=16)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--host", action="store_true", help="also time OpenRLHF's compute_advantages_and_returns")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -82,6 +85,49 @@ def main() -> None:
         p_med, p_best = time_ms(lambda batch: shape_experiences(maker, batch, config), args.repeats,
                                 setup=lambda: make_batch(config.label_key is not None))
         print(f"  unit {name:24s} weights + metrics {w_med:7.3f} / {w_best:7.3f}    patch step {p_med:7.2f} / {p_best:7.2f}")
+    if args.host:
+        time_host(args, rewards, index, advantages.shape[1], lengths)
+
+
+def time_host(args, rewards, index, actions, lengths) -> None:
+    """OpenRLHF's compute_advantages_and_returns on the same batch, without and with the fairness patch."""
+    from openrlhf_fair.cpu_backend import stand_ins
+
+    for name in ("flash_attn", "vllm"):
+        stand_ins.install(name)
+    from openrlhf.trainer.ppo_utils.experience import Experience
+    from openrlhf.trainer.ppo_utils.experience_maker import RemoteExperienceMaker
+    from openrlhf.trainer.ppo_utils.kl_controller import FixedKLController
+
+    ns = SimpleNamespace
+    host_args = ns(algo=ns(advantage=ns(estimator="reinforce_baseline", gamma=1.0, lambd=1.0, no_std_norm=False)),
+                   rollout=ns(n_samples_per_prompt=args.n_samples_per_prompt),
+                   reward=ns(clip_range=(-10.0, 10.0), overlong_buffer_len=None, stop_properly_penalty_coef=None))
+    maker = RemoteExperienceMaker(None, None, None, None, FixedKLController(0.0), ns(args=host_args), None)
+
+    def make_batch():
+        batch, start = [], 0
+        for size in lengths:
+            batch.append(Experience(action_mask=torch.ones(size, actions, dtype=torch.bool),
+                                    kl=torch.zeros(size, actions), rewards=rewards[start:start + size].clone(),
+                                    index=index[start:start + size].tolist(), info={}))
+            start += size
+        return batch
+
+    repeats = max(3, args.repeats // 10)
+    config = PPOFairnessConfig(coef=0.5, reg=0.1)
+    host_ms, shaping_ms = [], []
+    for _ in range(repeats):  # interleaved, so both see the same machine load
+        batch = make_batch()
+        start = time.perf_counter()
+        batch = maker.compute_advantages_and_returns(batch)
+        host_ms.append((time.perf_counter() - start) * 1e3)
+        start = time.perf_counter()
+        shape_experiences(maker, batch, config)
+        shaping_ms.append((time.perf_counter() - start) * 1e3)
+    host, shaping = statistics.median(host_ms), statistics.median(shaping_ms)
+    print(f"  OpenRLHF compute_advantages_and_returns (reinforce_baseline, {actions} tokens) {host:.1f} ms; "
+          f"the patch step on its output {shaping:.1f} ms (+{100 * shaping / host:.1f}%), median of {repeats}")
 
 
 if __name__ == "__main__":

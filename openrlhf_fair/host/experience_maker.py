@@ -74,7 +74,7 @@ def shape_experiences(maker, experiences: List, config: PPOFairnessConfig) -> Li
         return experiences
 
     lengths = [len(exp.rewards) for exp in experiences]
-    rewards = torch.cat([exp.rewards.reshape(-1) for exp in experiences]).detach().to("cpu", torch.float64)
+    rewards = torch.cat([exp.rewards for exp in experiences]).detach().to("cpu", torch.float64)
     if not bool(torch.isfinite(rewards).all()):
         bad = int((~torch.isfinite(rewards)).sum())
         raise FairnessInputError(
@@ -128,21 +128,25 @@ def shape_experiences(maker, experiences: List, config: PPOFairnessConfig) -> Li
         for k, name in enumerate(shown):
             constants[_metric_name(name)] = float(sums[k] / counts[k])
 
-    # One float32 table of every logged column, one contiguous block per experience: each experience's info
-    # tensors are views of its own small block only (a view of a shared table would pickle the whole table).
-    keys = [METRIC_PREFIX + "weight", METRIC_PREFIX + "raw_reward", *constants]
-    table = torch.empty(rewards.numel(), len(keys), dtype=torch.float32)
-    table[:, 0] = shaping.sample_weights
-    table[:, 1] = rewards
-    table[:, 2:] = torch.tensor(list(constants.values()), dtype=torch.float32)
-    for exp, block in zip(experiences, table.split(lengths)):
-        columns = block.t().clone().unbind(0)
+    # Per-sample columns get one small contiguous block per experience (a view into a batch-wide tensor would
+    # pickle the whole batch with every experience); batch constants are shared by experiences of one size
+    # (read-only: OpenRLHF only reads, splits and re-stacks info tensors).
+    per_sample = torch.stack([shaping.sample_weights.to(torch.float32), rewards.to(torch.float32)])
+    shared: dict[int, dict] = {}
+    start = 0
+    for exp, size in zip(experiences, lengths):
+        weight, raw_reward = per_sample[:, start:start + size].clone()
+        start += size
         if config.enabled:
-            weight = columns[0] if exp.advantages.dtype == torch.float32 else columns[0].to(exp.advantages.dtype)
-            exp.advantages = exp.advantages * weight.to(exp.advantages.device).unsqueeze(-1)
-        if exp.rewards.device.type != "cpu":
-            columns = [column.to(exp.rewards.device) for column in columns]
-        exp.info.update(zip(keys, columns))
+            exp.advantages = exp.advantages * weight.to(exp.advantages.dtype).unsqueeze(-1)
+        if size not in shared:
+            shared[size] = {key: torch.full((size,), value, dtype=torch.float32) for key, value in constants.items()}
+        exp.info[METRIC_PREFIX + "weight"] = weight
+        exp.info[METRIC_PREFIX + "raw_reward"] = raw_reward
+        exp.info.update(shared[size])
+        if exp.rewards.device.type != "cpu":  # OpenRLHF makes experience on CPU; keep info beside the rewards
+            for key in (METRIC_PREFIX + "weight", METRIC_PREFIX + "raw_reward", *constants):
+                exp.info[key] = exp.info[key].to(exp.rewards.device)
 
     _log(
         f"[Fairness shaping] batch {batch}: {rewards.numel()} samples, {shaping.num_agents} agents ({config.unit}), "
