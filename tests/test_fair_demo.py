@@ -60,7 +60,7 @@ def test_one_pair_micro_batches_are_refused(tmp_path, capsys):
 
 
 @pytest.mark.e2e
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)
 def test_reduced_demo_end_to_end(tmp_path, capsys):
     """Three real train_rm runs (bt, fr, fc inverse) on a tiny Llama, then the report on the test split."""
     rows = [json.loads(line) for line in gzip.open(demo.PACKAGE_DATA, "rt")][:600]
