@@ -8,6 +8,8 @@ Same seed, same data, same flags; the two variants alternate (A B B A A B ...) s
 both alike, and the medians of >= 3 runs each are compared. Two times per run:
 - fit: seconds inside RewardModelTrainer.fit (every training step, its logging, and evaluation), measured
   by a timer wrapped around the host's fit in both variants; this is where the fairness term costs anything;
+- fit_cpu: the process CPU time of the same span, much less sensitive than wall time to other processes
+  competing for the cores (on a busy machine, compare this one);
 - wall: the whole process (imports, model and data loading, saving), what a user waits for.
 "Plain" is `openrlhf train_rm` without any fairness flag, which runs `openrlhf.cli.train_rm` unchanged (the
 e2e test checks it is bit-identical to `python -m openrlhf.cli.train_rm`); on a machine without CUDA both
@@ -43,12 +45,12 @@ host_fit = RewardModelTrainer.fit
 
 @functools.wraps(host_fit)
 def fit(self, *args, **kwargs):
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     try:
         return host_fit(self, *args, **kwargs)
     finally:
         with open(timing_file, "w") as f:
-            json.dump({"fit_s": time.perf_counter() - start}, f)
+            json.dump({"fit_s": time.perf_counter() - start, "fit_cpu_s": time.process_time() - start_cpu}, f)
 
 RewardModelTrainer.fit = fit
 sys.exit(run_host_cli("train_rm", argv))
@@ -79,6 +81,8 @@ def main(argv=None) -> int:
     parser.add_argument("--fairness", default="--fairness_reg 0.1", help="the add-on flags of the fair variant")
     parser.add_argument("--workdir", help="keep data, logs and outputs here (default: a temporary folder)")
     parser.add_argument("--host-args", default="", help="extra OpenRLHF flags for both variants")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="OMP_NUM_THREADS for both variants (e.g. 1 on a busy CPU machine; default: unchanged)")
     args = parser.parse_args(argv)
     if args.repeats < 3:
         parser.error("--repeats must be at least 3")
@@ -107,8 +111,10 @@ def main(argv=None) -> int:
         ]
 
     variants = {"plain": [], "fair": args.fairness.split()}
-    times: dict[str, dict[str, list[float]]] = {name: {"fit": [], "wall": []} for name in variants}
+    times: dict[str, dict[str, list[float]]] = {name: {"fit": [], "fit_cpu": [], "wall": []} for name in variants}
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    if args.threads:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
     order = []
     for i in range(args.repeats):
         order += ["plain", "fair"] if i % 2 == 0 else ["fair", "plain"]
@@ -123,16 +129,18 @@ def main(argv=None) -> int:
         if result.returncode != 0 or not timing.exists():
             print((result.stdout + result.stderr)[-3000:], file=sys.stderr)
             raise SystemExit(f"run {k} ({name}) failed with exit code {result.returncode}; log in {workdir}")
-        fit = json.loads(timing.read_text())["fit_s"]
-        times[name]["fit"].append(fit)
+        measured = json.loads(timing.read_text())
+        times[name]["fit"].append(measured["fit_s"])
+        times[name]["fit_cpu"].append(measured["fit_cpu_s"])
         times[name]["wall"].append(wall)
-        print(f"run {k:2d}/{len(order)} {name:5s}  fit {fit:7.2f} s   wall {wall:7.2f} s", flush=True)
+        print(f"run {k:2d}/{len(order)} {name:5s}  fit {measured['fit_s']:7.2f} s   fit_cpu "
+              f"{measured['fit_cpu_s']:7.2f} s   wall {wall:7.2f} s", flush=True)
 
     print(f"\ntrain_rm, {args.pairs} pairs, micro-batch {args.micro}, max_len {args.max_len}, model {model}")
     print(f"fair variant: {args.fairness}; median of {args.repeats} alternating runs each")
-    for what in ("fit", "wall"):
+    for what in ("fit", "fit_cpu", "wall"):
         plain, fair = statistics.median(times["plain"][what]), statistics.median(times["fair"][what])
-        print(f"{what:4s}: plain {plain:7.2f} s   fair {fair:7.2f} s   ratio fair/plain = {fair / plain:.4f}")
+        print(f"{what:7s}: plain {plain:7.2f} s   fair {fair:7.2f} s   ratio fair/plain = {fair / plain:.4f}")
     return 0
 
 

@@ -232,7 +232,11 @@ def _wrap_save_logs(config: RewardFairnessConfig):
             bound = _bind(original, ("step_bar", "logs_dict"), self, *args, **kwargs)
             fair = self.loss_fn.pop_window_metrics()
             if fair:  # every rank calls this at the same steps, so the all-reduce is safe
-                fair = self.strategy.all_reduce(fair)
+                import torch
+
+                names = sorted(fair)  # one collective for all metrics (mean over ranks)
+                values = self.strategy.all_reduce(torch.tensor([fair[k] for k in names], dtype=torch.float64))
+                fair = dict(zip(names, values.tolist()))
                 logs_dict = bound.arguments["logs_dict"]
                 if logs_dict is None:
                     logs_dict = bound.arguments["logs_dict"] = {}
