@@ -63,6 +63,8 @@ def run_host_cli(command: str, argv: list[str], cpu: bool | None = None) -> int:
     try:
         runpy.run_module(module, run_name="__main__", alter_sys=True)
     except SystemExit as stop:  # argparse --help / errors, and host code calling sys.exit
+        if stop.code is not None and not isinstance(stop.code, int):
+            print(stop.code, file=sys.stderr, flush=True)  # as Python does for an uncaught SystemExit("message")
         return stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
     finally:
         sys.argv = saved_argv
