@@ -504,6 +504,12 @@ def _plots(results: list[dict], out: Path, group_key: str) -> list[str]:
         for ax, key in zip(axes, ("reward_gap_over_std", "jain_sigmoid_margin")):
             ax.scatter([m[key]], [m["accuracy"]], s=30)
             ax.annotate(res["label"], (m[key], m["accuracy"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(5))
+        ax.ticklabel_format(axis="both", style="plain", useOffset=False)
+        ax.margins(x=0.25, y=0.25)
     axes[0].set_xlabel("group reward gap / reward std  (lower = fairer)")
     axes[1].set_xlabel("Jain index of sigmoid(margin)  (higher = more equal)")
     axes[0].set_ylabel("accuracy")
