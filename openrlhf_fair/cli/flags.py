@@ -25,7 +25,9 @@ def add_reward_fairness_arguments(parser: argparse.ArgumentParser) -> argparse.A
     """Flags of the fairness-aware pairwise losses (Ouyang et al., ACL 2025). All default to off."""
     group = parser.add_argument_group(
         "reward fairness (openrlhf-fair; Ouyang et al., ACL 2025)",
-        "F = f_tau(sigmoid(m / T)) / n over the reward margins m of the preference pairs (f_tau: Lan et al.'s "
+        "F = f_tau(sigmoid(m / T)) / n over the reward margins m of the preference pairs (train_dpo: DPO's "
+        "implicit-reward margins m = beta * [(log pi - log pi_ref)(chosen) - (log pi - log pi_ref)(rejected)]; "
+        "f_tau: Lan et al.'s "
         "fairness; tau = -1 gives Jain's index). Pass one of --fairness_reg / --fairness_coef; other flags alone "
         "keep the host loss and only log fairness. Needs >= 2 pairs per micro-batch (--train.micro_batch_size).",
     )
