@@ -467,3 +467,31 @@ def test_ppo_reward_function_group_norm(tmp_path, tiny_llama):
     # the reward function ran in the rollout engine's actor and its extra log reached the trainer's metrics
     assert len(scalars["train/a_share"]) == STEPS
     assert "train/critic_loss" not in scalars
+
+
+def test_ray_start_failure_is_explained(monkeypatch):
+    from openrlhf_fair.cpu_backend import ray_support
+
+    def failing_init(*args, **kwargs):
+        raise ConnectionError("GCS did not come up")
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with pytest.raises(ray_support.RayStartError, match="failed to start on 127.0.0.1.*GCS did not come up"):
+        ray_support._cpu_ray_init(failing_init)()
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
+    with pytest.raises(ray_support.RayStartError, match="could not join the Ray cluster at 127.0.0.1:1"):
+        ray_support._cpu_ray_init(failing_init)()
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+def test_unsupported_ppo_flags_fail_before_ray_starts(tmp_path, tiny_llama):
+    result = subprocess.run(
+        openrlhf_command() + ["--cpu", "train_ppo_ray", "--actor.model_name_or_path", str(tiny_llama),
+                              "--vllm.num_engines", "1", "--vllm.tensor_parallel_size", "2",
+                              "--reward.remote_url", str(tmp_path / "reward.py")],
+        capture_output=True, text=True, timeout=110, cwd=tmp_path, env={**os.environ, "TORCHDYNAMO_DISABLE": "1"},
+    )
+    assert result.returncode == 1
+    assert "cannot run train_ppo_ray" in result.stderr and "--vllm.tensor_parallel_size 2" in result.stderr
+    assert "Started a local Ray instance" not in result.stderr + result.stdout

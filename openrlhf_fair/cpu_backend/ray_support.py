@@ -5,16 +5,21 @@ and puts every model in a Ray actor that asks for ``num_gpus=1`` (or 0.2 when co
 
 - `apply()` (driver) wraps ``ray.init`` so that a local Ray starts on loopback (``127.0.0.1``; Ray would
   otherwise advertise the machine's address unless ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``) with logical
-  GPUs and CPUs for OpenRLHF's actors to schedule on, no dashboard, and a ``worker_process_setup_hook``
-  that makes the CPU backend active in every Ray worker; it serves ``import vllm`` from the stand-in
-  (only when vllm is not installed) and rejects PPO flags the CPU cannot serve before anything starts.
+  GPUs and CPUs for OpenRLHF's actors to schedule on, without the dashboard, and with a
+  ``worker_process_setup_hook`` that makes the CPU backend active in every Ray worker; at exit it stops
+  that Ray and its workers. It serves ``import vllm`` from the stand-in (`rollout_engine`; only when vllm
+  is not installed), waits for the rollout engines to be up (an engine error shows at once), sends the
+  weights over gloo (``--vllm.sync_backend nccl`` and thus CUDA IPC become gloo), and rejects the PPO flags
+  the CPU cannot serve (`check_ppo_args`) before Ray starts.
 - `worker_process_setup()` (each Ray worker, at start) is lazy: it only installs an import hook. The CPU
   patches (``openrlhf_fair.cpu_backend.activate``) run when the worker first imports ``openrlhf``, i.e. when
   it unpickles one of OpenRLHF's actor classes; Ray's own processes and idle workers never import torch
-  (an eager torch import in every worker made Ray's agents time out on 2 cores).
+  (an eager torch import in every worker made Ray's agents time out on 2 cores). Workers also get the one
+  PPO-only CUDA fix: the replay buffer's target device (`_cpu_replay_buffer_init`).
 
 Environment knobs: ``OPENRLHF_FAIR_RAY_NUM_GPUS`` / ``OPENRLHF_FAIR_RAY_NUM_CPUS`` (logical resources,
-default 16 / 16).
+default 16 / 16). An existing cluster (``RAY_ADDRESS``) is joined as is: it must offer GPUs (logical ones:
+``ray start --head --num-gpus 16 --node-ip-address 127.0.0.1``) and have openrlhf-fair installed.
 """
 
 from __future__ import annotations
@@ -149,21 +154,23 @@ def ray_init_kwargs(kwargs: Dict[str, Any]) -> Dict[str, Any]:
 def _cpu_ray_init(original):
     def init(*args, **kwargs):
         full = ray_init_kwargs(kwargs)
-        if not (full.get("address") or os.environ.get("RAY_ADDRESS")):
+        joining = full.get("address") or os.environ.get("RAY_ADDRESS")
+        if joining:
+            print(f"[openrlhf-fair] CPU backend: joining the Ray cluster at {joining}; it must offer GPUs (logical "
+                  f"ones: `ray start --head --num-gpus 16 --node-ip-address 127.0.0.1`)", file=sys.stderr, flush=True)
+        else:
             print(f"[openrlhf-fair] CPU backend: starting Ray on {LOOPBACK} with {full['num_gpus']} logical GPUs "
                   f"and {full['num_cpus']} logical CPUs", file=sys.stderr, flush=True)
-        else:
-            print("[openrlhf-fair] CPU backend: joining an existing Ray cluster; it must have been started with "
-                  "logical GPUs (`ray start --head --num-gpus 16 --node-ip-address 127.0.0.1`)",
-                  file=sys.stderr, flush=True)
         try:
             context = original(*args, **full)
-        except (ConnectionError, RuntimeError, TimeoutError) as error:
-            raise RayStartError(
-                f"openrlhf-fair CPU backend: Ray failed to start on {LOOPBACK} ({error}). Check that no stale Ray "
-                f"is running (`ray stop`), that /tmp has space, and that RAY_ADDRESS is unset for a local run."
-            ) from error
-        if not (full.get("address") or os.environ.get("RAY_ADDRESS")):
+        except (ConnectionError, RuntimeError, TimeoutError, ValueError) as error:
+            if joining:
+                advice = f"could not join the Ray cluster at {joining}: is it running? Unset RAY_ADDRESS for a local run"
+            else:
+                advice = (f"Ray failed to start on {LOOPBACK}: check for a stale Ray (`ray status`, `ray stop`), "
+                          f"free space in /tmp, and that nothing blocks loopback ports")
+            raise RayStartError(f"openrlhf-fair CPU backend: {advice} ({type(error).__name__}: {error})") from error
+        if not joining:
             atexit.register(stop_local_ray)  # runs before Ray's own atexit shutdown (registered at import)
         return context
 
