@@ -10,7 +10,8 @@ NaN checks and metrics included) fed with the implicit rewards beta * (log pi - 
 the m_i above and its gradient reaches the policy's log-probabilities (the reference ones carry none).
 
 Evaluation (the host calls the loss under `torch.no_grad()`) returns the host's DPO loss unchanged, so eval
-loss stays comparable with plain DPO (while recording, the implicit rewards are kept for eval metrics). This module imports torch only, never openrlhf.
+loss stays comparable with plain DPO (while recording, the implicit rewards are kept for eval metrics).
+This module imports torch only, never openrlhf.
 """
 
 from __future__ import annotations

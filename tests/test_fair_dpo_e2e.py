@@ -62,7 +62,8 @@ def plain_run(tiny_llama, dpo_data, tmp_path_factory, run_cli):
 @pytest.mark.timeout(300)
 def test_flags_off_is_bit_identical_to_plain_openrlhf(tiny_llama, dpo_data, plain_run, run_cli, tmp_path):
     out = tmp_path / "out"
-    result = run_cli("openrlhf", "train_dpo", *dpo_args(tiny_llama, dpo_data, out), label="train_dpo flags off", timeout=180)
+    argv = dpo_args(tiny_llama, dpo_data, out)
+    result = run_cli("openrlhf", "train_dpo", *argv, label="train_dpo flags off", timeout=180)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "openrlhf-fair" not in result.stdout.replace("openrlhf-fair] CPU backend", "")
     assert weights(out) == weights(plain_run)

@@ -29,7 +29,8 @@ def reference_dpo(pc, pr, rc, rr, beta, label_smoothing=0.0, ipo=False):
     logits = (pc - pr) - (rc - rr)
     if ipo:
         return ((logits - 1 / (2 * beta)) ** 2).mean()
-    return (-F.logsigmoid(beta * logits) * (1 - label_smoothing) - F.logsigmoid(-beta * logits) * label_smoothing).mean()
+    smoothed = -F.logsigmoid(beta * logits) * (1 - label_smoothing) - F.logsigmoid(-beta * logits) * label_smoothing
+    return smoothed.mean()
 
 
 def reference_F(margins, tau, temperature=1.0):
@@ -52,8 +53,11 @@ def reference_loss(pc, pr, rc, rr, beta, config, **dpo):
 def logps(n=8, seed=0):
     """Sequence log-probabilities of policy and reference for n pairs (sums over tokens: tens of nats)."""
     g = torch.Generator().manual_seed(seed)
-    pc, pr = -40 + 5 * torch.randn(n, generator=g, dtype=torch.float64), -45 + 5 * torch.randn(n, generator=g, dtype=torch.float64)
-    rc, rr = pc + 3 * torch.randn(n, generator=g, dtype=torch.float64), pr + 3 * torch.randn(n, generator=g, dtype=torch.float64)
+    def noise(scale):
+        return scale * torch.randn(n, generator=g, dtype=torch.float64)
+
+    pc, pr = -40 + noise(5), -45 + noise(5)
+    rc, rr = pc + noise(3), pr + noise(3)
     return pc, pr, rc, rr
 
 
@@ -97,8 +101,9 @@ def test_metrics_are_over_the_implicit_reward_margins(DPOLoss):
     m = beta * ((pc - rc) - (pr - rr)).detach()
     x = torch.sigmoid(m)
     assert loss_fn.extra_logs()["fair_F"] == pytest.approx(float(reference_F(m, -1.0)), rel=1e-12)
-    assert loss_fn.extra_logs()["fair_jain"] == pytest.approx(float(x.sum() ** 2 / (x.numel() * (x**2).sum())), rel=1e-9)
-    assert loss_fn.extra_logs()["fair_base_loss"] == pytest.approx(float(reference_dpo(pc, pr, rc, rr, beta)), rel=1e-12)
+    logs = loss_fn.extra_logs()
+    assert logs["fair_jain"] == pytest.approx(float(x.sum() ** 2 / (x.numel() * (x**2).sum())), rel=1e-9)
+    assert logs["fair_base_loss"] == pytest.approx(float(reference_dpo(pc, pr, rc, rr, beta)), rel=1e-12)
 
 
 def test_evaluation_returns_the_host_loss_unchanged(DPOLoss):

@@ -191,7 +191,8 @@ def test_diff_adds_no_hook_calls_beyond_the_documented_points():
 
 def load_hooks_module(site: Path):
     """The diff's ``extension_hooks.py`` from a patched copy, loaded alone (it imports nothing from OpenRLHF)."""
-    spec = importlib.util.spec_from_file_location("extension_hooks_under_test", site / "openrlhf/utils/extension_hooks.py")
+    path = site / "openrlhf/utils/extension_hooks.py"
+    spec = importlib.util.spec_from_file_location("extension_hooks_under_test", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -278,7 +279,8 @@ def test_unpatched_host_uses_runtime_patches_and_native_mode_names_what_is_missi
     assert native_hooks.patch_mode() == "auto" and native_hooks.runtime_patching_allowed()
     assert [native_hooks.use_native_hook(point) for point in native_hooks.HOOK_POINTS] == [False, False, False]
     monkeypatch.setenv(native_hooks.PATCH_MODE_ENV, "native")
-    with pytest.raises(HostMismatchError, match=r"lacks the native hook point 'dpo_loss'.*extension_hooks.*module missing"):
+    missing = r"lacks the native hook point 'dpo_loss'.*extension_hooks.*module missing"
+    with pytest.raises(HostMismatchError, match=missing):
         native_hooks.use_native_hook("dpo_loss")
     with pytest.raises(HostMismatchError, match="--fairness_group_key .* needs a runtime patch"):
         native_hooks.require_runtime_patching("--fairness_group_key (group labels from the dataset)")
@@ -346,9 +348,10 @@ def pytest_runtest_call(item):
     yield
     import sys
     from openrlhf_fair.host.patching import is_patched
+    TRAINER_METHODS = ("__init__", "fit", "save_logs_and_checkpoints", "evaluate")
     for module, cls, names in [
-        ("openrlhf.trainer.rm_trainer", "RewardModelTrainer", ("__init__", "fit", "save_logs_and_checkpoints", "evaluate")),
-        ("openrlhf.trainer.dpo_trainer", "DPOTrainer", ("__init__", "fit", "save_logs_and_checkpoints", "evaluate")),
+        ("openrlhf.trainer.rm_trainer", "RewardModelTrainer", TRAINER_METHODS),
+        ("openrlhf.trainer.dpo_trainer", "DPOTrainer", TRAINER_METHODS),
         ("openrlhf.trainer.ppo_utils.experience_maker", "RemoteExperienceMaker", ("compute_advantages_and_returns",)),
     ]:
         if module in sys.modules:
