@@ -17,16 +17,22 @@ from openrlhf_fair.host.patching import is_patched
 
 @pytest.fixture
 def no_flash_attn_modules():
-    """Forget any imported flash_attn (real or stand-in) before and after a test."""
+    """Run a test with no flash_attn imported or served, then put back what other tests had set up."""
 
-    def forget():
-        for key in [k for k in sys.modules if k == "flash_attn" or k.startswith("flash_attn.")]:
-            del sys.modules[key]
+    def take_modules():
+        return {k: sys.modules.pop(k) for k in list(sys.modules) if k == "flash_attn" or k.startswith("flash_attn.")}
 
-    forget()
-    yield
-    forget()
+    finder = stand_ins._finder()
+    was_served = finder is not None and "flash_attn" in finder.names
+    saved = take_modules()
     stand_ins.uninstall("flash_attn")
+    yield
+    take_modules()
+    sys.modules.update(saved)
+    if was_served:
+        stand_ins.install("flash_attn")
+    else:
+        stand_ins.uninstall("flash_attn")
 
 
 @pytest.fixture
@@ -69,7 +75,7 @@ def test_bad_env_value_is_a_clear_error(monkeypatch):
 
 
 def test_off_patches_nothing_and_tells_children(monkeypatch):
-    monkeypatch.delenv(cpu_backend.ENV_VAR, raising=False)
+    monkeypatch.setenv(cpu_backend.ENV_VAR, "")  # restored after the test: later tests' children must not see "0"
     synchronize = torch.cuda.synchronize
     assert cpu_backend.maybe_activate("train_rm", False) is False
     assert torch.cuda.synchronize is synchronize and not cpu_backend.is_active()
@@ -106,7 +112,7 @@ def test_activate_patches_and_undo_restores(monkeypatch, no_flash_attn_modules, 
     assert not cpu_backend.is_active()
     assert {name: getattr(torch.cuda, name) for name in originals} == originals
     assert dict(os.environ) == env_before
-    assert not is_patched(config, "hierarchize")
+    assert not is_patched(config, "hierarchize", cli_args.PATCH_ID)
 
 
 def test_strategy_asks_deepspeed_for_torch_adam_and_no_shm_op(active_backend):

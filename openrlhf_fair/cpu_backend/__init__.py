@@ -26,8 +26,8 @@ PPO_SUPPORT = "openrlhf_fair.cpu_backend.ray_support"
 _undo: Callable[[], None] | None = None
 
 
-def _env_request(env=os.environ) -> bool | None:
-    value = env.get(ENV_VAR, "").strip()
+def _env_request() -> bool | None:
+    value = os.environ.get(ENV_VAR, "").strip()
     if value == "":
         return None
     if value in ("1", "0"):

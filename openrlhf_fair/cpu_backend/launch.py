@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import socket
+from typing import MutableMapping
 
 from openrlhf_fair.cpu_backend.cli_args import CpuBackendExit
 
@@ -38,12 +39,13 @@ def check_port_free(host: str, port: int) -> None:
             ) from None
 
 
-def prepare_environment(command: str, env=os.environ) -> None:
+def prepare_environment(command: str, env: MutableMapping[str, str] | None = None) -> None:
     """Loopback rendezvous for this process and its children; a single trainer process gets a one-rank world.
 
     The PPO driver (train_ppo_ray) joins no process group itself: OpenRLHF's Ray launcher gives each actor
     its own RANK/WORLD_SIZE/MASTER_PORT, so no world is set up for it here.
     """
+    env = os.environ if env is None else env  # looked up now: some libraries replace os.environ
     for key, value in CHILD_ENV.items():
         env.setdefault(key, value)
     env.setdefault("MASTER_ADDR", LOOPBACK)
