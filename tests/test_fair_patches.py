@@ -337,6 +337,26 @@ def test_native_host_dpo_trainer_gets_fair_loss_and_logs_through_the_hook(stand_
     assert type(host.DPOTrainer(model, None, strategy, None, None, None, None, None).loss_fn).__name__ == "DPOLoss"
 
 
+@pytest.mark.skipif(not host_is_patched(), reason="runs against a patched OpenRLHF (see the native-mode test below)")
+def test_native_host_group_key_falls_back_to_runtime_patches_only_in_auto_mode(stand_ins_for_host, monkeypatch):
+    """--fairness_group_key has no hook point: refused in native mode, runtime patches in auto mode."""
+    import openrlhf.trainer.dpo_trainer as host
+    from openrlhf_fair.config import RewardFairnessConfig
+    from openrlhf_fair.host import dpo_trainer
+    from openrlhf_fair.host.patching import HostMismatchError, is_patched
+
+    config = RewardFairnessConfig(alpha=0.1, group_key="category")
+    with pytest.raises(HostMismatchError, match="--fairness_group_key .* needs a runtime patch"):
+        dpo_trainer.apply_fairness(config)
+    assert not is_patched(host.DPOTrainer, "__init__")
+    monkeypatch.setenv("OPENRLHF_FAIR_PATCH_MODE", "auto")
+    undo = dpo_trainer.apply_fairness(config)
+    try:
+        assert all(is_patched(host.DPOTrainer, name) for name in dpo_trainer.WRAPPED_METHODS)
+    finally:
+        undo()
+
+
 # ── The add-on's integration tests against a patched copy, in native mode ──
 
 # Fails any test during which a trainer / experience-maker method is runtime-patched.

@@ -23,11 +23,11 @@ import os
 from typing import Any, Callable
 
 from openrlhf_fair.host.patching import HostMismatchError, original_of
+from openrlhf_fair.host.version import installed_openrlhf_version
 
 PATCH_MODE_ENV = "OPENRLHF_FAIR_PATCH_MODE"
 PATCH_MODES = ("auto", "native", "runtime")
 HOOKS_MODULE = "openrlhf.utils.extension_hooks"
-DIFF_HINT = "apply patches/openrlhf-0.11.2/extension-hooks.diff to OpenRLHF (see patches/README.md)"
 
 # Hook point -> (host module, [(function qualname, hook function it must call), ...]).
 HOOK_POINTS = {
@@ -98,7 +98,8 @@ def use_native_hook(point: str) -> bool:
     if missing and mode == "native":
         raise HostMismatchError(
             f"openrlhf-fair: {PATCH_MODE_ENV}=native but the installed OpenRLHF lacks the native hook point "
-            f"{point!r}: {'; '.join(missing)}. {DIFF_HINT.capitalize()}, or unset {PATCH_MODE_ENV}."
+            f"{point!r}: {'; '.join(missing)}. Apply patches/openrlhf-{installed_openrlhf_version()}/"
+            f"extension-hooks.diff to it (see patches/README.md in openrlhf-fair), or unset {PATCH_MODE_ENV}."
         )
     if not missing:
         _announce(point, f"openrlhf-fair: using OpenRLHF's native {point} hook ({HOOKS_MODULE}); no runtime patch")

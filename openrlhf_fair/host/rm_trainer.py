@@ -311,9 +311,9 @@ def apply_to_trainer(cls, config: RewardFairnessConfig, patch_id: str, hook_poin
 
     On an OpenRLHF with the native loss hook ``hook_point`` (`patches/`), registers the hook instead.
     """
-    if native_hooks.use_native_hook(hook_point):  # patches/ applied: no runtime patch (step logs via the hook)
-        if config.group_key is not None:
-            native_hooks.require_runtime_patching("--fairness_group_key (group labels from the dataset)")
+    if config.group_key is not None:  # group labels have no hook point: runtime patches (refused in native mode)
+        native_hooks.require_runtime_patching("--fairness_group_key (group labels from the dataset)")
+    elif native_hooks.use_native_hook(hook_point):  # patches/ applied: no runtime patch (step logs via the hook)
         return native_hooks.register_loss_hook(
             cls, _native_loss_hook(config, loss_class), f"{patch_id}.loss_hook", settings=config
         )
