@@ -233,6 +233,21 @@ def test_one_agent_warns_once(host, hm, monkeypatch):
     assert sum("[Fairness shaping]" in m for _, m in messages) == 3  # one log line per batch
 
 
+def test_mostly_clipped_weights_warn_once(host, hm, monkeypatch):
+    messages = []
+    monkeypatch.setattr(hm, "_log", lambda message, warning=False: messages.append((warning, message)))
+    hm.apply_in_process(PPOFairnessConfig(reg=1.0))
+    maker = make_maker(host, "reinforce")
+    for seed in range(2):
+        batch = make_batch(host, seed=seed)
+        for exp in batch:
+            exp.rewards = exp.rewards - 6.0  # every reward far below 0: U is tiny, F's pull dominates
+        out = maker.compute_advantages_and_returns(batch)
+        assert out[0].info["fairness/clipped_frac"][0] > 0.5
+    warnings = [m for w, m in messages if w]
+    assert len(warnings) == 1 and "--fair_weight_clip" in warnings[0] and "centre" in warnings[0]
+
+
 def test_label_unit_uses_carried_labels_and_logs_mean_reward_per_label(host, hm):
     config = PPOFairnessConfig(reg=0.5, unit="label:category")
     batch = make_batch(host, seed=4, with_labels=True)

@@ -232,3 +232,14 @@ def test_flags_build_the_config_and_stay_off_by_default():
         assert flag in text
     with pytest.raises(SystemExit):
         parse_fairness_args("train_ppo_ray", ["--fair_tau", "1"])
+
+
+@pytest.mark.parametrize("scale", [0.1, 1.0, 10.0, 100.0])
+@pytest.mark.parametrize("K", [2, 64, 4096])
+def test_paper_defaults_do_not_explode_on_centred_rewards(scale, K):
+    """gamma = 0.5, alpha = 0.1, tau = -1: for rewards around 0 (OpenRLHF's normalised rewards) no weight is clipped."""
+    rewards = torch.randn(K, generator=torch.Generator().manual_seed(K)) * scale
+    shaping = fairness_weights(rewards, torch.arange(K), PPOFairnessConfig(coef=0.5, reg=0.1))
+    w = shaping.sample_weights
+    assert shaping.num_clipped == 0 and torch.isfinite(w).all()
+    assert 0.05 < w.min() <= 1 <= w.max() < 2.5, (float(w.min()), float(w.max()))

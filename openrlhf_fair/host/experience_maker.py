@@ -35,6 +35,7 @@ WORKER_TARGET = "openrlhf_fair.host.experience_maker:apply_in_worker"
 METRIC_PREFIX = "fairness/"
 LABEL_INFO_KEY = "fairness/label"  # carried per sample from the samples generator; popped before logging
 MAX_LABEL_METRICS = 32  # per-label mean rewards logged for at most this many labels per batch
+CLIPPED_WARNING_FRACTION = 0.5  # warn (once) when more than this share of a batch's weights is clipped
 STATE_ATTR = "_openrlhf_fair_state"
 
 logger = logging.getLogger("openrlhf_fair.ppo")
@@ -116,6 +117,15 @@ def shape_experiences(maker, experiences: List, config: PPOFairnessConfig) -> Li
             warning=True,
         )
 
+    if shaping.num_clipped > CLIPPED_WARNING_FRACTION * rewards.numel() and "clipped" not in state["warned"]:
+        state["warned"].add("clipped")
+        _log(
+            f"openrlhf-fair: {shaping.num_clipped} of {rewards.numel()} fairness weights hit --fair_weight_clip "
+            f"{list(config.weight_clip)} in rollout batch {batch} (U = mean sigmoid(reward / T) = {shaping.utility:.3g}). "
+            "F's pull grows like 1/U: with rewards far below 0, centre them (--reward.normalize_enable, or a reward "
+            "function around 0), raise --fair_temperature, or lower --fair_reg. (Shown once; see fairness/clipped_frac.)",
+            warning=True,
+        )
     constants = {METRIC_PREFIX + key: value for key, value in shaping.metrics().items()}
     if label_names is not None:
         sums = torch.zeros(len(label_names), dtype=torch.float64).index_add_(0, shaping.agent_ids, rewards)
@@ -138,7 +148,7 @@ def shape_experiences(maker, experiences: List, config: PPOFairnessConfig) -> Li
         weight, raw_reward = per_sample[:, start:start + size].clone()
         start += size
         if config.enabled:
-            exp.advantages = exp.advantages * weight.to(exp.advantages.dtype).unsqueeze(-1)
+            exp.advantages = exp.advantages * weight.to(exp.advantages.device, exp.advantages.dtype).unsqueeze(-1)
         if size not in shared:
             shared[size] = {key: torch.full((size,), value, dtype=torch.float32) for key, value in constants.items()}
         exp.info[METRIC_PREFIX + "weight"] = weight
