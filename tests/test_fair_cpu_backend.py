@@ -229,6 +229,10 @@ def test_port_in_use_is_a_clear_error():
         port = busy.getsockname()[1]
         with pytest.raises(launch.PortInUse, match=f"MASTER_PORT {port} on 127.0.0.1 is already in use"):
             launch.prepare_environment("train_rm", {"MASTER_PORT": str(port)})
+        # Rank 0 of the deepspeed launcher opens the store itself: a busy port is its error to report.
+        with pytest.raises(launch.PortInUse):
+            launch.prepare_environment("train_rm", {"MASTER_PORT": str(port), "WORLD_SIZE": "2", "RANK": "0"})
+        launch.prepare_environment("train_rm", {"MASTER_PORT": str(port), "WORLD_SIZE": "2", "RANK": "1"})
         # Under torchrun the agent holds the port on purpose: rank 0 must not complain.
         torchrun_env = {"MASTER_PORT": str(port), "WORLD_SIZE": "2", "RANK": "0", "TORCHELASTIC_USE_AGENT_STORE": "True"}
         launch.prepare_environment("train_rm", torchrun_env)
