@@ -93,7 +93,8 @@ def test_train_rm_saves_a_loadable_reward_model(rm_single, preference_jsonl):
     assert isinstance(model.config.mean, float) and model.config.std > 0  # written by the host's evaluate()
     assert rewards.shape == (16,) and torch.isfinite(rewards).all()
     chosen, rejected = rewards[0::2], rewards[1::2]
-    assert (chosen > rejected).float().mean() >= 0.75, (chosen, rejected)  # it learned the synthetic preference
+    # It learned the synthetic preference (seen: every margin about 2; an untrained head gives about 0).
+    assert (chosen - rejected).min() > 0.5, (chosen, rejected)
 
 
 @pytest.mark.timeout(300)
