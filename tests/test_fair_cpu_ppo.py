@@ -211,6 +211,16 @@ def test_engine_generation_follows_sampling_params(vllm_stand_in, tiny_llama):
     assert first.token_ids == expected
     reference = torch.log_softmax(logits[len(prompt) - 1], -1)[first.token_ids[0]].item()
     assert first.logprobs[0][first.token_ids[0]].logprob == pytest.approx(reference, abs=0.05)
+    # a stop token ends the request (and is kept, like eos); stop strings are refused
+    stop_token = first.token_ids[2]
+    cut = first.token_ids.index(stop_token) + 1
+    stop_params = vllm.SamplingParams(temperature=0.0, max_tokens=6, stop_token_ids=[stop_token])
+    stopped_early = asyncio.run(generate_one(engine, vllm, prompt, stop_params))
+    assert stopped_early.token_ids == first.token_ids[:cut] and stopped_early.finish_reason == "stop"
+    from openrlhf_fair.cpu_backend.rollout_engine import CpuRolloutUnsupported
+
+    with pytest.raises(CpuRolloutUnsupported, match="stop strings"):
+        asyncio.run(generate_one(engine, vllm, prompt, vllm.SamplingParams(max_tokens=3, stop=["x"])))
     # eos ends a request with finish_reason "stop"; ignore_eos / min_tokens keep it going
     eos = first.token_ids[0]
     engine.eos_token_ids = [eos]  # the greedy first token now ends the request

@@ -327,6 +327,11 @@ class CpuRolloutEngine:
 
         if getattr(params, "n", 1) != 1:
             raise unsupported("SamplingParams.n > 1", "OpenRLHF sends one request per sample")
+        if getattr(params, "stop", None):
+            raise unsupported("stop strings (SamplingParams.stop)", "use stop_token_ids")
+        stop_ids = list(self.eos_token_ids) + [t for t in (params.stop_token_ids or []) if t not in self.eos_token_ids]
+        if params.seed is not None:
+            torch.manual_seed(params.seed)
         max_new = params.max_tokens
         if max_new is None:
             limit = self.max_model_len or self.tokenizer.model_max_length
@@ -344,7 +349,7 @@ class CpuRolloutEngine:
             top_p=params.top_p if do_sample else None,
             top_k=(params.top_k if params.top_k and params.top_k > 0 else 0) if do_sample else None,
             repetition_penalty=params.repetition_penalty,
-            eos_token_id=self.eos_token_ids or None,
+            eos_token_id=stop_ids or None,
             pad_token_id=self.pad_token_id,
             return_dict_in_generate=True,
             output_scores=want_logprobs and self.logprobs_mode == "processed_logprobs",
@@ -355,7 +360,7 @@ class CpuRolloutEngine:
             out = self.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
                                       generation_config=config)
         new_tokens = out.sequences[0, len(prompt_token_ids):].tolist()
-        stopped = bool(new_tokens) and new_tokens[-1] in self.eos_token_ids and not params.ignore_eos
+        stopped = bool(new_tokens) and new_tokens[-1] in stop_ids and not params.ignore_eos
         finish_reason = "stop" if stopped else "length"
 
         logprobs = None

@@ -19,6 +19,7 @@ class SamplingParams:
     logprobs: Optional[int] = None
     skip_special_tokens: bool = True
     ignore_eos: bool = False
+    stop: Optional[list] = field(default=None)  # stop strings: not supported by the CPU rollout engine
     stop_token_ids: Optional[list] = field(default=None)
     include_stop_str_in_output: bool = False
     repetition_penalty: float = 1.0
