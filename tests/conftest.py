@@ -5,9 +5,8 @@ Fixtures:
 - `minilm_rm`: all-MiniLM-L6-v2 with eos = [SEP], a real pretrained reward-model backbone.
 - `smollm2`: SmolLM2-135M-Instruct as an HF folder (converted once from the GGUF, cached between runs).
 - `preference_jsonl`: 64 small synthetic preference pairs (prompt/chosen/rejected) in a jsonl file.
-- `run_cli`: runs a command line in a subprocess with a timeout and records its wall time and peak memory
-  (of the largest process);
-  the table of every end-to-end run is printed at the end of the session.
+- `run_cli`: runs a command line in a subprocess with a timeout and records its wall time, CPU time and
+  peak memory (of the largest process); the table of every run is printed at the end of the session.
 """
 
 from __future__ import annotations
