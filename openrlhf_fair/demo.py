@@ -235,27 +235,19 @@ def run_training(cmd: list[str], log_path: Path, title: str, quiet: bool = False
     log_path.parent.mkdir(parents=True, exist_ok=True)
     start = time.time()
     bar = tqdm(total=None, desc=title, unit="step", file=sys.stderr, disable=quiet)
-    tail = ""
     with open(log_path, "w", encoding="utf-8") as log:
         log.write("$ " + shlex.join(cmd) + "\n")
         log.flush()
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-        buf = b""
-        while True:
-            chunk = proc.stdout.read1(4096) if hasattr(proc.stdout, "read1") else proc.stdout.read(4096)
-            if not chunk:
-                break
-            log.write(chunk.decode("utf-8", "replace"))
-            buf = (buf + chunk)[-4096:]
-            text = buf.decode("utf-8", "replace")
-            found = _STEP_RE.findall(text)
-            if found:
-                _, done, total = found[-1]
-                if bar.total != int(total) or bar.n != int(done):
-                    bar.total = int(total)
-                    bar.n = int(done)
-                    bar.refresh()
-        rc = proc.wait()
+        try:
+            rc = _follow(proc, log, bar)
+        finally:  # interrupted (Ctrl-C, a test timeout): do not leave the training running
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
     bar.close()
     elapsed = time.time() - start
     if rc != 0:
@@ -263,6 +255,26 @@ def run_training(cmd: list[str], log_path: Path, title: str, quiet: bool = False
         raise DemoError(f"{title}: openrlhf train_rm failed (exit {rc}) after {elapsed:.0f} s; "
                         f"last lines of {log_path}:\n{tail}")
     return elapsed
+
+
+def _follow(proc, log, bar) -> int:
+    """Copy the child's output to the log and its train-step counter to the progress bar; return its exit code."""
+    buf = b""
+    while True:
+        chunk = proc.stdout.read1(4096) if hasattr(proc.stdout, "read1") else proc.stdout.read(4096)
+        if not chunk:
+            break
+        log.write(chunk.decode("utf-8", "replace"))
+        buf = (buf + chunk)[-4096:]
+        text = buf.decode("utf-8", "replace")
+        found = _STEP_RE.findall(text)
+        if found:
+            _, done, total = found[-1]
+            if bar.total != int(total) or bar.n != int(done):
+                bar.total = int(total)
+                bar.n = int(done)
+                bar.refresh()
+    return proc.wait()
 
 
 # ----------------------------------------------------------------------------------------------- CLI
