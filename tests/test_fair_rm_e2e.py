@@ -59,7 +59,8 @@ def host_args(root: Path, name: str, micro: int = 8) -> list[str]:
 
 
 def run(cmd, root: Path, name: str):
-    env = {**os.environ, "OPENRLHF_FAIR_CPU": "1", "TOKENIZERS_PARALLELISM": "false"}
+    # One intra-op thread per process: on a busy 2-core machine more threads spin-wait (a 10x slowdown seen).
+    env = {**os.environ, "OPENRLHF_FAIR_CPU": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT)
     (root / f"{name}.log").write_text(result.stdout + result.stderr)
     assert result.returncode == 0, f"{name} failed:\n{(result.stdout + result.stderr)[-4000:]}"

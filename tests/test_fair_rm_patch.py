@@ -5,7 +5,6 @@ before anything is patched, nothing patched when the flags are off; and the patc
 compute the right things with the host's own PairWiseLoss / LogExpLoss / RewardDataset.
 """
 
-import math
 from types import SimpleNamespace
 
 import pytest
