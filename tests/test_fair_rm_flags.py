@@ -1,0 +1,67 @@
+"""The reward-fairness flags (`openrlhf_fair.cli.flags`): split off an OpenRLHF command line, both prefixes."""
+
+import pytest
+
+from openrlhf_fair.cli.flags import fairness_help, parse_fairness_args
+from openrlhf_fair.config import RewardFairnessConfig
+
+HOST = ["--model.model_name_or_path", "m", "--train.micro_batch_size", "8", "--adam.betas", "0.9", "0.95"]
+
+
+def test_no_fairness_flag_gives_no_config_and_the_argv_untouched():
+    assert parse_fairness_args("train_rm", HOST) == (None, HOST)
+    assert parse_fairness_args("train_rm", []) == (None, [])
+
+
+@pytest.mark.parametrize("command", ["train_rm", "train_dpo"])
+def test_both_prefixes_and_host_flags_keep_their_order(command):
+    argv = ["--local_rank=1", *HOST[:2], "--fair_reg", "0.1", *HOST[2:], "--fairness_tau=-2", "--fair_group_key", "category"]
+    config, rest = parse_fairness_args(command, argv)
+    assert config == RewardFairnessConfig(alpha=0.1, tau=-2.0, group_key="category")
+    assert rest == ["--local_rank=1", *HOST]
+
+
+def test_every_flag_reaches_the_config():
+    config, rest = parse_fairness_args("train_rm", [
+        "--fairness_coef", "0.5", "--fair_coef_form", "inverse", "--fairness_tau", "0.5",
+        "--fair_temperature", "2", "--fairness_scope", "global",
+    ])
+    assert rest == []
+    assert config == RewardFairnessConfig(gamma=0.5, coef_form="inverse", tau=0.5, temperature=2.0, scope="global")
+    assert config.method == "fc"
+
+
+def test_other_flags_alone_measure_without_changing_the_loss():
+    config, _ = parse_fairness_args("train_rm", ["--fair_group_key", "category"])
+    assert config.method == "none" and config.group_key == "category"
+
+
+def test_commands_without_fairness_flags_pass_everything_through():
+    argv = ["--fair_reg", "0.1", *HOST]
+    assert parse_fairness_args("train_sft", argv) == (None, argv)
+    assert fairness_help("train_sft") == ""
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--fairness_reg", "0.1", "--fairness_tau", "1"], "degenerate"),
+        (["--fairness_reg", "-1"], "must be >= 0"),
+        (["--fairness_coef_form", "inverse"], "only applies together with --fairness_coef"),
+        (["--fairness_scope", "world"], "invalid choice"),
+        (["--fairness_reg", "abc"], "invalid float"),
+    ],
+)
+def test_bad_values_exit_2_with_a_message(capsys, argv, message):
+    with pytest.raises(SystemExit) as stop:
+        parse_fairness_args("train_rm", [*HOST, *argv])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "openrlhf train_rm: error:" in err and message in err
+
+
+def test_help_names_every_flag_with_both_prefixes():
+    text = fairness_help("train_rm")
+    for name in ("reg", "coef", "coef_form", "tau", "temperature", "scope", "group_key"):
+        assert f"--fairness_{name}" in text and f"--fair_{name}" in text
+    assert not text.startswith("usage:")
