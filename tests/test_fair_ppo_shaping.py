@@ -243,3 +243,29 @@ def test_paper_defaults_do_not_explode_on_centred_rewards(scale, K):
     w = shaping.sample_weights
     assert shaping.num_clipped == 0 and torch.isfinite(w).all()
     assert 0.05 < w.min() <= 1 <= w.max() < 2.5, (float(w.min()), float(w.max()))
+
+
+@pytest.mark.parametrize("gamma,alpha,tau", [(0.5, 0.0, -1.0), (0.0, 0.5, -1.0), (0.5, 0.1, 0.0), (0.0, 1.0, 3.0)])
+def test_weighted_policy_gradient_is_the_gradient_of_psi(gamma, alpha, tau):
+    """The first-order argument on a tabular policy (K prompts, A actions, exact expectations): the policy
+    gradient with each agent's baselined advantages scaled by w_k equals K * grad Psi; the plain one is K * grad U."""
+    K, A = 5, 4
+    g = torch.Generator().manual_seed(11)
+    theta = torch.randn(K, A, generator=g, dtype=torch.float64, requires_grad=True)
+    signal = torch.sigmoid(torch.randn(K, A, generator=g, dtype=torch.float64) * 2)  # sigmoid(r / T) per action
+    config = PPOFairnessConfig(coef=gamma, reg=alpha, tau=tau)
+
+    pi = torch.softmax(theta, dim=-1)
+    x = (pi * signal).sum(-1)  # each agent's expected resource X_k(theta)
+    (grad_psi,) = torch.autograd.grad(fairness_objective(x, config), theta, retain_graph=True)
+    (grad_u,) = torch.autograd.grad(x.mean(), theta)
+
+    w, _, _ = agent_weights(x.detach().log(), config)
+    advantages = signal - (pi * signal).sum(-1, keepdim=True)  # any per-prompt baseline: here the mean
+    log_pi = torch.log_softmax(theta, dim=-1)
+    advantages = advantages.detach()
+    plain = torch.autograd.grad((pi.detach() * advantages * log_pi).sum(), theta, retain_graph=True)[0]
+    shaped = torch.autograd.grad((pi.detach() * advantages * w[:, None] * log_pi).sum(), theta)[0]
+    assert torch.allclose(plain, K * grad_u, rtol=1e-12, atol=1e-14)
+    assert torch.allclose(shaped, K * grad_psi, rtol=1e-10, atol=1e-13)
+    assert not torch.allclose(shaped / shaped.norm(), plain / plain.norm(), atol=1e-3)  # a different direction
