@@ -343,6 +343,17 @@ def memory_mb(pids: list[int]) -> tuple[float, float]:
     return rss, pss
 
 
+def cpu_seconds(pids: list[int], seen: dict) -> None:
+    """Record user+system CPU seconds of each pid (last value seen; a finished process keeps its last sample)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            seen[pid] = (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, IndexError, ValueError):
+            continue
+
+
 def run_measured(argv: list[str], env: dict, timeout: float, log_path: Path) -> dict:
     """Run ``argv``; sample the memory of every process of the run; then make sure none is left behind."""
     marker = f"OPENRLHF_FAIR_TEST_RUN={uuid.uuid4().hex}"
@@ -351,6 +362,7 @@ def run_measured(argv: list[str], env: dict, timeout: float, log_path: Path) -> 
     started = time.perf_counter()
     peak_rss = peak_pss = 0.0
     peak_procs = 0
+    cpu: dict = {}
     with open(log_path, "w") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=log_path.parent)
         try:
@@ -360,6 +372,7 @@ def run_measured(argv: list[str], env: dict, timeout: float, log_path: Path) -> 
                 pids = marked_processes(marker)
                 rss, pss = memory_mb(pids)
                 peak_rss, peak_pss, peak_procs = max(peak_rss, rss), max(peak_pss, pss), max(peak_procs, len(pids))
+                cpu_seconds(pids, cpu)
                 time.sleep(0.5)
         finally:
             wall = time.perf_counter() - started
@@ -377,7 +390,8 @@ def run_measured(argv: list[str], env: dict, timeout: float, log_path: Path) -> 
                 except OSError:
                     pass
     stats = {"rc": proc.returncode, "wall_s": round(wall, 1), "peak_rss_mb": round(peak_rss),
-             "peak_pss_mb": round(peak_pss), "peak_processes": peak_procs, "leftover_processes": len(leftovers)}
+             "peak_pss_mb": round(peak_pss), "peak_processes": peak_procs, "cpu_s": round(sum(cpu.values()), 1),
+             "leftover_processes": len(leftovers)}
     print(f"\n[train_ppo_ray e2e] {log_path.parent.name}: {json.dumps(stats)}")
     return stats
 
