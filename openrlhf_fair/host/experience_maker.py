@@ -251,7 +251,7 @@ def apply_fairness(config: PPOFairnessConfig) -> Callable[[], None]:
         raise TypeError(f"openrlhf-fair: apply_fairness for train_ppo_ray needs a PPOFairnessConfig, got {type(config).__name__}")
     undo_here = apply_in_process(config)
     undo_carry = ray_workers.carry_to_workers(WORKER_TARGET, config.to_payload())
-    _log(f"openrlhf-fair: {config.describe()} (carried to OpenRLHF's Ray actors)")
+    print(f"[openrlhf-fair] {config.describe()} (carried to OpenRLHF's Ray actors)", file=sys.stderr, flush=True)
 
     def undo() -> None:
         undo_carry()
