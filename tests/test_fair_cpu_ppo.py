@@ -239,6 +239,10 @@ def test_engine_rejects_what_it_cannot_serve(vllm_stand_in, tiny_llama):
             vllm_stand_in.AsyncEngineArgs(model=str(tiny_llama), tensor_parallel_size=2))
     with pytest.raises(CpuRolloutUnsupported, match="multimodal"):
         make_engine(vllm_stand_in, tiny_llama, limit_mm_per_prompt={"image": 1})
+    # a worker extension with methods the CPU worker lacks (a newer OpenRLHF) is refused by name
+    with pytest.raises(CpuRolloutUnsupported, match="worker extension methods .*popitem"):
+        vllm_stand_in.AsyncLLMEngine.from_engine_args(
+            vllm_stand_in.AsyncEngineArgs(model=str(tiny_llama), worker_extension_cls="collections.OrderedDict"))
     engine = make_engine(vllm_stand_in, tiny_llama)
     with pytest.raises(CpuRolloutUnsupported, match="CUDA IPC"):
         engine.worker.update_weight_cuda_ipc("lm_head.weight", None, None)
