@@ -48,6 +48,7 @@ __all__ = [
     "ScoredPairs",
     "compute_metrics",
     "identical_after_truncation",
+    "load_pair_rewards",
     "load_pairs",
     "load_reward_model",
     "main",
@@ -588,11 +589,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="openrlhf-fair report",
         description="Accuracy and fairness of saved OpenRLHF reward models on labelled preference pairs.",
     )
-    p.add_argument("--model", action="append", required=True, metavar="PATH",
+    p.add_argument("--model", action="append", default=[], metavar="PATH",
                    help="reward model folder saved by `openrlhf train_rm` (repeat for several models)")
+    p.add_argument("--rewards", action="append", default=[], metavar="FILE",
+                   help="pair_rewards.jsonl of an earlier report: add its models without scoring again (repeatable)")
     p.add_argument("--label", action="append", default=None,
                    help="display name per --model, in the same order (default: folder name)")
-    p.add_argument("--data", required=True, metavar="FILE",
+    p.add_argument("--data", default=None, metavar="FILE",
                    help="preference pairs, .jsonl / .jsonl.gz / .json, with prompt/chosen/rejected and a group column")
     p.add_argument("--group-key", default="category", help="column naming each pair's group (default: category)")
     p.add_argument("--prompt-key", default="prompt", help="prompt column; '' if responses hold the whole dialogue")
@@ -621,16 +624,62 @@ def _ensure_host_importable() -> None:
     install("flash_attn")  # a no-op when the real package is importable
 
 
+def load_pair_rewards(path, group_key: str = "category") -> list[dict]:
+    """Models and rewards from a report's pair_rewards.jsonl, as results ready for `write_report`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ReportError(f"rewards file not found: {path}")
+    by_model: dict[str, list[dict]] = {}
+    try:
+        for line in open(path, encoding="utf-8"):
+            if line.strip():
+                row = json.loads(line)
+                by_model.setdefault(row["model"], []).append(row)
+    except (ValueError, KeyError) as e:
+        raise ReportError(f"{path} is not a pair_rewards.jsonl written by openrlhf-fair report: {e}") from e
+    results = []
+    for label, rows in by_model.items():
+        rows.sort(key=lambda r: r["pair"])
+        missing = [k for k in (group_key, "chosen", "rejected", "chosen_len", "rejected_len") if k not in rows[0]]
+        if missing:
+            raise ReportError(f"{path}: rows have no {missing} (see --group-key)")
+        groups = [r[group_key] for r in rows]
+        chosen = torch.tensor([r["chosen"] for r in rows], dtype=torch.float64)
+        rejected = torch.tensor([r["rejected"] for r in rows], dtype=torch.float64)
+        clen, rlen = [r["chosen_len"] for r in rows], [r["rejected_len"] for r in rows]
+        results.append({
+            "label": label, "path": str(path), "groups": groups, "chosen": chosen, "rejected": rejected,
+            "chosen_len": clen, "rejected_len": rlen,
+            "identical": torch.tensor([bool(r.get("identical_after_truncation", False)) for r in rows]),
+            "metrics": compute_metrics(chosen, rejected, groups, clen, rlen),
+        })
+    return results
+
+
 def run_report(args) -> dict:
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if not args.model and not args.rewards:
+        raise ReportError("nothing to report: give --model PATH (with --data FILE) or --rewards FILE")
+    if args.model and not args.data:
+        raise ReportError("--model needs --data FILE (the labelled preference pairs to score)")
+    earlier = [res for f in args.rewards for res in load_pair_rewards(f, args.group_key)]
     labels = args.label or [Path(m).name or str(m) for m in args.model]
     if len(labels) != len(args.model):
         raise ReportError(f"{len(labels)} --label for {len(args.model)} --model: give one label per model or none")
     if len(set(labels)) != len(labels):
         labels = [f"{lab}#{i + 1}" for i, lab in enumerate(labels)]
     prompt_key = args.prompt_key or None
+    if not args.model:
+        results = earlier
+        if len({r["label"] for r in results}) != len(results):
+            raise ReportError("two --rewards files hold models with the same label")
+        data_desc = "rewards from " + ", ".join(args.rewards) + f", {results[0]['metrics']['n_pairs']} pairs"
+        doc = write_report(results, args.out, data_desc=data_desc, settings={"source": "pair_rewards"},
+                           group_key=args.group_key)
+        doc["_results"] = results
+        return doc
     rows = load_pairs(args.data, group_key=args.group_key, prompt_key=prompt_key, chosen_key=args.chosen_key,
                       rejected_key=args.rejected_key, split=args.split, max_pairs=args.max_pairs)
     for path in args.model:  # fail before spending time on the first model
@@ -639,7 +688,7 @@ def run_report(args) -> dict:
     groups = [r[args.group_key] for r in rows]
     chosen_len = [len(r[args.chosen_key]) for r in rows]
     rejected_len = [len(r[args.rejected_key]) for r in rows]
-    results = []
+    results = list(earlier)
     for label, path in zip(labels, args.model):
         model, tokenizer = load_reward_model(path, device=device, dtype=args.dtype,
                                              attn_implementation=args.attn_implementation)

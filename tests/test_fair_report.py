@@ -254,3 +254,25 @@ def test_pearson_and_pareto():
     # c is dominated by a; a and d tie (neither dominates); b trades accuracy for fairness
     assert report.pareto_front(results) == [True, True, False, True]
     assert "| c |" in report.pareto_table(results)
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(240)
+def test_report_from_saved_rewards_reproduces_the_numbers(report_run, tmp_path):
+    out, doc = report_run
+    again = tmp_path / "again"
+    assert report.main(["--rewards", str(out / "pair_rewards.jsonl"), "--out", str(again)]) == 0
+    redo = json.loads((again / "report.json").read_text())
+    assert [m["label"] for m in redo["models"]] == ["rm1", "rm2"]
+    for a, b in zip(doc["models"], redo["models"]):
+        for key in ("accuracy", "reward_gap", "margin_gap", "jain_sigmoid_margin", "gini_sigmoid_margin",
+                    "length_corr", "worst_group_accuracy", "pairs_identical_after_truncation"):
+            assert b[key] == pytest.approx(a[key], rel=1e-6), key
+    assert (again / "reward_distributions.png").is_file()
+
+
+def test_model_without_data_is_a_clear_error(tmp_path, capsys):
+    assert report.main(["--model", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "--model needs --data" in capsys.readouterr().err
+    assert report.main(["--out", str(tmp_path / "o")]) == 2
+    assert "nothing to report" in capsys.readouterr().err
