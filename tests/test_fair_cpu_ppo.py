@@ -447,7 +447,7 @@ def run_ppo(tmp_path: Path, model: Path, extra: list[str]) -> tuple[dict, dict, 
     env = {"TORCHDYNAMO_DISABLE": "1", "RAY_DEDUP_LOGS": "0", "OPENRLHF_FAIR_ROLLOUT_LOG": str(rollout_log),
            "TOKENIZERS_PARALLELISM": "false", "RAY_ADDRESS": ""}
     log = tmp_path / "train_ppo_ray.log"
-    stats = run_measured(argv, env, timeout=170, log_path=log)
+    stats = run_measured(argv, env, timeout=230, log_path=log)
     text = log.read_text(errors="replace")
     assert stats["rc"] == 0, text[-6000:]
     assert stats["leftover_processes"] == 0, "Ray processes outlived the run by 30 s"
@@ -470,7 +470,7 @@ def check_policy_moved_and_reached_engine(model: Path, scalars: dict, syncs: lis
 
 
 @pytest.mark.e2e
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(300)
 def test_ppo_reward_model_gae_with_critic(tmp_path, tiny_llama):
     """(a) a reward model (the tiny Llama with a value head) and GAE with a critic."""
     stats, scalars, syncs, final = run_ppo(tmp_path, tiny_llama, [
@@ -483,7 +483,7 @@ def test_ppo_reward_model_gae_with_critic(tmp_path, tiny_llama):
 
 
 @pytest.mark.e2e
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(300)
 def test_ppo_reward_function_group_norm(tmp_path, tiny_llama):
     """(b) a reward function file (`--reward.remote_url reward.py`) and group_norm, no critic."""
     reward_file = tmp_path / "reward.py"
