@@ -14,9 +14,11 @@ Weights arrive as in vLLM: OpenRLHF's trainer rank 0 opens a "stateless" group w
 The stand-ins of those two classes (`StatelessProcessGroup`, `GlooWeightCommunicator`) do the same over
 gloo on loopback, on both sides.
 
-What it does not do, and says so: tensor/pipeline parallel engines, CUDA IPC weight sync
-(``--train.colocate_all`` with ``--vllm.sync_backend nccl``), Ray collective sync (``--vllm.sync_with_ray``),
-multimodal prompts. Every request runs alone (no batching, no prefix cache): it is for tiny models.
+What it does not do, and says so (`CpuRolloutUnsupported`): tensor/pipeline parallel engines, CUDA IPC
+weight sync (never asked for: the CPU backend turns ``--vllm.sync_backend nccl`` into gloo, see
+`ray_support`), Ray collective sync (``--vllm.sync_with_ray``), multimodal prompts, stop strings, ``n > 1``.
+Packed samples are refused earlier, by the CPU backend's argument checks. Every request runs alone (no
+batching, no prefix cache, no paged KV cache): it is for tiny models in tests, demos and debugging.
 """
 
 from __future__ import annotations
