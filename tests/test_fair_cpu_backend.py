@@ -289,3 +289,14 @@ def test_fp16_is_refused_only_where_deepspeed_cannot_train_it(monkeypatch):
         cli_args.check_args(host_args(param_dtype="fp16"))
     monkeypatch.setattr(cli_args, "_cpu_has_fp16", lambda: True)
     cli_args.check_args(host_args(param_dtype="fp16"))
+
+
+def test_ranks_share_the_cores_unless_told(monkeypatch):
+    monkeypatch.setattr(launch.os, "sched_getaffinity", lambda pid: set(range(8)))
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    assert launch.balance_threads({"LOCAL_SIZE": "2"}) == 4  # deepspeed launcher
+    assert launch.balance_threads({"LOCAL_WORLD_SIZE": "16"}) == 1  # never zero
+    assert launch.balance_threads({"LOCAL_SIZE": "2", "OMP_NUM_THREADS": "3"}) is None  # the user's choice
+    assert launch.balance_threads({}) is None  # one process keeps torch's default
+    assert calls == [4, 1]

@@ -85,6 +85,7 @@ def activate(command: str) -> Callable[[], None]:
     try:
         os.environ[ENV_VAR] = "1"
         launch.prepare_environment(command)
+        threads = launch.balance_threads()
         # Before anything imports openrlhf: openrlhf.models imports flash_attn at module top.
         flash_stand_in = stand_ins.install("flash_attn")
         if flash_stand_in:
@@ -103,7 +104,7 @@ def activate(command: str) -> Callable[[], None]:
         print(
             f"[openrlhf-fair] CPU backend active for {command}: torch.cuda calls on CPU, DeepSpeed over gloo "
             f"without C++ JIT ops (torch AdamW), sdpa attention, {flash}, rendezvous on "
-            f"{os.environ['MASTER_ADDR']}.",
+            f"{os.environ['MASTER_ADDR']}" + (f", {threads} intra-op thread(s) per rank." if threads else "."),
             file=sys.stderr,
             flush=True,
         )

@@ -71,3 +71,26 @@ def _has_interface(name: str) -> bool:
         return True
     except OSError:
         return False
+
+
+def local_world_size(env: MutableMapping[str, str] | None = None) -> int:
+    """Ranks on this machine: torchrun's LOCAL_WORLD_SIZE or the deepspeed launcher's LOCAL_SIZE."""
+    env = os.environ if env is None else env
+    return int(env.get("LOCAL_WORLD_SIZE") or env.get("LOCAL_SIZE") or 1)
+
+
+def balance_threads(env: MutableMapping[str, str] | None = None) -> int | None:
+    """Share the cores between the ranks of this machine (torch's intra-op threads); return the count set.
+
+    torchrun already sets OMP_NUM_THREADS=1 for several ranks; the deepspeed launcher does not, and two ranks
+    with one thread per core each on 2 cores spin-wait on each other. An explicit OMP_NUM_THREADS wins.
+    """
+    env = os.environ if env is None else env
+    ranks = local_world_size(env)
+    if ranks <= 1 or "OMP_NUM_THREADS" in env:
+        return None
+    import torch
+
+    threads = max(1, len(os.sched_getaffinity(0)) // ranks)
+    torch.set_num_threads(threads)
+    return threads
