@@ -7,6 +7,7 @@ Four training runs in all (each a module-scoped fixture shared by several assert
 import gzip
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -67,6 +68,12 @@ def run(cmd, root: Path, name: str):
     return result
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def weights(root: Path, name: str) -> dict:
     from safetensors.torch import load_file
 
@@ -109,7 +116,7 @@ def fr_groups(workdir):
 @pytest.fixture(scope="module")
 def fc_global(workdir):
     """FC (inverse form), one pair per rank, 2 ranks: only the global scope gives F its 2 pairs."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
            "-m", "openrlhf_fair.cli.train_rm", *host_args(workdir, "fc_global", micro=1),
            "--fairness_coef", "0.5", "--fairness_coef_form", "inverse", "--fairness_scope", "global"]
     return run(cmd, workdir, "fc_global") and "fc_global"
