@@ -142,7 +142,7 @@ def test_fr_with_group_key_trains_logs_and_records(workdir, plain, fr_groups):
     assert fr["train/loss"][0] == pytest.approx(fr["train/fair_base_loss"][0] - fr["train/fair_term"][0], abs=1e-2)
     assert abs(fr["train/loss"][0] - bt["train/loss"][0]) > 0.2
     for tag in ("eval/fair_jain", "eval/fair_gini", "eval/fair_acc_helpful", "eval/fair_acc_harmless",
-                "eval/fair_reward_helpful", "eval/fair_acc_gap", "eval/fair_reward_gap", "eval/eval_loss"):
+                "eval/fair_reward_helpful", "eval/fair_acc_gap", "eval/fair_F_groups", "eval/fair_reward_gap", "eval/eval_loss"):
         assert tag in fr, tag
     assert 0 <= fr["eval/fair_acc_gap"][0] <= 1
     # The fairness gradient changed the weights.

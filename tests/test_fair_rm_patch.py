@@ -280,6 +280,8 @@ def test_eval_metrics_per_group():
     x = torch.sigmoid((chosen - reject).double())
     assert out["fair_jain"] == pytest.approx(float(x.sum() ** 2 / (6 * (x**2).sum())), rel=1e-9)
     assert out["fair_F"] == pytest.approx(out["fair_jain"], rel=1e-6)
+    groups = torch.stack([x[ids == 0].mean(), x[ids == 1].mean()])
+    assert out["fair_F_groups"] == pytest.approx(float(groups.sum() ** 2 / (2 * (groups**2).sum())), rel=1e-9)
 
 
 # ----------------------------------------------------------------------------------------------- the patched dataset

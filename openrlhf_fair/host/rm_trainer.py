@@ -135,7 +135,7 @@ def eval_fairness_metrics(
     reward (chosen and rejected, as the host's reward_mean) and the best-minus-worst gaps."""
     import torch
 
-    from openrlhf_fair.fairness import fairness_sign, log_fairness_of_margins
+    from openrlhf_fair.fairness import fairness_sign, log_fairness, log_fairness_of_margins
     from openrlhf_fair.metrics import best_minus_worst_gap, gini_coefficient, group_accuracy, group_means, jain_index
 
     margins = (chosen - reject).double()
@@ -158,6 +158,10 @@ def eval_fairness_metrics(
         out["fair_acc_gap"] = best_minus_worst_gap(acc, counts)
         out["fair_reward_gap"] = best_minus_worst_gap(rewards, counts)
         out["fair_worst_group_acc"] = float(acc[counts > 0].min())
+        if int((counts > 0).sum()) >= 2:  # F over the groups' mean allocations, as group-mode training uses it
+            x_groups, _ = group_means(x, group_ids, num_groups=k)
+            log_f = float(log_fairness(x_groups[counts > 0], config.tau, normalize=True))
+            out["fair_F_groups"] = fairness_sign(config.tau) * math.exp(log_f)
     return out
 
 
