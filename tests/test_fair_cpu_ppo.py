@@ -520,6 +520,6 @@ def test_unsupported_ppo_flags_fail_before_ray_starts(tmp_path, tiny_llama):
                               "--reward.remote_url", str(tmp_path / "reward.py")],
         capture_output=True, text=True, timeout=110, cwd=tmp_path, env={**os.environ, "TORCHDYNAMO_DISABLE": "1"},
     )
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "cannot run train_ppo_ray" in result.stderr and "--vllm.tensor_parallel_size 2" in result.stderr
     assert "Started a local Ray instance" not in result.stderr + result.stdout

@@ -37,7 +37,8 @@ class UnsupportedOnCpu(CpuBackendExit):
     """A flag the CPU backend cannot serve; raised before any model is loaded."""
 
 
-def _get(args, dotted: str, default=None):
+def dotted_get(args, dotted: str, default=None):
+    """``args.a.b`` for ``dotted='a.b'`` on OpenRLHF's hierarchized args; ``default`` when absent or None."""
     node = args
     for part in dotted.split("."):
         node = getattr(node, part, None)
@@ -71,9 +72,9 @@ def is_rank_zero() -> bool:
 def check_args(args) -> None:
     """Raise `UnsupportedOnCpu` naming every flag the CPU backend cannot serve."""
     problems = [
-        f"--{flag} {_get(args, flag)!s}: {why}"
+        f"--{flag} {dotted_get(args, flag)!s}: {why}"
         for flag, bad, why in UNSUPPORTED
-        if _get(args, flag) is not None and bad(_get(args, flag))
+        if dotted_get(args, flag) is not None and bad(dotted_get(args, flag))
     ]
     if problems:
         raise UnsupportedOnCpu(

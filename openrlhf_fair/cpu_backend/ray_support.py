@@ -34,6 +34,7 @@ import time
 from typing import Any, Callable, Dict
 
 from openrlhf_fair.host.patching import patch_attribute
+from openrlhf_fair.cpu_backend.cli_args import UnsupportedOnCpu, dotted_get
 
 PATCH_ID = "openrlhf_fair.cpu_backend.ray_support"
 WORKER_HOOK = "openrlhf_fair.cpu_backend.ray_support.worker_process_setup"
@@ -44,8 +45,8 @@ DEFAULT_LOGICAL_GPUS = 16
 DEFAULT_LOGICAL_CPUS = 16
 
 
-class UnsupportedPpoOnCpu(SystemExit):
-    """A PPO flag the CPU backend cannot serve; exits with the message before Ray starts."""
+class UnsupportedPpoOnCpu(UnsupportedOnCpu):
+    """A PPO flag the CPU backend cannot serve; exits (status 2) with the message before Ray starts."""
 
 
 class RayStartError(RuntimeError):
@@ -57,30 +58,22 @@ class RayStartError(RuntimeError):
 # --------------------------------------------------------------------------------------------------
 
 
-def _get(args, dotted: str, default=None):
-    node = args
-    for part in dotted.split("."):
-        node = getattr(node, part, None)
-        if node is None:
-            return default
-    return node
-
 
 def check_ppo_args(args) -> None:
     """Raise `UnsupportedPpoOnCpu` naming every PPO flag the CPU backend cannot serve."""
     problems = []
-    if not _get(args, "vllm.num_engines"):
+    if not dotted_get(args, "vllm.num_engines"):
         problems.append("--vllm.num_engines missing or 0: OpenRLHF 0.11 has no rollout path without vLLM engines; "
                         "pass --vllm.num_engines 1 (the CPU rollout engine stands in for vLLM)")
-    if (_get(args, "vllm.tensor_parallel_size") or 1) > 1:
-        problems.append(f"--vllm.tensor_parallel_size {_get(args, 'vllm.tensor_parallel_size')}: the CPU rollout "
+    if (dotted_get(args, "vllm.tensor_parallel_size") or 1) > 1:
+        problems.append(f"--vllm.tensor_parallel_size {dotted_get(args, 'vllm.tensor_parallel_size')}: the CPU rollout "
                         f"engine runs one process per engine; use 1")
-    if _get(args, "vllm.sync_with_ray"):
+    if dotted_get(args, "vllm.sync_with_ray"):
         problems.append("--vllm.sync_with_ray: Ray collective weight sync is not supported; drop the flag "
                         "(weights go over gloo)")
-    if _get(args, "vllm.sync_backend", "gloo") not in ("nccl", "gloo"):
-        problems.append(f"--vllm.sync_backend {_get(args, 'vllm.sync_backend')}: weights go over gloo on CPU")
-    if (_get(args, "data.max_images_per_prompt") or 0) > 0:
+    if dotted_get(args, "vllm.sync_backend", "gloo") not in ("nccl", "gloo"):
+        problems.append(f"--vllm.sync_backend {dotted_get(args, 'vllm.sync_backend')}: weights go over gloo on CPU")
+    if (dotted_get(args, "data.max_images_per_prompt") or 0) > 0:
         problems.append("--data.max_images_per_prompt: multimodal rollouts are not supported on CPU")
     if problems:
         raise UnsupportedPpoOnCpu(
@@ -94,7 +87,7 @@ def _checked_hierarchize(original):
         nested = original(args)
         if hasattr(nested, "vllm"):  # only train_ppo_ray's parser has the vllm group
             check_ppo_args(nested)
-            if _get(nested, "vllm.sync_backend") == "nccl":
+            if dotted_get(nested, "vllm.sync_backend") == "nccl":
                 # NCCL (and, with --train.colocate_all, CUDA IPC) needs GPUs: the weight broadcast goes over gloo.
                 nested.vllm.sync_backend = "gloo"
                 print("[openrlhf-fair] CPU backend: --vllm.sync_backend nccl -> gloo", file=sys.stderr)
