@@ -303,7 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gamma", type=float, default=0.5, help="FC exponent (--fairness_coef)")
     p.add_argument("--form", default="paper", choices=["paper", "inverse"], help="FC form (--fairness_coef_form)")
     p.add_argument("--tau", type=float, default=-1.0, help="Lan et al.'s tau (-1: Jain's index)")
-    p.add_argument("--temperature", type=float, default=1.0, help="allocation sigmoid(margin / T)")
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="allocation sigmoid(margin / T). A small model's margins stay ~0.1-0.3, so T < 1 makes the "
+                        "fairness term much stronger; T = 0.05 with alpha = 1 collapsed every margin to 0 in our run")
     p.add_argument("--fairness-group-key", dest="fair_group_key", default=None,
                    help="pass --fairness_group_key to every fr/fc model (fairness over per-group mean allocations)")
     p.add_argument("--epochs", type=int, default=1)
