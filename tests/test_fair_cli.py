@@ -51,3 +51,23 @@ def test_host_subcommand_behaves_like_python_dash_m(args):
         assert ours.returncode == 0 and "--lora_path" in ours.stdout
     else:
         assert ours.returncode == 2
+
+
+def test_importing_the_add_on_patches_nothing():
+    """Every module of the add-on imports without importing OpenRLHF, so nothing can be patched at import time."""
+    probe = (
+        "import importlib, pkgutil, sys, torch\n"
+        "cuda_sync = torch.cuda.synchronize\n"
+        "import openrlhf_fair\n"
+        "names = [m.name for m in pkgutil.walk_packages(openrlhf_fair.__path__, 'openrlhf_fair.')\n"
+        "         if '.stand_ins' not in m.name and m.name != 'openrlhf_fair.install']\n"
+        "for name in names:\n"
+        "    importlib.import_module(name)\n"
+        "loaded = sorted(m for m in sys.modules if m == 'openrlhf' or m.startswith(('openrlhf.', 'ray', 'deepspeed')))\n"
+        "assert not loaded, loaded\n"
+        "assert torch.cuda.synchronize is cuda_sync\n"
+        "print(len(names))\n"
+    )
+    result = run(sys.executable, "-c", probe)
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout.strip()) > 20
