@@ -6,7 +6,7 @@
 #   1. three reward models with OpenRLHF's own train_rm: Bradley-Terry, Fairness Regularization (FR),
 #      Fairness Coefficient (FC, as published) -- plus FC's `inverse` form;
 #   2. `openrlhf-fair report` on the held-out test pairs.
-# About 15-20 minutes on 2 CPU cores (4 models); minutes on one GPU. Usage: bash examples/fair_rm_cpu_demo.sh [OUT]
+# About 10 minutes on 2 idle CPU cores (4 models, ~2 minutes each); less on a GPU. Usage: bash examples/fair_rm_cpu_demo.sh [OUT]
 set -euo pipefail
 
 OUT=${1:-./fair_rm_demo}

@@ -2,7 +2,7 @@
 # A small Pareto sweep on the bundled data: accuracy vs best-minus-worst group gap vs Jain index.
 # Trains bt; fr with alpha 0.1 and 1; fc gamma 0.5 in the published and the inverse form; and fr alpha 1 over
 # per-group mean allocations (--fairness_group_key category), then prints the Pareto table (also in report.md).
-# 6 reward models: about 30 minutes on 2 idle CPU cores, a few minutes on one GPU. Add e.g.
+# 6 reward models: about 15 minutes on 2 idle CPU cores (2 minutes per model), less on a GPU. Add e.g.
 # --methods 'bt,fr:alpha=3,fc:gamma=1:form=inverse,fr:alpha=1:T=0.5' (without --sweep) for other points.
 # Reuses models already in OUT (e.g. from `openrlhf-fair demo --out OUT`: bt, fr_a1, fc_paper_g0.5).
 set -euo pipefail
