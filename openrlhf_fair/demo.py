@@ -357,6 +357,10 @@ def run_demo(args) -> dict:
     t0 = time.time()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    if not Path(args.data).is_file():
+        hint = (" (the bundled pairs live in the source tree's examples/data: install the add-on with pip -e from a "
+                "checkout, or pass --data)") if args.data == str(PACKAGE_DATA) else ""
+        raise DemoError(f"data file not found: {args.data}{hint}")
     if args.micro_batch_size < 2:
         raise DemoError("--micro-batch-size must be >= 2: fairness over one pair is constant (zero gradient)")
     defaults = {"alpha": args.alpha, "gamma": args.gamma, "form": args.form, "tau": args.tau,
