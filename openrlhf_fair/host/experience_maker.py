@@ -202,23 +202,29 @@ def apply_in_process(config: PPOFairnessConfig) -> Callable[[], None]:
     host = importlib.import_module(HOST_MODULE)
     maker = require_attribute(host, "RemoteExperienceMaker", "the PPO experience maker")
     require_attribute(maker, "compute_advantages_and_returns", "where the rollout batch's advantages are computed")
-    undos = []
-    if native_hooks.use_native_hook("experience"):
-        undos.append(native_hooks.register_experience_hook(
-            lambda m, experiences: shape_experiences(m, experiences, config), HOOK_ID))
-    else:
-        undos.append(patch_attribute(maker, "compute_advantages_and_returns", _wrap_compute(config), PATCH_ID))
-    if config.label_key is not None:
-        from openrlhf_fair.host import prompts_dataset, samples_generator
-
+    if config.label_key is not None:  # checked before anything is registered or patched
         native_hooks.require_runtime_patching(f"--fair_unit {config.unit} (carrying the label column)")
-        undos.append(prompts_dataset.apply_label_column(config.label_key))
-        undos.append(samples_generator.apply_label_tags(config.label_key))
+    undos = []
 
     def undo() -> None:
         for step in reversed(undos):
             step()
         _active.pop(PATCH_ID, None)
+
+    try:  # all or nothing: a host symbol missing half-way leaves nothing patched
+        if native_hooks.use_native_hook("experience"):
+            undos.append(native_hooks.register_experience_hook(
+                lambda m, experiences: shape_experiences(m, experiences, config), HOOK_ID))
+        else:
+            undos.append(patch_attribute(maker, "compute_advantages_and_returns", _wrap_compute(config), PATCH_ID))
+        if config.label_key is not None:
+            from openrlhf_fair.host import prompts_dataset, samples_generator
+
+            undos.append(prompts_dataset.apply_label_column(config.label_key))
+            undos.append(samples_generator.apply_label_tags(config.label_key))
+    except BaseException:
+        undo()
+        raise
 
     _active[PATCH_ID] = (config, undo)
     return undo
