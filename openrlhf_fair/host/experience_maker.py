@@ -25,6 +25,7 @@ from typing import Callable, List
 
 from openrlhf_fair.host import native_hooks, ray_workers
 from openrlhf_fair.host.patching import HostMismatchError, patch_attribute, require_attribute
+from openrlhf_fair.host.samples_generator import LABEL_INFO_KEY  # carried per sample; popped before logging
 from openrlhf_fair.ppo_config import PPOFairnessConfig
 
 PATCH_ID = "openrlhf_fair.experience_maker"
@@ -33,7 +34,6 @@ CONFIG_ATTR = "__openrlhf_fair_config__"
 HOST_MODULE = "openrlhf.trainer.ppo_utils.experience_maker"
 WORKER_TARGET = "openrlhf_fair.host.experience_maker:apply_in_worker"
 METRIC_PREFIX = "fairness/"
-LABEL_INFO_KEY = "fairness/label"  # carried per sample from the samples generator; popped before logging
 MAX_LABEL_METRICS = 32  # per-label mean rewards logged for at most this many labels per batch
 CLIPPED_WARNING_FRACTION = 0.5  # warn (once) when more than this share of a batch's weights is clipped
 STATE_ATTR = "_openrlhf_fair_state"

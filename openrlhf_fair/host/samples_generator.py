@@ -15,7 +15,7 @@ from typing import Callable
 from openrlhf_fair.host.patching import HostMismatchError, patch_attribute, require_attribute
 
 PATCH_ID = "openrlhf_fair.samples_generator.label_tags"
-LABEL_INFO_KEY = "fairness/label"  # must equal host.experience_maker.LABEL_INFO_KEY
+LABEL_INFO_KEY = "fairness/label"  # also used by host.experience_maker, which pops it
 CACHE_ATTR = "_openrlhf_fair_label_of"
 
 
