@@ -14,14 +14,11 @@ Everything is undone by the function `activate` returns. Nothing happens at impo
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import os
 import sys
 from typing import Callable
 
 ENV_VAR = "OPENRLHF_FAIR_CPU"
-PPO_SUPPORT = "openrlhf_fair.cpu_backend.ray_support"
 
 _undo: Callable[[], None] | None = None
 
@@ -91,10 +88,10 @@ def activate(command: str) -> Callable[[], None]:
         if flash_stand_in:
             undos.append(lambda: stand_ins.uninstall("flash_attn"))
         undos += [torch_cuda.apply(), strategy.apply(), cli_args.apply()]
-        if command == "train_ppo_ray" and importlib.util.find_spec(PPO_SUPPORT) is not None:
-            ray_undo = importlib.import_module(PPO_SUPPORT).apply()
-            if callable(ray_undo):
-                undos.append(ray_undo)
+        if command == "train_ppo_ray":
+            from . import ray_support
+
+            undos.append(ray_support.apply())
     except BaseException:
         undo()
         raise
