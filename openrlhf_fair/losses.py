@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional
 
 import torch
 from torch import nn
@@ -150,10 +150,10 @@ class FairPairWiseLoss(nn.Module):
         method = self.config.method
         if method == "none":
             with torch.no_grad():
-                log_f, x = self._log_fairness(margins.detach(), ids)
+                log_f, x, n_items = self._log_fairness(margins.detach(), ids)
             loss, term = base, torch.zeros((), dtype=torch.float64)
         else:
-            log_f, x = self._log_fairness(margins, ids)
+            log_f, x, n_items = self._log_fairness(margins, ids)
             if method == "fr":
                 term = self.config.alpha * fairness_sign(self.config.tau) * log_f.exp()
                 loss = (base - term).to(base.dtype)
@@ -177,7 +177,7 @@ class FairPairWiseLoss(nn.Module):
                 "fair_F": F,
                 "fair_jain": jain_index(x),
                 "fair_gini": gini_coefficient(x),
-                "fair_items": float(x.numel() if ids is None else torch.unique(ids).numel()),
+                "fair_items": float(n_items),
             }
         )
         return loss
@@ -186,10 +186,17 @@ class FairPairWiseLoss(nn.Module):
         step = (self.micro_step - 1) // self.steps_per_update + 1
         return f"openrlhf-fair: at training step {step} (micro-step {self.micro_step})"
 
-    def _log_fairness(self, margins: torch.Tensor, ids: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(log|F| as a float64 scalar, per-pair allocations x). F over pairs, or over group means with ids."""
+    def _log_fairness(
+        self, margins: torch.Tensor, ids: Optional[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """(log|F| as a float64 scalar, per-pair allocations x, number of items F is over). F over pairs, or
+        over group means with ids."""
         tau, temperature = self.config.tau, self.config.temperature
-        n_items = margins.numel() if ids is None else int(torch.unique(ids).numel())
+        if ids is None:
+            inverse, n_items = None, margins.numel()
+        else:
+            groups, inverse = torch.unique(ids, return_inverse=True)
+            n_items = groups.numel()
         if n_items < self.config.min_items and not self._warned_few_items:
             self._warned_few_items = True
             what = "pair" if ids is None else "group"
@@ -203,12 +210,11 @@ class FairPairWiseLoss(nn.Module):
         try:
             m64 = margins.to(torch.float64)
             x = torch.sigmoid(m64 / temperature)
-            if ids is None:
-                return log_fairness_of_margins(m64, tau, temperature, normalize=True), x
-            _, inverse = torch.unique(ids, return_inverse=True)
-            counts = torch.bincount(inverse).to(torch.float64)
-            sums = torch.zeros(counts.numel(), dtype=torch.float64, device=x.device).index_add(0, inverse, x)
-            return log_fairness(sums / counts, tau, normalize=True), x
+            if inverse is None:
+                return log_fairness_of_margins(m64, tau, temperature, normalize=True), x, n_items
+            counts = torch.bincount(inverse, minlength=n_items).to(torch.float64)
+            sums = torch.zeros(n_items, dtype=torch.float64, device=x.device).index_add(0, inverse, x)
+            return log_fairness(sums / counts, tau, normalize=True), x, n_items
         except FairnessInputError as err:
             raise FairnessTrainingError(f"{self._where()}: cannot compute fairness F: {err}") from err
 
@@ -224,7 +230,7 @@ class FairPairWiseLoss(nn.Module):
 
         gathered = torch.cat(all_gather_with_grad(margins, group=self.process_group))
         if ids is not None:
-            parts: Sequence[torch.Tensor] = [torch.empty_like(ids) for _ in range(dist.get_world_size(self.process_group))]
-            dist.all_gather(list(parts), ids, group=self.process_group)
-            ids = torch.cat(list(parts))
+            parts = [torch.empty_like(ids) for _ in range(dist.get_world_size(self.process_group))]
+            dist.all_gather(parts, ids, group=self.process_group)
+            ids = torch.cat(parts)
         return gathered, ids
