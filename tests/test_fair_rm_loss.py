@@ -262,6 +262,7 @@ def _global_scope_worker(rank, world, init_file, out_dir):
             out = loss(c, reject[rows], group_ids=ids[rows] if config.group_key else None)
             out.backward()
             torch.save({"grad": c.grad, "items": loss.last_metrics["fair_items"]}, f"{out_dir}/{name}-{rank}.pt")
+        dist.barrier()  # no rank tears gloo down while the other still talks to it (aborted 1 run in ~8 without)
     finally:
         dist.destroy_process_group()
 
