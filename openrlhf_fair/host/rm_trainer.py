@@ -117,8 +117,8 @@ def _check_parameters(method: Callable, names: tuple[str, ...]) -> inspect.Signa
     return signature
 
 
-def _bind(original: Callable, names: tuple[str, ...], *args, **kwargs) -> inspect.BoundArguments:
-    bound = _check_parameters(original, names).bind(*args, **kwargs)
+def _bind(signature: inspect.Signature, *args, **kwargs) -> inspect.BoundArguments:
+    bound = signature.bind(*args, **kwargs)
     bound.apply_defaults()
     return bound
 
@@ -186,9 +186,11 @@ def fair_loss_for(trainer, loss_fn, config: RewardFairnessConfig, loss_class=Non
 
 def _wrap_init(config: RewardFairnessConfig, loss_class=None):
     def make(original):
+        signature = _check_parameters(original, WRAPPED_PARAMETERS["__init__"])
+
         @functools.wraps(original)
         def __init__(self, *args, **kwargs):
-            strategy = _bind(original, ("strategy",), self, *args, **kwargs).arguments["strategy"]
+            strategy = _bind(signature, self, *args, **kwargs).arguments["strategy"]
             check_run(config, strategy)
             original(self, *args, **kwargs)
             self.loss_fn = fair_loss_for(self, self.loss_fn, config, loss_class)
@@ -210,9 +212,11 @@ def _native_loss_hook(config: RewardFairnessConfig, loss_class=None):
 
 def _wrap_fit(config: RewardFairnessConfig):
     def make(original):
+        signature = _check_parameters(original, WRAPPED_PARAMETERS["fit"])
+
         @functools.wraps(original)
         def fit(self, *args, **kwargs):
-            bound = _bind(original, ("args", "consumed_samples"), self, *args, **kwargs)
+            bound = _bind(signature, self, *args, **kwargs)
             host_args, consumed = bound.arguments["args"], bound.arguments["consumed_samples"]
             self.loss_fn.micro_step = consumed // host_args.train.batch_size * self.strategy.accumulated_gradient
             if config.group_key is None:
@@ -231,9 +235,11 @@ def _wrap_fit(config: RewardFairnessConfig):
 
 def _wrap_save_logs(config: RewardFairnessConfig):
     def make(original):
+        signature = _check_parameters(original, WRAPPED_PARAMETERS["save_logs_and_checkpoints"])
+
         @functools.wraps(original)
         def save_logs_and_checkpoints(self, *args, **kwargs):
-            bound = _bind(original, ("step_bar", "logs_dict"), self, *args, **kwargs)
+            bound = _bind(signature, self, *args, **kwargs)
             fair = self.loss_fn.pop_window_metrics()
             if fair:  # every rank calls this at the same steps, so the all-reduce is safe
                 import torch
@@ -257,11 +263,13 @@ def _wrap_save_logs(config: RewardFairnessConfig):
 
 def _wrap_evaluate(config: RewardFairnessConfig):
     def make(original):
+        signature = _check_parameters(original, WRAPPED_PARAMETERS["evaluate"])
+
         @functools.wraps(original)
         def evaluate(self, *args, **kwargs):
             import torch
 
-            bound = _bind(original, ("eval_dataloader", "steps"), self, *args, **kwargs)
+            bound = _bind(signature, self, *args, **kwargs)
             feed = None
             if config.group_key is not None:
                 feed = bound.arguments["eval_dataloader"] = _GroupLabelFeed(bound.arguments["eval_dataloader"], self.loss_fn)
