@@ -52,20 +52,11 @@ def add_reward_fairness_arguments(parser: argparse.ArgumentParser) -> argparse.A
 
 def reward_config_from_namespace(ns: argparse.Namespace) -> Optional[RewardFairnessConfig]:
     """A validated RewardFairnessConfig, or None when no reward-fairness flag was given."""
-    names = ("reg", "coef", "coef_form", "tau", "temperature", "scope", "group_key")
-    given = {name: getattr(ns, f"fairness_{name}") for name in names}
-    if all(value is None for value in given.values()):
-        return None
-    defaults = RewardFairnessConfig()
-    return RewardFairnessConfig(
-        alpha=given["reg"],
-        gamma=given["coef"],
-        coef_form=given["coef_form"] if given["coef_form"] is not None else defaults.coef_form,
-        tau=given["tau"] if given["tau"] is not None else defaults.tau,
-        temperature=given["temperature"] if given["temperature"] is not None else defaults.temperature,
-        scope=given["scope"] if given["scope"] is not None else defaults.scope,
-        group_key=given["group_key"],
-    )
+    fields = {"reg": "alpha", "coef": "gamma", "coef_form": "coef_form", "tau": "tau", "temperature": "temperature",
+              "scope": "scope", "group_key": "group_key"}  # flag name -> RewardFairnessConfig field
+    given = {field: getattr(ns, f"fairness_{name}") for name, field in fields.items()}
+    given = {field: value for field, value in given.items() if value is not None}  # the rest keep their defaults
+    return RewardFairnessConfig(**given) if given else None
 
 
 # ===================================================================== PPO (train_ppo_ray)
