@@ -256,7 +256,11 @@ def apply_fairness(config: PPOFairnessConfig) -> Callable[[], None]:
     if not isinstance(config, PPOFairnessConfig):
         raise TypeError(f"openrlhf-fair: apply_fairness for train_ppo_ray needs a PPOFairnessConfig, got {type(config).__name__}")
     undo_here = apply_in_process(config)
-    undo_carry = ray_workers.carry_to_workers(WORKER_TARGET, config.to_payload())
+    try:
+        undo_carry = ray_workers.carry_to_workers(WORKER_TARGET, config.to_payload())
+    except BaseException:  # all or nothing, as apply_in_process
+        undo_here()
+        raise
     print(f"[openrlhf-fair] {config.describe()} (carried to OpenRLHF's Ray actors)", file=sys.stderr, flush=True)
 
     def undo() -> None:
