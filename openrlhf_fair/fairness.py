@@ -39,6 +39,7 @@ __all__ = [
     "direct_fairness",
     "fairness",
     "fairness_of_margins",
+    "exp_or_inf",
     "fairness_sign",
     "has_fairness_signal",
     "log_fairness",
@@ -99,6 +100,11 @@ def _check_temperature(temperature: float) -> float:
 
 
 # ----------------------------------------------------------------------------------------------- public API
+def exp_or_inf(value: float) -> float:
+    """exp of a log-fairness float, inf where math.exp would raise OverflowError (|F| beyond float64)."""
+    return math.exp(value) if value < 709.0 else math.inf
+
+
 def fairness_sign(tau: float) -> float:
     """sign(1 - tau): +1 for tau < 1 (f in (0, n]), -1 for tau > 1 (f negative, unbounded below)."""
     return 1.0 if _check_tau(tau) < 1.0 else -1.0

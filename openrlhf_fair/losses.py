@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from openrlhf_fair.config import RewardFairnessConfig
-from openrlhf_fair.fairness import FairnessInputError, fairness_sign, log_fairness, log_fairness_of_margins
+from openrlhf_fair.fairness import FairnessInputError, exp_or_inf, fairness_sign, log_fairness, log_fairness_of_margins
 from openrlhf_fair.metrics import gini_coefficient, jain_index
 
 __all__ = ["FairPairWiseLoss", "FairnessTrainingError", "RewardFairnessConfig"]
@@ -162,7 +162,7 @@ class FairPairWiseLoss(nn.Module):
                 term = (exponent * log_f).exp()
                 loss = (base * term).to(base.dtype)
         log_f, term = float(log_f.detach()), float(term.detach())
-        F = fairness_sign(self.config.tau) * (math.exp(log_f) if log_f < 709.0 else math.inf)  # exp(NaN) = NaN
+        F = fairness_sign(self.config.tau) * exp_or_inf(log_f)
         if not (math.isfinite(F) and math.isfinite(term)):
             raise FairnessTrainingError(
                 f"{self._where()}: fairness F = {F} (fairness term {term}) is not finite; margins range "

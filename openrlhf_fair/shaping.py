@@ -55,7 +55,7 @@ from typing import Hashable, Sequence
 
 import torch
 
-from openrlhf_fair.fairness import SHANNON_LIMIT_TAU, FairnessInputError, fairness
+from openrlhf_fair.fairness import SHANNON_LIMIT_TAU, FairnessInputError, exp_or_inf, fairness
 from openrlhf_fair.metrics import gini_coefficient, jain_index
 from openrlhf_fair.ppo_config import DEFAULT_WEIGHT_CLIP, UNITS, PPOFairnessConfig
 
@@ -131,17 +131,13 @@ def agent_weights(log_x: torch.Tensor, config: PPOFairnessConfig) -> tuple[torch
         h = ((1.0 - tau) / tau) * torch.expm1(-tau * log_p - g)  # (q_k / p_k - 1) * (1 - tau) / tau
     log_F = float(log_f) - math.log(K)  # log|F|, F = f_tau / K
     sign = 1.0 if tau < 1 else -1.0
-    F = sign * _exp(log_F)
-    w = _exp(gamma * log_F) * (1.0 + gamma * h) if gamma else torch.ones_like(h)
+    F = sign * exp_or_inf(log_F)
+    w = exp_or_inf(gamma * log_F) * (1.0 + gamma * h) if gamma else torch.ones_like(h)
     if alpha:
-        w = w + (alpha * sign * _exp(log_F - log_U)) * h  # alpha * F / U, without forming U (may underflow)
+        w = w + (alpha * sign * exp_or_inf(log_F - log_U)) * h  # alpha * F / U, without forming U (may underflow)
     if not bool(torch.isfinite(w).all()):  # only beyond float64's range (|F| for tau > 1, |h| for tiny p):
         w = torch.nan_to_num(w, nan=1.0, posinf=_HUGE, neginf=-_HUGE)  # such weights saturate at the clip bounds
-    return w, F, _exp(log_U)
-
-
-def _exp(value: float) -> float:
-    return math.exp(value) if value < 709.0 else math.inf
+    return w, F, exp_or_inf(log_U)
 
 
 def fairness_objective(x: torch.Tensor, config: PPOFairnessConfig) -> torch.Tensor:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import math
 import re
 from typing import Callable, Optional
 
@@ -135,7 +134,7 @@ def eval_fairness_metrics(
     reward (chosen and rejected, as the host's reward_mean) and the best-minus-worst gaps."""
     import torch
 
-    from openrlhf_fair.fairness import fairness_sign, log_fairness, log_fairness_of_margins
+    from openrlhf_fair.fairness import exp_or_inf, fairness_sign, log_fairness, log_fairness_of_margins
     from openrlhf_fair.metrics import best_minus_worst_gap, gini_coefficient, group_accuracy, group_means, jain_index
 
     margins = (chosen - reject).double()
@@ -143,7 +142,7 @@ def eval_fairness_metrics(
     out = {
         "fair_jain": jain_index(x),
         "fair_gini": gini_coefficient(x),
-        "fair_F": fairness_sign(config.tau) * math.exp(float(log_fairness_of_margins(margins, config.tau, config.temperature))),
+        "fair_F": fairness_sign(config.tau) * exp_or_inf(float(log_fairness_of_margins(margins, config.tau, config.temperature))),
     }
     if group_ids is not None and group_names:
         k = len(group_names)
@@ -161,7 +160,7 @@ def eval_fairness_metrics(
         if int((counts > 0).sum()) >= 2:  # F over the groups' mean allocations, as group-mode training uses it
             x_groups, _ = group_means(x, group_ids, num_groups=k)
             log_f = float(log_fairness(x_groups[counts > 0], config.tau, normalize=True))
-            out["fair_F_groups"] = fairness_sign(config.tau) * math.exp(log_f)
+            out["fair_F_groups"] = fairness_sign(config.tau) * exp_or_inf(log_f)
     return out
 
 
