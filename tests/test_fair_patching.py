@@ -2,7 +2,7 @@
 
 import pytest
 
-from openrlhf_fair.host.patching import HostMismatchError, is_patched, original_of, patch_attribute
+from openrlhf_fair.host.patching import HostMismatchError, is_patched, original_of, patch_attribute, undo_all
 
 
 class Host:
@@ -58,3 +58,11 @@ def test_staticmethod_stays_static():
 def test_moved_host_symbol_fails_loudly():
     with pytest.raises(HostMismatchError, match=r"Host\.renamed_loss not found"):
         patch_attribute(Host, "renamed_loss", wrap_times_ten, "test.renamed")
+
+
+def test_undo_all_undoes_in_reverse_order_including_later_additions():
+    calls, undos = [], []
+    undo = undo_all(undos)
+    undos += [lambda: calls.append("first"), lambda: calls.append("second")]
+    undo()
+    assert calls == ["second", "first"]

@@ -18,6 +18,8 @@ import os
 import sys
 from typing import Callable
 
+from openrlhf_fair.host.patching import undo_all
+
 ENV_VAR = "OPENRLHF_FAIR_CPU"
 
 _undo: Callable[[], None] | None = None
@@ -51,7 +53,7 @@ def is_active() -> bool:
 def maybe_activate(command: str, requested: bool | None = None) -> bool:
     """Activate the CPU backend for ``command`` when `wanted`; return whether it is active."""
     if not wanted(requested):
-        os.environ[ENV_VAR] = "0"  # children of an explicit --no-cpu run stay off too
+        os.environ[ENV_VAR] = "0"  # child processes (ranks, Ray workers) make the same choice without re-probing
         return False
     activate(command)
     return True
@@ -75,8 +77,7 @@ def activate(command: str) -> Callable[[], None]:
 
     def undo() -> None:
         global _undo
-        for undo_one in reversed(undos):
-            undo_one()
+        undo_all(undos)()
         _undo = None
 
     try:

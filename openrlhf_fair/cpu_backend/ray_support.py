@@ -33,7 +33,7 @@ import sys
 import time
 from typing import Any, Callable, Dict
 
-from openrlhf_fair.host.patching import patch_attribute
+from openrlhf_fair.host.patching import patch_attribute, undo_all
 from openrlhf_fair.cpu_backend.cli_args import UnsupportedOnCpu, dotted_get
 
 PATCH_ID = "openrlhf_fair.cpu_backend.ray_support"
@@ -280,11 +280,7 @@ def apply() -> Callable[[], None]:
     if vllm_stand_in:
         undos.append(_uninstall_vllm_stand_in)
 
-    def undo() -> None:
-        for undo_one in reversed(undos):
-            undo_one()
-
-    return undo
+    return undo_all(undos)
 
 
 def _uninstall_vllm_stand_in() -> None:
@@ -321,11 +317,7 @@ def _apply_in_worker() -> Callable[[], None]:
 
     undos.append(patch_attribute(replay_buffer.NaiveReplayBuffer, "__init__", _cpu_replay_buffer_init, PATCH_ID))
 
-    def undo() -> None:
-        for undo_one in reversed(undos):
-            undo_one()
-
-    return undo
+    return undo_all(undos)
 
 
 # --------------------------------------------------------------------------------------------------

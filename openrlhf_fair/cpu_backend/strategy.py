@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import Callable
 
-from openrlhf_fair.host.patching import patch_attribute
+from openrlhf_fair.host.patching import patch_attribute, undo_all
 
 PATCH_ID = "openrlhf_fair.cpu_backend.strategy"
 
@@ -54,8 +54,4 @@ def apply() -> Callable[[], None]:
         patch_attribute(strategy_module.DeepspeedStrategy, "get_ds_train_config", _torch_adam, PATCH_ID),
     ]
 
-    def undo() -> None:
-        for undo_one in reversed(undos):
-            undo_one()
-
-    return undo
+    return undo_all(undos)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from openrlhf_fair.host.patching import patch_attribute
+from openrlhf_fair.host.patching import patch_attribute, undo_all
 
 PATCH_ID = "openrlhf_fair.cpu_backend.torch_cuda"
 
@@ -47,8 +47,4 @@ def apply() -> Callable[[], None]:
 
     undos = [patch_attribute(torch.cuda, name, make, PATCH_ID) for name, make in REPLACEMENTS.items()]
 
-    def undo() -> None:
-        for undo_one in reversed(undos):
-            undo_one()
-
-    return undo
+    return undo_all(undos)

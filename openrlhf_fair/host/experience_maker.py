@@ -24,7 +24,7 @@ import sys
 from typing import Callable, List
 
 from openrlhf_fair.host import native_hooks, ray_workers
-from openrlhf_fair.host.patching import HostMismatchError, patch_attribute, require_attribute
+from openrlhf_fair.host.patching import HostMismatchError, patch_attribute, require_attribute, undo_all
 from openrlhf_fair.host.samples_generator import LABEL_INFO_KEY  # carried per sample; popped before logging
 from openrlhf_fair.ppo_config import PPOFairnessConfig
 
@@ -207,8 +207,7 @@ def apply_in_process(config: PPOFairnessConfig) -> Callable[[], None]:
     undos = []
 
     def undo() -> None:
-        for step in reversed(undos):
-            step()
+        undo_all(undos)()
         _active.pop(PATCH_ID, None)
 
     try:  # all or nothing: a host symbol missing half-way leaves nothing patched

@@ -66,3 +66,13 @@ def patch_attribute(
             setattr(owner, name, raw)
 
     return undo
+
+
+def undo_all(undos: list[Callable[[], None]]) -> Callable[[], None]:
+    """One undo for several patches: calls ``undos`` in reverse order (the list may still grow after this call)."""
+
+    def undo() -> None:
+        for undo_one in reversed(undos):
+            undo_one()
+
+    return undo

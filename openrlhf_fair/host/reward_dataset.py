@@ -12,7 +12,7 @@ import functools
 import inspect
 from typing import Callable
 
-from openrlhf_fair.host.patching import HostMismatchError, patch_attribute, require_attribute
+from openrlhf_fair.host.patching import HostMismatchError, patch_attribute, require_attribute, undo_all
 
 PATCH_ID = "openrlhf_fair.reward_dataset.group_labels"
 
@@ -137,8 +137,4 @@ def apply_group_labels(group_key: str) -> Callable[[], None]:
         patch_attribute(cls, "collate_fn", _wrap_collate_fn, f"{PATCH_ID}.collate_fn"),
     ]
 
-    def undo() -> None:
-        for step in reversed(undos):
-            step()
-
-    return undo
+    return undo_all(undos)

@@ -22,7 +22,7 @@ from typing import Callable, Optional
 
 from openrlhf_fair.config import FairnessConfigError, RewardFairnessConfig
 from openrlhf_fair.host import native_hooks
-from openrlhf_fair.host.patching import HostMismatchError, is_patched, patch_attribute, require_attribute
+from openrlhf_fair.host.patching import HostMismatchError, is_patched, patch_attribute, require_attribute, undo_all
 
 PATCH_ID = "openrlhf_fair.rm_trainer"
 CONFIG_ATTR = "__openrlhf_fair_config__"
@@ -353,9 +353,7 @@ def apply_to_trainer(cls, config: RewardFairnessConfig, patch_id: str, hook_poin
 
     undos: list[Callable[[], None]] = []
 
-    def undo() -> None:
-        for step in reversed(undos):
-            step()
+    undo = undo_all(undos)
 
     try:  # all or nothing: a host symbol missing half-way leaves nothing patched
         for name, make in makers.items():
