@@ -16,6 +16,7 @@ This module imports torch only, never openrlhf.
 from __future__ import annotations
 
 import math
+import re
 
 import torch
 
@@ -189,3 +190,8 @@ def group_accuracy(chosen, rejected, group_ids, num_groups: int | None = None) -
     if c.numel() != r.numel():
         raise FairnessInputError(f"chosen ({c.numel()}) and rejected ({r.numel()}) rewards differ in length")
     return group_means((c > r).to(torch.float64), group_ids, num_groups)
+
+
+def metric_safe_name(label) -> str:
+    """``label`` (e.g. a group name from the data) as a metric-name part loggers accept: [0-9A-Za-z_.-] only."""
+    return re.sub(r"[^0-9A-Za-z_.-]+", "_", str(label)) or "_"

@@ -277,3 +277,11 @@ def test_gap_functions_reject_all_empty_or_mismatched_groups():
 def test_group_accuracy_rejects_mismatched_lengths():
     with pytest.raises(FairnessInputError, match="differ in length"):
         group_accuracy(torch.ones(3), torch.zeros(2), torch.zeros(3, dtype=torch.int64))
+
+
+def test_metric_safe_name_keeps_safe_characters_only():
+    from openrlhf_fair.metrics import metric_safe_name
+
+    assert metric_safe_name("helpful_base.v1-a") == "helpful_base.v1-a"
+    assert metric_safe_name("kind / topic: x") == "kind_topic_x"
+    assert metric_safe_name("") == "_"

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import re
 import sys
 from typing import Callable, List
 
@@ -52,7 +51,9 @@ def _log(message: str, warning: bool = False) -> None:
 
 
 def _metric_name(label) -> str:
-    return METRIC_PREFIX + "label_reward/" + (re.sub(r"[^0-9A-Za-z_.\-]+", "_", str(label)) or "_")
+    from openrlhf_fair.metrics import metric_safe_name
+
+    return METRIC_PREFIX + "label_reward/" + metric_safe_name(label)
 
 
 # --------------------------------------------------------------------------------------------- the step

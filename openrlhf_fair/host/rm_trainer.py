@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import re
 from typing import Callable, Optional
 
 from openrlhf_fair.config import FairnessConfigError, RewardFairnessConfig
@@ -123,10 +122,6 @@ def _bind(signature: inspect.Signature, *args, **kwargs) -> inspect.BoundArgumen
 
 
 # --------------------------------------------------------------------------------------------- evaluation metrics
-def _metric_name(name: str) -> str:
-    return re.sub(r"[^0-9A-Za-z_.-]+", "_", name) or "_"
-
-
 def eval_fairness_metrics(
     config: RewardFairnessConfig, chosen, reject, group_ids=None, group_names: Optional[list] = None
 ) -> dict[str, float]:
@@ -135,7 +130,9 @@ def eval_fairness_metrics(
     import torch
 
     from openrlhf_fair.fairness import exp_or_inf, fairness_sign, log_fairness, log_fairness_of_margins
-    from openrlhf_fair.metrics import best_minus_worst_gap, gini_coefficient, group_accuracy, group_means, jain_index
+    from openrlhf_fair.metrics import (
+        best_minus_worst_gap, gini_coefficient, group_accuracy, group_means, jain_index, metric_safe_name,
+    )
 
     margins = (chosen - reject).double()
     x = torch.sigmoid(margins / config.temperature)
@@ -151,9 +148,9 @@ def eval_fairness_metrics(
         margin_means, _ = group_means(margins, group_ids, num_groups=k)
         for i, name in enumerate(group_names):
             if int(counts[i]) > 0:
-                out[f"fair_acc_{_metric_name(name)}"] = float(acc[i])
-                out[f"fair_reward_{_metric_name(name)}"] = float(rewards[i])
-                out[f"fair_margin_{_metric_name(name)}"] = float(margin_means[i])
+                out[f"fair_acc_{metric_safe_name(name)}"] = float(acc[i])
+                out[f"fair_reward_{metric_safe_name(name)}"] = float(rewards[i])
+                out[f"fair_margin_{metric_safe_name(name)}"] = float(margin_means[i])
         out["fair_acc_gap"] = best_minus_worst_gap(acc, counts)
         out["fair_reward_gap"] = best_minus_worst_gap(rewards, counts)
         out["fair_worst_group_acc"] = float(acc[counts > 0].min())
