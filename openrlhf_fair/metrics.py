@@ -20,7 +20,9 @@ import re
 
 import torch
 
-from openrlhf_fair.fairness import FairnessInputError
+from openrlhf_fair.fairness import (
+    FairnessInputError, exp_or_inf, fairness_sign, log_fairness, log_fairness_of_margins,
+)
 
 __all__ = [
     "best_minus_worst_gap",
@@ -32,6 +34,8 @@ __all__ = [
     "inequality_summary",
     "jain_index",
     "max_min_ratio",
+    "metric_safe_name",
+    "pairwise_eval_metrics",
     "worst_group",
 ]
 
@@ -195,3 +199,56 @@ def group_accuracy(chosen, rejected, group_ids, num_groups: int | None = None) -
 def metric_safe_name(label) -> str:
     """``label`` (e.g. a group name from the data) as a metric-name part loggers accept: [0-9A-Za-z_.-] only."""
     return re.sub(r"[^0-9A-Za-z_.-]+", "_", str(label)) or "_"
+
+
+# ----------------------------------------------------------------------------------------------- evaluation
+def pairwise_eval_metrics(
+    chosen, reject, *, tau: float, temperature: float, group_ids=None, group_names=None
+) -> dict[str, float]:
+    """The fairness metrics of a reward model (or DPO's implicit rewards) on preference pairs, as plain floats.
+
+    With margins m_i = chosen_i - reject_i and allocations x_i = sigmoid(m_i / temperature) (the quantity the
+    fairness losses act on): ``fairness/F`` (Lan et al.'s f_tau(x) / n, -inf/inf where it overflows),
+    ``fairness/jain`` and ``fairness/gini`` of x. With ``group_ids`` (an integer id per pair) and
+    ``group_names`` (id -> name; default the ids themselves), per non-empty group g: ``fairness/acc/<g>``
+    (share of pairs with chosen > reject), ``fairness/reward/<g>`` (mean reward of the group's chosen and
+    rejected responses together), ``fairness/margin/<g>`` (mean margin); the best-minus-worst gaps of the three
+    (``fairness/acc_gap``, ``fairness/reward_gap``, ``fairness/margin_gap``), ``fairness/worst_group_acc`` and,
+    with >= 2 non-empty groups, ``fairness/F_groups`` (F over the groups' mean allocations, as group-mode
+    training computes it). <g> is `metric_safe_name` of the group's name.
+    """
+    c, r = _values(chosen, "chosen rewards"), _values(reject, "rejected rewards")
+    if c.numel() != r.numel():
+        raise FairnessInputError(f"chosen ({c.numel()}) and rejected ({r.numel()}) rewards differ in length")
+    margins = c - r
+    x = torch.sigmoid(margins / temperature)
+    sign = fairness_sign(tau)
+    out = {
+        "fairness/F": sign * exp_or_inf(float(log_fairness_of_margins(margins, tau, temperature))),
+        "fairness/jain": jain_index(x),
+        "fairness/gini": gini_coefficient(x),
+    }
+    if group_ids is None:
+        return out
+    g = _group_ids(group_ids, c.numel(), c.device)
+    if group_names is None:
+        group_names = [str(i) for i in range(int(g.max()) + 1)]
+    k = len(group_names)
+    acc, counts = group_accuracy(c, r, g, num_groups=k)
+    rewards, _ = group_means(torch.cat([c, r]), torch.cat([g, g]), num_groups=k)
+    margin_means, _ = group_means(margins, g, num_groups=k)
+    present = counts > 0
+    for i, name in enumerate(group_names):
+        if bool(present[i]):
+            safe = metric_safe_name(name)
+            out[f"fairness/acc/{safe}"] = float(acc[i])
+            out[f"fairness/reward/{safe}"] = float(rewards[i])
+            out[f"fairness/margin/{safe}"] = float(margin_means[i])
+    out["fairness/acc_gap"] = best_minus_worst_gap(acc, counts)
+    out["fairness/reward_gap"] = best_minus_worst_gap(rewards, counts)
+    out["fairness/margin_gap"] = best_minus_worst_gap(margin_means, counts)
+    out["fairness/worst_group_acc"] = worst_group(acc, counts)[1]
+    if int(present.sum()) >= 2:
+        x_groups, _ = group_means(x, g, num_groups=k)
+        out["fairness/F_groups"] = sign * exp_or_inf(float(log_fairness(x_groups[present], tau, normalize=True)))
+    return out

@@ -125,40 +125,15 @@ def _bind(signature: inspect.Signature, *args, **kwargs) -> inspect.BoundArgumen
 def eval_fairness_metrics(
     config: RewardFairnessConfig, chosen, reject, group_ids=None, group_names: Optional[list] = None
 ) -> dict[str, float]:
-    """Fairness of the eval set's allocations (Jain, Gini, F) and, with group labels, per-group accuracy, mean
-    reward (chosen and rejected, as the host's reward_mean) and the best-minus-worst gaps."""
-    import torch
+    """`metrics.pairwise_eval_metrics` of the eval set under the run's tau and temperature, logged as fair_*."""
+    from openrlhf_fair.metrics import pairwise_eval_metrics
 
-    from openrlhf_fair.fairness import exp_or_inf, fairness_sign, log_fairness, log_fairness_of_margins
-    from openrlhf_fair.metrics import (
-        best_minus_worst_gap, gini_coefficient, group_accuracy, group_means, jain_index, metric_safe_name,
+    if not group_names:
+        group_ids = None
+    metrics = pairwise_eval_metrics(
+        chosen, reject, tau=config.tau, temperature=config.temperature, group_ids=group_ids, group_names=group_names
     )
-
-    margins = (chosen - reject).double()
-    x = torch.sigmoid(margins / config.temperature)
-    out = {
-        "fair_jain": jain_index(x),
-        "fair_gini": gini_coefficient(x),
-        "fair_F": fairness_sign(config.tau) * exp_or_inf(float(log_fairness_of_margins(margins, config.tau, config.temperature))),
-    }
-    if group_ids is not None and group_names:
-        k = len(group_names)
-        acc, counts = group_accuracy(chosen, reject, group_ids, num_groups=k)
-        rewards, _ = group_means(torch.cat([chosen, reject]), torch.cat([group_ids, group_ids]), num_groups=k)
-        margin_means, _ = group_means(margins, group_ids, num_groups=k)
-        for i, name in enumerate(group_names):
-            if int(counts[i]) > 0:
-                out[f"fair_acc_{metric_safe_name(name)}"] = float(acc[i])
-                out[f"fair_reward_{metric_safe_name(name)}"] = float(rewards[i])
-                out[f"fair_margin_{metric_safe_name(name)}"] = float(margin_means[i])
-        out["fair_acc_gap"] = best_minus_worst_gap(acc, counts)
-        out["fair_reward_gap"] = best_minus_worst_gap(rewards, counts)
-        out["fair_worst_group_acc"] = float(acc[counts > 0].min())
-        if int((counts > 0).sum()) >= 2:  # F over the groups' mean allocations, as group-mode training uses it
-            x_groups, _ = group_means(x, group_ids, num_groups=k)
-            log_f = float(log_fairness(x_groups[counts > 0], config.tau, normalize=True))
-            out["fair_F_groups"] = fairness_sign(config.tau) * exp_or_inf(log_f)
-    return out
+    return {"fair_" + key[len("fairness/"):].replace("/", "_"): value for key, value in metrics.items()}
 
 
 # --------------------------------------------------------------------------------------------- wrappers
