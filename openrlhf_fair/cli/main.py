@@ -4,6 +4,7 @@
     openrlhf train_ppo_ray <OpenRLHF's flags> [--fair_coef 0.5 ...]
     openrlhf-fair report --model PATH --data FILE --out DIR
     openrlhf-fair demo
+    openrlhf-fair ppo-report --logdir TENSORBOARD_DIR --out DIR
 
 With no add-on flag a host subcommand behaves exactly like ``python -m openrlhf.cli.<name>``.
 """
@@ -18,6 +19,7 @@ import sys
 ADDON_COMMANDS = {
     "report": ("openrlhf_fair.report", "evaluate saved reward models on labelled pairs: accuracy and fairness per group"),
     "demo": ("openrlhf_fair.demo", "train BT / fairness-regularised / fairness-coefficient reward models on real data and compare"),
+    "ppo-report": ("openrlhf_fair.ppo_report", "plot per-group reward, fairness weights and F over the steps of train_ppo_ray runs (TensorBoard logs)"),
 }
 
 
