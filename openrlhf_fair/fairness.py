@@ -7,7 +7,7 @@ resource, x_i = sigmoid(m_i / T), and score the batch with Lan et al.'s (INFOCOM
 
 Since (1/tau) * log sum_i p_i^(1-tau) is the Renyi entropy of order 1 - tau, |f_tau| = exp(H_{1-tau}(p)) is a
 Hill number; we evaluate its log with one logsumexp, so it stays finite where the direct power form (the
-authors' code, kept here as `direct_fairness`) overflows: tau = 2 or 5 with margins of scale 10-100.
+authors' code; the tests keep it as their oracle, `tests/fair_reference.py`) overflows: tau = 2 or 5 with margins of scale 10-100.
 
 Conventions (shared by every function here):
 - Inputs may have any shape; they are flattened. Allocations must be finite and strictly positive.
@@ -36,7 +36,6 @@ __all__ = [
     "MIN_ITEMS_FOR_FAIRNESS",
     "SHANNON_LIMIT_TAU",
     "allocation_from_margins",
-    "direct_fairness",
     "fairness",
     "fairness_of_margins",
     "exp_or_inf",
@@ -127,25 +126,28 @@ def allocation_from_margins(margins, temperature: float = 1.0) -> torch.Tensor:
     return torch.sigmoid(m.to(_output_dtype(m)) / temperature)
 
 
-def _log_fairness_from_log_x(log_x: torch.Tensor, tau: float, normalize: bool) -> torch.Tensor:
-    """log|f_tau| from log-allocations (float64 tensor): (1/tau) * logsumexp((1 - tau) * log p)."""
-    n = log_x.numel()
-    log_p = log_x - torch.logsumexp(log_x, dim=0)
+def log_fairness_of_log_p(log_p: torch.Tensor, tau: float) -> torch.Tensor:
+    """log|f_tau| of a distribution given as log p (float64 tensor, unnormalised by n): the one log-fairness core.
+
+    log|f_tau| = (1/tau) * log sum_k p_k^(1-tau), finite wherever log p is; `shaping` derives its weights from it.
+    """
     if abs(tau) < SHANNON_LIMIT_TAU:
         # g(tau) = logsumexp((1-tau) log p) = tau*H + tau^2/2 * Var_p(log p) + O(tau^3), so g/tau is smooth in tau.
         p = log_p.exp()
         shannon = -(p * log_p).sum()
         var_log_p = (p * (log_p + shannon) ** 2).sum()
-        log_f = shannon + 0.5 * tau * var_log_p
-    elif abs(tau) < _SMALL_TAU:
+        return shannon + 0.5 * tau * var_log_p
+    if abs(tau) < _SMALL_TAU:
         # g = log(sum p * p^-tau) = log1p(sum p * expm1(-tau log p)). The clamp only touches items whose
         # p = exp(log p) < exp(-7000) is already 0 in float64, so it changes nothing but an inf * 0.
-        log_f = torch.log1p((log_p.exp() * torch.expm1((-tau * log_p).clamp(max=700.0))).sum()) / tau
-    else:
-        log_f = torch.logsumexp((1.0 - tau) * log_p, dim=0) / tau
-    if normalize:
-        log_f = log_f - math.log(n)
-    return log_f
+        return torch.log1p((log_p.exp() * torch.expm1((-tau * log_p).clamp(max=700.0))).sum()) / tau
+    return torch.logsumexp((1.0 - tau) * log_p, dim=0) / tau
+
+
+def _log_fairness_from_log_x(log_x: torch.Tensor, tau: float, normalize: bool) -> torch.Tensor:
+    """log|f_tau| from log-allocations (float64 tensor), divided by n when `normalize`."""
+    log_f = log_fairness_of_log_p(log_x - torch.logsumexp(log_x, dim=0), tau)
+    return log_f - math.log(log_x.numel()) if normalize else log_f
 
 
 def log_fairness(x, tau: float = -1.0, normalize: bool = True) -> torch.Tensor:
@@ -207,19 +209,3 @@ def log_fairness_of_margins(margins, tau: float = -1.0, temperature: float = 1.0
 def fairness_of_margins(margins, tau: float = -1.0, temperature: float = 1.0, normalize: bool = True) -> torch.Tensor:
     """f_tau(sigmoid(margins / T)) (over n when `normalize`): the F of the paper's FR and FC losses."""
     return _signed_exp(log_fairness_of_margins(margins, tau, temperature, normalize), tau)
-
-
-def direct_fairness(x, tau: float, normalize: bool = True) -> torch.Tensor:
-    """The authors' direct power form sign(1-tau) * (sum p^(1-tau))^(1/tau) [/ n], in x's own dtype.
-
-    Reference/test oracle only: it overflows to +-inf/NaN for tau > 1 with large margins and has no tau -> 0
-    limit (tau = 0 raises). Losses should use `fairness` / `log_fairness`.
-    """
-    x = x if isinstance(x, torch.Tensor) else torch.as_tensor(x)
-    x = x.reshape(-1)
-    tau = _check_tau(tau)
-    if tau == 0.0:
-        raise FairnessInputError("direct_fairness has no tau = 0 value (1/tau); use fairness(), which takes the Shannon limit")
-    p = x / x.sum()
-    value = fairness_sign(tau) * (p ** (1.0 - tau)).sum() ** (1.0 / tau)
-    return value / x.numel() if normalize else value

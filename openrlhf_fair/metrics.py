@@ -31,7 +31,6 @@ __all__ = [
     "gini_coefficient",
     "group_accuracy",
     "group_means",
-    "inequality_summary",
     "jain_index",
     "max_min_ratio",
     "metric_safe_name",
@@ -115,18 +114,6 @@ def max_min_ratio(x) -> float:
     x = _non_negative(x, "max_min_ratio input")
     lo, hi = float(x.min()), float(x.max())
     return math.inf if lo == 0 else hi / lo
-
-
-def inequality_summary(x) -> dict[str, float]:
-    """All scalar measures of a strictly positive allocation, keyed for logging (e.g. sigmoid of margins)."""
-    return {
-        "jain": jain_index(x),
-        "gini": gini_coefficient(x),
-        "theil_t": generalized_entropy(x, 1.0),
-        "theil_l": generalized_entropy(x, 0.0),
-        "cv": coefficient_of_variation(x),
-        "max_min_ratio": max_min_ratio(x),
-    }
 
 
 # ----------------------------------------------------------------------------------------------- groups

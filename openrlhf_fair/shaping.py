@@ -55,7 +55,7 @@ from typing import Hashable, Sequence
 
 import torch
 
-from openrlhf_fair.fairness import SHANNON_LIMIT_TAU, FairnessInputError, exp_or_inf, fairness
+from openrlhf_fair.fairness import SHANNON_LIMIT_TAU, FairnessInputError, exp_or_inf, fairness_sign, log_fairness_of_log_p
 from openrlhf_fair.metrics import gini_coefficient, jain_index
 from openrlhf_fair.ppo_config import DEFAULT_WEIGHT_CLIP, UNITS, PPOFairnessConfig
 
@@ -65,13 +65,11 @@ __all__ = [
     "PPOFairnessConfig",
     "UNITS",
     "agent_weights",
-    "fairness_objective",
     "fairness_weights",
     "label_agent_ids",
     "prompt_agent_ids",
 ]
 
-_SMALL_TAU = 0.1  # below it, log sum p^(1-tau) goes through log1p/expm1 (as fairness.py)
 _HUGE = 1e300  # stands for an infinite weight before clipping
 
 
@@ -115,22 +113,15 @@ def agent_weights(log_x: torch.Tensor, config: PPOFairnessConfig) -> tuple[torch
     log_sum = torch.logsumexp(log_x, dim=0)
     log_p = log_x - log_sum
     log_U = float(log_sum) - math.log(K)
-    if abs(tau) < SHANNON_LIMIT_TAU:  # Shannon limit, to second order in tau (log|f| as in fairness.py)
+    log_f = log_fairness_of_log_p(log_p, tau)  # log|f_tau|, the core shared with the losses and metrics
+    if abs(tau) < SHANNON_LIMIT_TAU:  # h to first order in tau around the Shannon limit
         p = log_p.exp()
-        entropy = -(p * log_p).sum()
-        a = -log_p - entropy  # surprisal minus entropy
-        var = (p * a * a).sum()
-        log_f = entropy + 0.5 * tau * var
-        h = a + tau * (0.5 * (a * a - var) - a)
+        a = -log_p + (p * log_p).sum()  # surprisal minus entropy
+        h = a + tau * (0.5 * (a * a - (p * a * a).sum()) - a)
     else:
-        if abs(tau) < _SMALL_TAU:  # g = log sum p^(1-tau) without cancellation (~ tau * H)
-            g = torch.log1p((log_p.exp() * torch.expm1((-tau * log_p).clamp(max=700.0))).sum())
-        else:
-            g = torch.logsumexp((1.0 - tau) * log_p, dim=0)
-        log_f = g / tau
-        h = ((1.0 - tau) / tau) * torch.expm1(-tau * log_p - g)  # (q_k / p_k - 1) * (1 - tau) / tau
+        h = ((1.0 - tau) / tau) * torch.expm1(-tau * (log_p + log_f))  # (q_k / p_k - 1) * (1 - tau) / tau
     log_F = float(log_f) - math.log(K)  # log|F|, F = f_tau / K
-    sign = 1.0 if tau < 1 else -1.0
+    sign = fairness_sign(tau)
     F = sign * exp_or_inf(log_F)
     w = exp_or_inf(gamma * log_F) * (1.0 + gamma * h) if gamma else torch.ones_like(h)
     if alpha:
@@ -138,13 +129,6 @@ def agent_weights(log_x: torch.Tensor, config: PPOFairnessConfig) -> tuple[torch
     if not bool(torch.isfinite(w).all()):  # only beyond float64's range (|F| for tau > 1, |h| for tiny p):
         w = torch.nan_to_num(w, nan=1.0, posinf=_HUGE, neginf=-_HUGE)  # such weights saturate at the clip bounds
     return w, F, exp_or_inf(log_U)
-
-
-def fairness_objective(x: torch.Tensor, config: PPOFairnessConfig) -> torch.Tensor:
-    """Psi = U * F**gamma + alpha * F of an allocation, differentiable (reference for tests and docs)."""
-    F = fairness(x, config.tau, normalize=True)
-    U = x.mean()
-    return U * F**config.coef + config.reg * F
 
 
 @dataclass

@@ -9,11 +9,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fair_reference import direct_fairness
 from openrlhf_fair.fairness import (
     MIN_ITEMS_FOR_FAIRNESS,
     FairnessInputError,
     allocation_from_margins,
-    direct_fairness,
     fairness,
     fairness_of_margins,
     fairness_sign,

@@ -8,6 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fair_reference import inequality_summary
 from openrlhf_fair.fairness import FairnessInputError, fairness
 from openrlhf_fair.metrics import (
     best_minus_worst_gap,
@@ -16,7 +17,6 @@ from openrlhf_fair.metrics import (
     gini_coefficient,
     group_accuracy,
     group_means,
-    inequality_summary,
     jain_index,
     max_min_ratio,
     worst_group,

@@ -5,12 +5,12 @@ import math
 import pytest
 import torch
 
+from fair_reference import fairness_objective
 from openrlhf_fair.config import FairnessConfigError
 from openrlhf_fair.fairness import FairnessInputError, fairness
 from openrlhf_fair.shaping import (
     PPOFairnessConfig,
     agent_weights,
-    fairness_objective,
     fairness_weights,
     label_agent_ids,
     prompt_agent_ids,

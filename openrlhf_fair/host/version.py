@@ -29,11 +29,3 @@ def describe_host() -> str:
         return "OpenRLHF is not installed (run `python3 -m openrlhf_fair.install`)"
     support = "supported" if version in SUPPORTED_OPENRLHF else f"untested; supported: {', '.join(SUPPORTED_OPENRLHF)}"
     return f"OpenRLHF {version} ({support})"
-
-
-def require_openrlhf() -> str:
-    """Fail with an actionable message when OpenRLHF is missing; return its version."""
-    version = installed_openrlhf_version()
-    if version is None:
-        raise ModuleNotFoundError(describe_host())
-    return version

@@ -1,0 +1,49 @@
+"""Test oracles: plain, direct formulas the production math is checked against (not used by the add-on)."""
+
+from __future__ import annotations
+
+import torch
+
+from openrlhf_fair.fairness import FairnessInputError, fairness, fairness_sign
+from openrlhf_fair.metrics import (
+    coefficient_of_variation,
+    generalized_entropy,
+    gini_coefficient,
+    jain_index,
+    max_min_ratio,
+)
+
+
+def direct_fairness(x, tau: float, normalize: bool = True) -> torch.Tensor:
+    """The authors' direct power form sign(1-tau) * (sum p^(1-tau))^(1/tau) [/ n], in x's own dtype.
+
+    It overflows to +-inf/NaN for tau > 1 with large margins and has no tau -> 0 limit (tau = 0 raises);
+    the add-on's `fairness` / `log_fairness` work in log space instead.
+    """
+    x = x if isinstance(x, torch.Tensor) else torch.as_tensor(x)
+    x = x.reshape(-1)
+    sign = fairness_sign(tau)  # rejects tau = 1 and non-finite tau as the add-on does
+    if tau == 0.0:
+        raise FairnessInputError("direct_fairness has no tau = 0 value (1/tau); use fairness(), which takes the Shannon limit")
+    p = x / x.sum()
+    value = sign * (p ** (1.0 - tau)).sum() ** (1.0 / tau)
+    return value / x.numel() if normalize else value
+
+
+def fairness_objective(x: torch.Tensor, config) -> torch.Tensor:
+    """Psi = U * F**coef + reg * F of an allocation, differentiable (what `shaping.agent_weights` differentiates)."""
+    F = fairness(x, config.tau, normalize=True)
+    U = x.mean()
+    return U * F**config.coef + config.reg * F
+
+
+def inequality_summary(x) -> dict[str, float]:
+    """All scalar inequality measures of a strictly positive allocation, keyed by name."""
+    return {
+        "jain": jain_index(x),
+        "gini": gini_coefficient(x),
+        "theil_t": generalized_entropy(x, 1.0),
+        "theil_l": generalized_entropy(x, 0.0),
+        "cv": coefficient_of_variation(x),
+        "max_min_ratio": max_min_ratio(x),
+    }
