@@ -144,13 +144,27 @@ def test_gradient_direction_of_the_fairness_part(DPOLoss, config, raises_fairnes
 
 
 def test_reference_logps_get_no_gradient_and_beta_follows_the_host(DPOLoss):
-    pc, pr, rc, rr = logps(seed=5)
-    rc, rr = rc.requires_grad_(), rr.requires_grad_()
-    loss_fn = FairDPOLoss(DPOLoss(0.05), RewardFairnessConfig(alpha=0.5))
-    assert loss_fn.beta == 0.05
-    loss, _, _ = loss_fn(pc.requires_grad_(), pr.requires_grad_(), rc.detach(), rr.detach())
+    """beta comes from the host's DPOLoss (0.05 here, not the reference tests' 0.1): the loss and the gradients of
+    all four log-probabilities match the float64 reference at beta = 0.05. In training the reference log-probs
+    arrive without a graph (OpenRLHF computes them under no_grad), so none of the fairness term's gradient can
+    reach the reference model; here they require grad, so their gradient (minus the policy's) is checked too."""
+    beta, config = 0.05, RewardFairnessConfig(alpha=0.5)
+    inputs = logps(seed=5)
+    loss_fn = FairDPOLoss(DPOLoss(beta), config)
+    assert loss_fn.beta == beta
+    got = [t.clone().requires_grad_() for t in inputs]
+    loss, _, _ = loss_fn(*got)
     loss.backward()
-    assert rc.grad is None and rr.grad is None and pc.grad is not None
+    want = [t.clone().requires_grad_() for t in inputs]
+    expected = reference_loss(*want, beta, config)
+    expected.backward()
+    assert float(loss.detach()) == pytest.approx(float(expected.detach()), rel=1e-10)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g.grad, w.grad, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(got[2].grad, -got[0].grad)  # d/d ref = -d/d policy: only pi - pi_ref matters
+    detached = [t.clone().requires_grad_() for t in inputs[:2]]
+    loss_fn(*detached, inputs[2].detach(), inputs[3].detach())[0].backward()  # as the host calls it
+    torch.testing.assert_close(detached[0].grad, want[0].grad, rtol=1e-9, atol=1e-12)
 
 
 def test_eval_recording_keeps_the_implicit_rewards(DPOLoss):

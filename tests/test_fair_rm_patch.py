@@ -231,10 +231,27 @@ def test_bad_runs_fail_before_the_host_trainer_is_built(host, rm_patch, config, 
     assert strategy.printed == []  # the host __init__ (which prints the loss choice) never ran
 
 
-def test_global_scope_with_one_pair_per_rank_on_two_ranks_is_accepted(host, rm_patch):
+@pytest.mark.parametrize(
+    "world, ring, tp, accepted",
+    [(2, 1, 1, True), (4, 2, 1, True), (4, 1, 2, True), (2, 2, 1, False), (2, 1, 2, False), (4, 2, 2, False)],
+)
+def test_global_scope_with_one_pair_per_rank_on_two_ranks_is_accepted(host, rm_patch, world, ring, tp, accepted):
+    """One pair per rank: accepted when >= 2 data-parallel ranks (world / ring_attn_size / tensor_parallel_size)
+    share F, refused before the host trainer is built otherwise."""
     rm_patch(RewardFairnessConfig(alpha=0.1, scope="global"))
-    trainer, _, _ = make_trainer(host, strategy=FakeStrategy(micro=1, world_size=2))
-    assert trainer.loss_fn.config.scope == "global"
+    strategy = FakeStrategy(micro=1, world_size=world)
+    strategy.args.ds.ring_attn_size, strategy.args.ds.tensor_parallel_size = ring, tp
+    if not accepted:
+        with pytest.raises(ValueError, match=r"global micro-batch \(1 data-parallel rank\(s\)\) has 1"):
+            make_trainer(host, strategy=strategy)
+        assert strategy.printed == []
+        return
+    trainer, model, _ = make_trainer(host, strategy=strategy)
+    from openrlhf_fair.losses import FairPairWiseLoss
+
+    assert isinstance(trainer.loss_fn, FairPairWiseLoss) and type(trainer.loss_fn.base_loss).__name__ == "PairWiseLoss"
+    assert trainer.loss_fn.config.scope == "global" and model.config.openrlhf_fair["scope"] == "global"
+    assert any("FR: loss = base - 0.1 * F" in line for line in strategy.printed)
 
 
 class Recorder:
