@@ -19,7 +19,6 @@ import torch
 from openrlhf_fair.fairness import FairnessInputError
 from openrlhf_fair.host.patching import HostMismatchError, ORIGINAL_ATTR, is_patched
 from openrlhf_fair.ppo_config import PPOFairnessConfig
-from openrlhf_fair.shaping import fairness_weights, label_agent_ids, prompt_agent_ids
 
 ESTIMATORS = ["gae", "reinforce", "rloo", "reinforce_baseline", "group_norm", "dr_grpo", "flash_reinforce"]
 N_PROMPTS, N_SAMPLES, MICRO, ACTIONS = 4, 4, 4, 7
@@ -106,12 +105,29 @@ def make_batch(host, seed: int = 0, n: int = N_SAMPLES, with_labels: bool = Fals
     return batch
 
 
-def agent_ids_for(config, batch, n=N_SAMPLES):
+def sample_agents(config, batch, n=N_SAMPLES):
+    """Each sample's agent, straight from the batch: its prompt (index // n), its prompt's label, or itself."""
+    index = [i for exp in batch for i in exp.index]
     if config.unit == "prompt":
-        return prompt_agent_ids([i for exp in batch for i in exp.index], n)
+        return [i // n for i in index]
     if config.label_key:
-        return label_agent_ids([LABELS[i // n] for exp in batch for i in exp.index])[0]
-    return torch.arange(sum(len(exp.rewards) for exp in batch))
+        return [LABELS[i // n] for i in index]
+    return list(range(len(index)))
+
+
+def reference_weights(rewards, agents, coef, reg, clip=(0.0, 5.0)):
+    """Independent oracle for the default tau = -1, T = 1: w_k = K * dPsi/dx_k by float64 autograd of
+    Psi = U * F**coef + reg * F, F = Jain's index of the agents' mean sigmoid(reward), then clipped and
+    divided by the mean over samples (shaping.py's docstring)."""
+    names = sorted(set(agents), key=str)
+    ids = torch.tensor([names.index(a) for a in agents])
+    x_sample = torch.sigmoid(torch.as_tensor(rewards, dtype=torch.float64))
+    x = torch.stack([x_sample[ids == k].mean() for k in range(len(names))]).requires_grad_()
+    K = x.numel()
+    U, F = x.mean(), x.sum() ** 2 / (K * (x**2).sum())
+    (grad,) = torch.autograd.grad(U * F**coef + reg * F, x)
+    w = (K * grad)[ids].clamp(*clip)
+    return w / w.mean()
 
 
 def run(host, estimator, batch, n=N_SAMPLES):
@@ -130,14 +146,15 @@ def test_advantages_scaled_exactly_by_the_weights_returns_unchanged(host, hm, es
 
     rewards = torch.cat([exp.rewards for exp in shaped])  # the final rewards the shaping saw
     assert torch.equal(rewards, torch.cat([exp.rewards for exp in base]))
-    weights = fairness_weights(rewards, agent_ids_for(config, batch, n), config).sample_weights
+    weights = reference_weights(rewards, sample_agents(config, batch, n), config.coef, config.reg)
     assert weights.max() > 1.05 and weights.min() < 0.95  # a real reweighting, not a no-op
     changed = False
     for b, s, w in zip(base, shaped, weights.split([len(e.rewards) for e in batch])):
         assert torch.equal(s.returns, b.returns)
-        assert torch.equal(s.advantages, b.advantages * w.to(b.advantages.dtype)[:, None])
+        logged = s.info["fairness/weight"]
+        torch.testing.assert_close(logged, w.float(), rtol=1e-5, atol=1e-6)
+        assert torch.equal(s.advantages, b.advantages * logged.to(b.advantages.dtype)[:, None])
         changed |= not torch.equal(s.advantages, b.advantages)
-        assert torch.equal(s.info["fairness/weight"], w.float())
         assert torch.equal(s.info["fairness/raw_reward"], s.rewards.float())
     assert changed
 
@@ -148,27 +165,48 @@ def test_measure_only_leaves_experience_bit_identical_and_logs(host, hm, estimat
     base = run(host, estimator, batch)
     hm.apply_in_process(PPOFairnessConfig(unit="prompt"))  # coef = reg = 0
     shaped = run(host, estimator, batch)
+    # the batch's numbers, recomputed here: x_k = mean sigmoid(reward) over prompt k's samples
+    rewards = torch.cat([exp.rewards for exp in shaped]).double()
+    prompt_of = torch.tensor([i // N_SAMPLES for exp in batch for i in exp.index])
+    x = torch.stack([torch.sigmoid(rewards[prompt_of == k]).mean() for k in range(N_PROMPTS)])
+    jain = float(x.sum() ** 2 / (N_PROMPTS * (x**2).sum()))
+    gini = float((x[:, None] - x[None, :]).abs().mean() / (2 * x.mean()))
+    expected = {"F": jain, "jain": jain, "gini": gini, "utility": float(x.mean()), "num_agents": float(N_PROMPTS),
+                "weight_min": 1.0, "weight_max": 1.0, "clipped_frac": 0.0}
+    assert 0.05 < gini and jain < 0.95  # an unequal batch: prompt k has mean reward k - 1.5
+    start = 0
     for b, s in zip(base, shaped):
+        size = len(s.rewards)
         assert torch.equal(s.advantages, b.advantages) and torch.equal(s.returns, b.returns)
-        assert torch.equal(s.info["fairness/weight"], torch.ones(len(s.rewards)))
-        for key in ("F", "jain", "gini", "weight_min", "weight_max", "utility", "num_agents", "raw_reward"):
-            value = s.info[f"fairness/{key}"]
-            assert isinstance(value, torch.Tensor) and value.shape == s.rewards.shape and value.is_floating_point()
-        assert s.info["fairness/num_agents"][0].item() == N_PROMPTS
+        assert torch.equal(s.info["fairness/weight"], torch.ones(size))
+        assert torch.equal(s.info["fairness/raw_reward"], rewards[start:start + size].float())
+        start += size
+        for key, value in expected.items():
+            logged = s.info[f"fairness/{key}"]
+            assert logged.shape == (size,) and logged.dtype == torch.float32, key
+            torch.testing.assert_close(logged, torch.full((size,), value), rtol=1e-6, atol=1e-7, msg=key)
 
 
 def test_flags_off_patch_nothing_and_output_is_identical(host, hm):
+    """No fairness flag: nothing in the host modules is replaced, and the experience maker's output is bit for bit
+    the one it gave before the add-on touched anything, also after a real patch was applied and undone."""
     from openrlhf.utils import config as host_config
 
     cls = host.em.RemoteExperienceMaker
-    before = cls.__dict__["compute_advantages_and_returns"]
-    undo = hm.apply_fairness(None)
-    assert cls.__dict__["compute_advantages_and_returns"] is before
-    assert not is_patched(host_config, "hierarchize")
     batch = make_batch(host, seed=1)
-    a, b = run(host, "group_norm", batch), run(host, "group_norm", batch)
-    assert all(torch.equal(x.advantages, y.advantages) and x.info.keys() == y.info.keys() for x, y in zip(a, b))
-    assert not any(key.startswith("fairness/") for key in a[0].info)
+    before_output = run(host, "group_norm", batch)  # the host as installed, never patched in this test
+    hm.apply_in_process(PPOFairnessConfig(coef=0.5, reg=0.5))()  # a real patch, applied and undone
+    snapshots = {owner: dict(vars(owner)) for owner in (cls, host.em, host_config)}
+    undo = hm.apply_fairness(None)
+    for owner, before in snapshots.items():
+        after = vars(owner)
+        assert after.keys() == before.keys() and all(after[k] is v for k, v in before.items()), owner
+    assert not is_patched(cls, "compute_advantages_and_returns") and not is_patched(host_config, "hierarchize")
+    assert hm.active_config() is None
+    after_output = run(host, "group_norm", batch)
+    for x, y in zip(before_output, after_output):
+        assert torch.equal(x.advantages, y.advantages) and torch.equal(x.returns, y.returns)
+        assert x.info.keys() == y.info.keys() and not any(key.startswith("fairness/") for key in y.info)
     undo()
 
 
@@ -256,14 +294,16 @@ def test_label_unit_uses_carried_labels_and_logs_mean_reward_per_label(host, hm)
     shaped = run(host, "group_norm", batch)
     rewards = torch.cat([e.rewards for e in shaped]).double()
     labels = [LABELS[i // N_SAMPLES] for e in batch for i in e.index]
-    ids, names = label_agent_ids(labels)
-    weights = fairness_weights(rewards, ids, config).sample_weights
+    weights = reference_weights(rewards, labels, config.coef, config.reg)
+    assert weights.max() > 1.05 and weights.min() < 0.95  # a real reweighting, not a no-op
     for b, s, w in zip(base, shaped, weights.split([len(e.rewards) for e in batch])):
-        assert torch.equal(s.advantages, b.advantages * w.float()[:, None])
+        torch.testing.assert_close(s.advantages, b.advantages * w.float()[:, None], rtol=1e-5, atol=1e-6)
         assert "fairness/label" not in s.info  # popped: strings would crash OpenRLHF's metric logging
-    for k, name in enumerate(names):
+    assert shaped[0].info["fairness/num_agents"][0].item() == 3.0  # helpful, harmless, code
+    for name in set(LABELS):
         value = shaped[0].info[f"fairness/label_reward/{name}"][0].item()
-        assert value == pytest.approx(float(rewards[ids == k].mean()), rel=1e-6)
+        mine = [float(r) for r, label in zip(rewards, labels) if label == name]
+        assert value == pytest.approx(sum(mine) / len(mine), rel=1e-6)
     # OpenRLHF's replay-buffer path (split per sample, re-batch) accepts every info entry
     items = [item for e in shaped for item in host.exp.split_experience_batch(e)]
     merged = host.exp.make_experience_batch(items)
