@@ -144,11 +144,21 @@ def test_transfer_strictly_changes_each_measure():
 
 
 def test_inequality_summary():
-    x = torch.sigmoid(torch.tensor([-1.0, 0.0, 2.0, 3.0]))
-    summary = inequality_summary(x)
-    assert set(summary) == {"jain", "gini", "theil_t", "theil_l", "cv", "max_min_ratio"}
-    assert summary["jain"] == jain_index(x) and summary["theil_l"] == generalized_entropy(x, 0.0)
-    assert all(isinstance(v, float) for v in summary.values())
+    """Every measure on x = (1, 2, 3, 4), worked out by hand in plain floats (mean 2.5, r = x / 2.5)."""
+    x = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    r = [v / 2.5 for v in (1.0, 2.0, 3.0, 4.0)]
+    expected = {
+        "jain": 10.0**2 / (4 * 30.0),  # (sum x)^2 / (n sum x^2)
+        "gini": 20.0 / (2 * 4**2 * 2.5),  # sum_ij |x_i - x_j| = 20, over 2 n^2 mean
+        "theil_t": sum(v * math.log(v) for v in r) / 4,
+        "theil_l": -sum(math.log(v) for v in r) / 4,
+        "cv": math.sqrt(7.5 - 2.5**2) / 2.5,  # population std: mean(x^2) - mean^2 = 1.25
+        "max_min_ratio": 4.0,
+    }
+    assert inequality_summary(x) == pytest.approx(expected, rel=1e-12)
+    assert generalized_entropy(x, 2.0) == pytest.approx((sum(v * v for v in r) / 4 - 1) / 2, rel=1e-12)  # CV^2 / 2
+    assert generalized_entropy(x, 0.5) == pytest.approx(sum(math.sqrt(v) - 1 for v in r) / 4 / (0.5 * -0.5), rel=1e-12)
+    assert all(isinstance(v, float) for v in inequality_summary(x).values())
 
 
 # ------------------------------------------------------------------------------------------ dtypes / devices
