@@ -188,6 +188,23 @@ def metric_safe_name(label) -> str:
     return re.sub(r"[^0-9A-Za-z_.-]+", "_", str(label)) or "_"
 
 
+def metric_safe_names(labels) -> dict[str, str]:
+    """``{label: metric_safe_name(label)}`` for the distinct labels, refusing two labels that would share one
+    name (``help ful`` and ``help/ful``: one group's metrics would overwrite the other's)."""
+    names: dict[str, str] = {}
+    owner: dict[str, str] = {}
+    for label in dict.fromkeys(str(label) for label in labels):
+        name = metric_safe_name(label)
+        if name in owner:
+            raise FairnessInputError(
+                f"group labels {owner[name]!r} and {label!r} both become the metric name {name!r} (metric names keep "
+                "only letters, digits and _ . -): rename one of them in the data"
+            )
+        owner[name] = label
+        names[label] = name
+    return names
+
+
 # ----------------------------------------------------------------------------------------------- evaluation
 def pairwise_eval_metrics(
     chosen, reject, *, tau: float, temperature: float, group_ids=None, group_names=None

@@ -51,6 +51,15 @@ def run_host_cli(command: str, argv: list[str], cpu: bool | None = None) -> int:
         if text:
             print(text + "\n\nOpenRLHF's own flags follow.\n", flush=True)
 
+    if config is not None and not wants_help(argv):  # pre-run data checks only with a fairness flag
+        from openrlhf_fair import preflight
+
+        try:
+            preflight.check(command, rest, config)
+        except preflight.PreflightError as err:
+            print(err, file=sys.stderr, flush=True)
+            return 2
+
     from openrlhf_fair import cpu_backend
 
     cpu_backend.maybe_activate(command, cpu)
