@@ -153,7 +153,7 @@ def scan_sources(value, flag: str, findings: Findings, *, required, group_key=No
                 if len(scan.sample) < TRUNCATION_SAMPLE:
                     scan.sample.append(row)
         except DataError as e:
-            findings.errors.append(f"{flag}: {e}")
+            findings.errors += [f"{flag}: {line}" for line in str(e).splitlines()]
             scan = None
         scans.append(scan)
     return None if any(s is None for s in scans) else scans
@@ -245,7 +245,7 @@ def check_pairs(command: str, args: dict, config, findings: Findings) -> None:
             eval_labels = [label for s in train for label in s.labels][:n_eval]
             eval_where = f"the eval set (first {n_eval} rows of --data.dataset, OpenRLHF's 1% split)"
 
-    if group_key is not None and not findings.errors:
+    if group_key is not None and train is not None and (evals is not None or not args["eval.dataset"]):
         every = [label for labels in labels_by_file.values() for label in labels]
         try:
             check_group_names(every, column=group_key, where=", ".join(labels_by_file))
