@@ -1,9 +1,6 @@
 """Bad input end to end, with the real `openrlhf` CLI on CPU: refused before any model loads (exit 2, the message
-alone), warned where a run can go on, and faults: SIGKILL + resume, SIGINT.
-
-Runs (tiny 2-layer Llama, real pairs from examples/data): two refused command lines (no model load, a few
-seconds each), one FR run with a group key that is killed with SIGKILL after its first checkpoint and resumed,
-the same run uninterrupted (its log carries the eval warnings), and a SIGINT during train_rm.
+alone). Two refused command lines (no model load, a few seconds each) with a tiny 2-layer Llama and real pairs
+from examples/data.
 """
 
 from __future__ import annotations
@@ -11,11 +8,9 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -84,24 +79,6 @@ def run(argv, root: Path, name: str, timeout: float = RUN_TIMEOUT) -> subprocess
     return result
 
 
-def weights(folder: Path) -> dict:
-    from safetensors.torch import load_file
-
-    return load_file(str(folder / "model.safetensors"))
-
-
-def scalar_steps(root: Path, name: str) -> dict[str, list[int]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    steps = {}
-    for run_dir in sorted(p for p in (root / f"tb_{name}").iterdir() if p.is_dir()):
-        events = EventAccumulator(str(run_dir))
-        events.Reload()
-        for tag in events.Tags()["scalars"]:
-            steps.setdefault(tag, []).extend(e.step for e in events.Scalars(tag))
-    return steps
-
-
 # --------------------------------------------------------------------------------------------- refused early
 def original_minilm() -> Path:
     import importlib.util
@@ -160,129 +137,3 @@ def test_small_training_set_without_eval_and_colliding_labels_are_refused(workdi
     assert "64 training pairs and no --eval.dataset" in result.stderr
     assert "'help ful' and 'help/ful' both become the metric name 'help_ful'" in result.stderr
     assert "Traceback" not in result.stderr
-
-
-# --------------------------------------------------------------------------------------------- SIGKILL + resume
-def wait_for_checkpoint(proc: subprocess.Popen, ckpt: Path, timeout: float) -> str:
-    """Poll until DeepSpeed's ``latest`` file names a finished checkpoint; return its tag."""
-    deadline = time.perf_counter() + timeout
-    while time.perf_counter() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"the run ended (rc {proc.returncode}) before it could be killed after a checkpoint")
-        latest = ckpt / "latest"
-        if latest.is_file() and latest.read_text().strip():
-            return latest.read_text().strip()
-        time.sleep(0.05)
-    pytest.fail(f"no checkpoint in {ckpt} after {timeout} s")
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(workdir):
-    result = run(["train_rm", *host_args(workdir, "full"), *FAIR], workdir, "full")
-    assert result.returncode == 0, result.stderr[-4000:]
-    return result
-
-
-@pytest.fixture(scope="module")
-def resumed(workdir):
-    """The same run, SIGKILLed (whole process group) right after its first checkpoint, then resumed."""
-    argv = [*openrlhf(), "train_rm", *host_args(workdir, "resumed"), *FAIR]
-    with open(workdir / "killed.log", "w") as log:
-        proc = subprocess.Popen(argv, cwd=workdir, env={**os.environ, **ENV}, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-        try:
-            tag = wait_for_checkpoint(proc, workdir / "ckpt_resumed", RUN_TIMEOUT)
-            os.killpg(proc.pid, signal.SIGKILL)
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-    assert not (workdir / "resumed" / "model.safetensors").exists()
-    result = run(["train_rm", *host_args(workdir, "resumed"), *FAIR, "--ckpt.load_enable"], workdir, "resumed")
-    assert result.returncode == 0, result.stderr[-4000:]
-    return tag, result
-
-
-@pytest.mark.timeout(900)
-def test_fr_run_killed_after_a_checkpoint_resumes_to_the_same_weights(workdir, uninterrupted, resumed):
-    import torch
-
-    tag, result = resumed
-    step = int(tag.removeprefix("global_step"))
-    assert "Loaded the checkpoint" in result.stdout + result.stderr
-    full, again = weights(workdir / "full"), weights(workdir / "resumed")
-    assert full.keys() == again.keys()
-    diff = max(float((full[k].double() - again[k].double()).abs().max()) for k in full)
-    print(f"killed after {tag}; max |w_full - w_resumed| = {diff:.3g}")
-    assert diff == 0.0, f"resumed weights differ by up to {diff:.3g}"
-    assert all(torch.equal(full[k], again[k]) for k in full)
-    # fairness step metrics continue at the right step: the killed leg logged 1..k, the resumed leg k+1..16
-    steps = scalar_steps(workdir, "resumed")
-    fair_tags = [t for t in steps if "fair" in t and t.startswith("train/")]
-    assert fair_tags, sorted(steps)
-    total = TRAIN_PAIRS // BATCH
-    for t in fair_tags:
-        logged = steps[t]
-        assert logged[-(total - step):] == list(range(step + 1, total + 1)), (t, logged)
-        assert set(logged) == set(range(1, total + 1)), (t, logged)
-
-
-def test_uninterrupted_run_warns_about_its_eval_set(uninterrupted):
-    err = uninterrupted.stderr
-    assert "group(s) with fewer than 10 eval pairs: 'rare' (2)" in err
-    assert f"of the first {EVAL_PAIRS} pairs have identical chosen and rejected tokens after truncation" in err
-
-
-# --------------------------------------------------------------------------------------------- SIGINT
-def marked_processes(marker: str) -> list[int]:
-    needle = marker.encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            try:
-                if needle in (entry / "environ").read_bytes():
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
-
-
-def interrupt_when(argv, cwd: Path, ready: str, log_path: Path, timeout: float = RUN_TIMEOUT) -> dict:
-    """Start ``argv``; once its log shows ``ready``, send SIGINT (as Ctrl-C does: to its process group); return
-    rc, seconds to exit and the processes of the run still alive 30 s later."""
-    marker = f"OPENRLHF_FAIR_SIGINT_RUN={uuid.uuid4().hex}"
-    key, value = marker.split("=")
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(argv, cwd=cwd, env={**os.environ, **ENV, key: value}, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            deadline = time.perf_counter() + timeout
-            while ready not in log_path.read_text(errors="replace"):
-                assert proc.poll() is None, f"ended (rc {proc.returncode}) before {ready!r}"
-                assert time.perf_counter() < deadline, f"no {ready!r} after {timeout} s"
-                time.sleep(0.2)
-            sent = time.perf_counter()
-            os.killpg(proc.pid, signal.SIGINT)
-            proc.wait(timeout=120)
-            exit_s = time.perf_counter() - sent
-            deadline = time.perf_counter() + 30
-            while marked_processes(marker) and time.perf_counter() < deadline:
-                time.sleep(0.5)
-            left = marked_processes(marker)
-        finally:
-            for pid in marked_processes(marker):
-                os.kill(pid, signal.SIGKILL)
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    return {"rc": proc.returncode, "exit_s": exit_s, "left": left}
-
-
-@pytest.mark.timeout(600)
-def test_sigint_stops_train_rm_cleanly(workdir):
-    argv = [*openrlhf(), "train_rm", *host_args(workdir, "sigint"), *FAIR]
-    outcome = interrupt_when(argv, workdir, "Train step", workdir / "sigint.log")
-    print(f"train_rm SIGINT: {outcome}")
-    assert outcome["rc"] != 0 and outcome["left"] == [], outcome
-    assert not (workdir / "sigint" / "model.safetensors").exists()
