@@ -35,7 +35,9 @@ from openrlhf_fair.metrics import gini_coefficient, jain_index
 __all__ = ["FairPairWiseLoss", "FairnessTrainingError", "RewardFairnessConfig"]
 
 # Names of the per-step metrics, as logged (the host prefixes train/ or eval/).
-METRIC_NAMES = ("fair_base_loss", "fair_term", "fair_F", "fair_jain", "fair_gini", "fair_items")
+METRIC_NAMES = (
+    "fairness/base_loss", "fairness/term", "fairness/F", "fairness/jain", "fairness/gini", "fairness/items",
+)
 
 
 class FairnessTrainingError(RuntimeError):
@@ -172,12 +174,12 @@ class FairPairWiseLoss(nn.Module):
         x = x.detach()
         self._record(
             {
-                "fair_base_loss": float(base.detach()),
-                "fair_term": term,
-                "fair_F": F,
-                "fair_jain": jain_index(x),
-                "fair_gini": gini_coefficient(x),
-                "fair_items": float(n_items),
+                "fairness/base_loss": float(base.detach()),
+                "fairness/term": term,
+                "fairness/F": F,
+                "fairness/jain": jain_index(x),
+                "fairness/gini": gini_coefficient(x),
+                "fairness/items": float(n_items),
             }
         )
         return loss

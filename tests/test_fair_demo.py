@@ -97,9 +97,9 @@ def test_reduced_demo_end_to_end(tmp_path, capsys):
     fr_log = (out / "logs" / "fr_a1.log").read_text()
     fc_log = (out / "logs" / "fc_inverse_g0.5.log").read_text()
     bt_log = (out / "logs" / "bt.log").read_text()
-    assert "--fairness_reg 1.0" in fr_log and "fair_F=" in fr_log
-    assert "--fairness_coef_form inverse" in fc_log and "fair_F=" in fc_log
-    assert "fair_F=" not in bt_log
+    assert "--fairness_reg 1.0" in fr_log and "fairness/F=" in fr_log
+    assert "--fairness_coef_form inverse" in fc_log and "fairness/F=" in fc_log
+    assert "fairness/F=" not in bt_log
     # three different models came out (fairness changed the weights)
     margins = [m["mean_margin"] for m in doc["models"]]
     assert len(set(margins)) == 3

@@ -91,11 +91,11 @@ def test_fairness_reg_trains_logs_and_records_settings(fr_run, plain_run):
     out, board, log = fr_run
     assert "openrlhf-fair: beta=0.5, FR: loss = base - 0.1 * F" in log
     # Step metrics in OpenRLHF's progress bar and in its TensorBoard events (train/ and, from evaluate, eval/).
-    for name in ("fair_base_loss", "fair_term", "fair_F", "fair_jain", "fair_gini"):
+    for name in ("fairness/base_loss", "fairness/term", "fairness/F", "fairness/jain", "fairness/gini"):
         assert f"{name}=" in log, name
     events = b"".join(path.read_bytes() for path in board.rglob("events.out.tfevents.*"))
-    assert b"train/fair_F" in events and b"train/fair_jain" in events and b"eval/fair_jain" in events
-    assert "openrlhf-fair eval: fair_jain=" in log
+    assert b"train/fairness/F" in events and b"train/fairness/jain" in events and b"eval/fairness/jain" in events
+    assert "openrlhf-fair eval: fairness/jain=" in log
     saved = json.loads((out / "config.json").read_text())["openrlhf_fair"]
     assert saved["method"] == "fr" and saved["alpha"] == 0.1 and saved["tau"] == -1.0
     assert weights(out) != weights(plain_run)  # the fairness term changed training
@@ -119,6 +119,6 @@ def test_native_hooks_train_exactly_like_the_runtime_patches(tiny_llama, dpo_dat
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-4000:]
     assert log.count("using OpenRLHF's native dpo_loss hook") == 1
-    assert "fair_F=" in log and "fair_jain=" in log
+    assert "fairness/F=" in log and "fairness/jain=" in log
     assert "openrlhf-fair eval:" not in log  # the runtime-only evaluate wrapper was not applied
     assert weights(out) == weights(fr_run[0])

@@ -100,10 +100,10 @@ def test_metrics_are_over_the_implicit_reward_margins(DPOLoss):
     loss_fn(pc.requires_grad_(), pr.requires_grad_(), rc, rr)
     m = beta * ((pc - rc) - (pr - rr)).detach()
     x = torch.sigmoid(m)
-    assert loss_fn.extra_logs()["fair_F"] == pytest.approx(float(reference_F(m, -1.0)), rel=1e-12)
+    assert loss_fn.extra_logs()["fairness/F"] == pytest.approx(float(reference_F(m, -1.0)), rel=1e-12)
     logs = loss_fn.extra_logs()
-    assert logs["fair_jain"] == pytest.approx(float(x.sum() ** 2 / (x.numel() * (x**2).sum())), rel=1e-9)
-    assert logs["fair_base_loss"] == pytest.approx(float(reference_dpo(pc, pr, rc, rr, beta)), rel=1e-12)
+    assert logs["fairness/jain"] == pytest.approx(float(x.sum() ** 2 / (x.numel() * (x**2).sum())), rel=1e-9)
+    assert logs["fairness/base_loss"] == pytest.approx(float(reference_dpo(pc, pr, rc, rr, beta)), rel=1e-12)
 
 
 def test_evaluation_returns_the_host_loss_unchanged(DPOLoss):

@@ -207,7 +207,7 @@ def test_hooks_module_is_a_no_op_until_registered(patched_copy):
 
     class Logged:
         def extra_logs(self):
-            return {"fair_F": 0.5}
+            return {"fairness/F": 0.5}
 
     def wrap(trainer, loss_fn):
         return Logged()
@@ -215,7 +215,7 @@ def test_hooks_module_is_a_no_op_until_registered(patched_copy):
     remove = hooks.register_loss_hook(wrap)
     assert hooks.register_loss_hook(wrap) is not None and len(hooks._loss_hooks) == 1  # twice is harmless
     hooked = hooks.apply_loss_hooks("trainer", loss)
-    assert isinstance(hooked, Logged) and hooks.get_loss_logs(hooked) == {"fair_F": 0.5}
+    assert isinstance(hooked, Logged) and hooks.get_loss_logs(hooked) == {"fairness/F": 0.5}
     remove()
     assert hooks.apply_loss_hooks("trainer", loss) is loss
     remove_exp = hooks.register_experience_hook(lambda maker, exps: exps[::-1])
@@ -331,7 +331,7 @@ def test_native_host_dpo_trainer_gets_fair_loss_and_logs_through_the_hook(stand_
         assert isinstance(trainer.loss_fn, FairDPOLoss) and model.config.openrlhf_fair["alpha"] == 0.1
         logps = [torch.tensor([-3.0, -4.0, -5.0, -2.0], requires_grad=True) for _ in range(2)]
         trainer.loss_fn(*logps, torch.tensor([-3.5, -4.0, -4.0, -2.5]), torch.tensor([-3.0, -4.5, -5.0, -1.0]))
-        assert set(get_loss_logs(trainer.loss_fn)) >= {"fair_F", "fair_jain", "fair_gini", "fair_base_loss"}
+        assert set(get_loss_logs(trainer.loss_fn)) >= {"fairness/F", "fairness/jain", "fairness/gini", "fairness/base_loss"}
     finally:
         undo()
     assert type(host.DPOTrainer(model, None, strategy, None, None, None, None, None).loss_fn).__name__ == "DPOLoss"

@@ -135,16 +135,16 @@ def test_flags_off_is_bit_identical_to_plain_openrlhf(workdir, plain, ours_flags
 @pytest.mark.timeout(600)
 def test_fr_with_group_key_trains_logs_and_records(workdir, plain, fr_groups):
     fr, bt = scalars(workdir, fr_groups), scalars(workdir, plain)
-    for tag in ("train/fair_base_loss", "train/fair_term", "train/fair_F", "train/fair_jain", "train/fair_gini"):
+    for tag in ("train/fairness/base_loss", "train/fairness/term", "train/fairness/F", "train/fairness/jain", "train/fairness/gini"):
         assert len(fr[tag]) == 4, tag  # 64 pairs / batch 16 = 4 optimizer steps, logged every step
-    assert all(v == pytest.approx(2.0) for v in fr["train/fair_items"])  # F over the 2 categories
+    assert all(v == pytest.approx(2.0) for v in fr["train/fairness/items"])  # F over the 2 categories
     # The logged loss is base - 0.5 * F, not the Bradley-Terry loss of the plain run.
-    assert fr["train/loss"][0] == pytest.approx(fr["train/fair_base_loss"][0] - fr["train/fair_term"][0], abs=1e-2)
+    assert fr["train/loss"][0] == pytest.approx(fr["train/fairness/base_loss"][0] - fr["train/fairness/term"][0], abs=1e-2)
     assert abs(fr["train/loss"][0] - bt["train/loss"][0]) > 0.2
-    for tag in ("eval/fair_jain", "eval/fair_gini", "eval/fair_acc_helpful", "eval/fair_acc_harmless",
-                "eval/fair_reward_helpful", "eval/fair_acc_gap", "eval/fair_F_groups", "eval/fair_reward_gap", "eval/eval_loss"):
+    for tag in ("eval/fairness/jain", "eval/fairness/gini", "eval/fairness/acc/helpful", "eval/fairness/acc/harmless",
+                "eval/fairness/reward/helpful", "eval/fairness/acc_gap", "eval/fairness/F_groups", "eval/fairness/reward_gap", "eval/eval_loss"):
         assert tag in fr, tag
-    assert 0 <= fr["eval/fair_acc_gap"][0] <= 1
+    assert 0 <= fr["eval/fairness/acc_gap"][0] <= 1
     # The fairness gradient changed the weights.
     ours, theirs = weights(workdir, fr_groups), weights(workdir, plain)
     assert any(not bool((ours[k] == theirs[k]).all()) for k in theirs)
@@ -156,13 +156,13 @@ def test_fr_with_group_key_trains_logs_and_records(workdir, plain, fr_groups):
 @pytest.mark.timeout(600)
 def test_fc_global_scope_on_two_ranks(workdir, fc_global):
     fc = scalars(workdir, fc_global)
-    assert all(v == 2.0 for v in fc["train/fair_items"])  # one pair per rank, gathered from both ranks
-    base, term, loss = fc["train/fair_base_loss"], fc["train/fair_term"], fc["train/loss"]
+    assert all(v == 2.0 for v in fc["train/fairness/items"])  # one pair per rank, gathered from both ranks
+    base, term, loss = fc["train/fairness/base_loss"], fc["train/fairness/term"], fc["train/loss"]
     assert all(t >= 1.0 for t in term)  # inverse form: F**-0.5 with F <= 1
     assert len(loss) == 4
     recorded = saved_config(workdir, fc_global)["openrlhf_fair"]
     assert (recorded["method"], recorded["gamma"], recorded["coef_form"], recorded["scope"]) == ("fc", 0.5, "inverse", "global")
-    assert "eval/fair_jain" in fc
+    assert "eval/fairness/jain" in fc
 
 
 @pytest.mark.timeout(300)

@@ -91,7 +91,7 @@ def test_group_mode_uses_group_mean_allocations():
     out = loss(chosen, reject, group_ids=ids)
     expected = reference_loss(pairwise_loss(chosen, reject), chosen - reject, config, group_ids=ids)
     assert float(out) == pytest.approx(float(expected), rel=1e-10)
-    assert loss.last_metrics["fair_items"] == 3.0
+    assert loss.last_metrics["fairness/items"] == 3.0
     # ids set through set_batch_group_ids (how the host patch delivers them) give the same value
     loss.set_batch_group_ids(ids.tolist())
     assert float(loss(chosen, reject)) == pytest.approx(float(out), rel=1e-12)
@@ -165,14 +165,14 @@ def test_metrics_of_the_last_step_and_window_means():
     loss(chosen, reject)
     first = dict(loss.last_metrics)
     x = torch.sigmoid(chosen - reject)
-    assert first["fair_jain"] == pytest.approx(float(x.sum() ** 2 / (x.numel() * (x**2).sum())), rel=1e-9)
-    assert first["fair_F"] == pytest.approx(first["fair_jain"], rel=1e-9)  # tau = -1: F is Jain's index
-    assert first["fair_term"] == pytest.approx(0.1 * first["fair_F"], rel=1e-9)
-    assert first["fair_base_loss"] == pytest.approx(float(pairwise_loss(chosen, reject)), rel=1e-9)
-    assert 0 <= first["fair_gini"] < 1 and first["fair_items"] == 8
+    assert first["fairness/jain"] == pytest.approx(float(x.sum() ** 2 / (x.numel() * (x**2).sum())), rel=1e-9)
+    assert first["fairness/F"] == pytest.approx(first["fairness/jain"], rel=1e-9)  # tau = -1: F is Jain's index
+    assert first["fairness/term"] == pytest.approx(0.1 * first["fairness/F"], rel=1e-9)
+    assert first["fairness/base_loss"] == pytest.approx(float(pairwise_loss(chosen, reject)), rel=1e-9)
+    assert 0 <= first["fairness/gini"] < 1 and first["fairness/items"] == 8
     loss(chosen * 3, reject)
     window = loss.pop_window_metrics()
-    assert window["fair_F"] == pytest.approx((first["fair_F"] + loss.last_metrics["fair_F"]) / 2)
+    assert window["fairness/F"] == pytest.approx((first["fairness/F"] + loss.last_metrics["fairness/F"]) / 2)
     assert loss.pop_window_metrics() == {}
 
 
@@ -182,7 +182,7 @@ def test_metrics_only_mode_returns_the_host_loss_exactly():
     loss = FairPairWiseLoss(pairwise_loss, RewardFairnessConfig(group_key="category"))
     out = loss(c, reject, group_ids=torch.tensor([0, 1] * 4))
     assert torch.equal(out, pairwise_loss(chosen, reject))
-    assert loss.last_metrics["fair_term"] == 0 and loss.last_metrics["fair_items"] == 2
+    assert loss.last_metrics["fairness/term"] == 0 and loss.last_metrics["fairness/items"] == 2
 
 
 def test_nan_margin_stops_naming_the_step():
@@ -263,7 +263,7 @@ def _global_scope_worker(rank, world, init_file, out_dir):
             loss = FairPairWiseLoss(pairwise_loss, config)
             out = loss(c, reject[rows], group_ids=ids[rows] if config.group_key else None)
             out.backward()
-            torch.save({"grad": c.grad, "items": loss.last_metrics["fair_items"]}, f"{out_dir}/{name}-{rank}.pt")
+            torch.save({"grad": c.grad, "items": loss.last_metrics["fairness/items"]}, f"{out_dir}/{name}-{rank}.pt")
     finally:
         dist.destroy_process_group()
     # Results are saved: leave without the C++ exit-time teardown, where gloo's threads made a rank die with

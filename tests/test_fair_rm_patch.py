@@ -276,11 +276,11 @@ def test_fairness_metrics_reach_the_host_logs(host, rm_patch):
     logs = {"loss": 0.5}
     trainer.save_logs_and_checkpoints(strategy.args, 1, bar, logs, {})
     names = {call[0] for call in trainer._tensorboard.calls}
-    assert {"train/loss", "train/fair_F", "train/fair_jain", "train/fair_gini", "train/fair_base_loss", "train/fair_term"} <= names
-    assert "fair_F" in bar.calls[-1] and 0 < logs["fair_F"] <= 1
+    assert {"train/loss", "train/fairness/F", "train/fairness/jain", "train/fairness/gini", "train/fairness/base_loss", "train/fairness/term"} <= names
+    assert "fairness/F" in bar.calls[-1] and 0 < logs["fairness/F"] <= 1
     x1, x2 = torch.sigmoid(chosen - reject), torch.sigmoid(chosen * 2 - reject)
     jain = lambda x: float(x.sum() ** 2 / (x.numel() * (x**2).sum()))  # noqa: E731
-    assert logs["fair_jain"] == pytest.approx((jain(x1) + jain(x2)) / 2, rel=1e-6)  # mean over the optimizer step
+    assert logs["fairness/jain"] == pytest.approx((jain(x1) + jain(x2)) / 2, rel=1e-6)  # mean over the optimizer step
 
 
 def test_eval_metrics_per_group():
@@ -290,15 +290,15 @@ def test_eval_metrics_per_group():
     reject = torch.tensor([0.0, 0.0, 1.0, 0.0, 0.0, 0.4])
     ids = torch.tensor([0, 0, 1, 1, 1, 0])
     out = eval_fairness_metrics(RewardFairnessConfig(alpha=0.1), chosen, reject, ids, ["harmless", "helpful"])
-    assert out["fair_acc_harmless"] == pytest.approx(2 / 3) and out["fair_acc_helpful"] == pytest.approx(1 / 3)
-    assert out["fair_acc_gap"] == pytest.approx(1 / 3) and out["fair_worst_group_acc"] == pytest.approx(1 / 3)
-    assert out["fair_reward_harmless"] == pytest.approx((1 + 2 + 0.2 + 0 + 0 + 0.4) / 6)
-    assert out["fair_reward_helpful"] == pytest.approx((0 - 1 + 0.5 + 1 + 0 + 0) / 6)
+    assert out["fairness/acc/harmless"] == pytest.approx(2 / 3) and out["fairness/acc/helpful"] == pytest.approx(1 / 3)
+    assert out["fairness/acc_gap"] == pytest.approx(1 / 3) and out["fairness/worst_group_acc"] == pytest.approx(1 / 3)
+    assert out["fairness/reward/harmless"] == pytest.approx((1 + 2 + 0.2 + 0 + 0 + 0.4) / 6)
+    assert out["fairness/reward/helpful"] == pytest.approx((0 - 1 + 0.5 + 1 + 0 + 0) / 6)
     x = torch.sigmoid((chosen - reject).double())
-    assert out["fair_jain"] == pytest.approx(float(x.sum() ** 2 / (6 * (x**2).sum())), rel=1e-9)
-    assert out["fair_F"] == pytest.approx(out["fair_jain"], rel=1e-6)
+    assert out["fairness/jain"] == pytest.approx(float(x.sum() ** 2 / (6 * (x**2).sum())), rel=1e-9)
+    assert out["fairness/F"] == pytest.approx(out["fairness/jain"], rel=1e-6)
     groups = torch.stack([x[ids == 0].mean(), x[ids == 1].mean()])
-    assert out["fair_F_groups"] == pytest.approx(float(groups.sum() ** 2 / (2 * (groups**2).sum())), rel=1e-9)
+    assert out["fairness/F_groups"] == pytest.approx(float(groups.sum() ** 2 / (2 * (groups**2).sum())), rel=1e-9)
 
 
 # ----------------------------------------------------------------------------------------------- the patched dataset

@@ -125,15 +125,14 @@ def _bind(signature: inspect.Signature, *args, **kwargs) -> inspect.BoundArgumen
 def eval_fairness_metrics(
     config: RewardFairnessConfig, chosen, reject, group_ids=None, group_names: Optional[list] = None
 ) -> dict[str, float]:
-    """`metrics.pairwise_eval_metrics` of the eval set under the run's tau and temperature, logged as fair_*."""
+    """`metrics.pairwise_eval_metrics` of the eval set under the run's tau and temperature."""
     from openrlhf_fair.metrics import pairwise_eval_metrics
 
     if not group_names:
         group_ids = None
-    metrics = pairwise_eval_metrics(
+    return pairwise_eval_metrics(
         chosen, reject, tau=config.tau, temperature=config.temperature, group_ids=group_ids, group_names=group_names
     )
-    return {"fair_" + key[len("fairness/"):].replace("/", "_"): value for key, value in metrics.items()}
 
 
 # --------------------------------------------------------------------------------------------- wrappers
