@@ -10,7 +10,7 @@ NaN checks and metrics included) fed with the implicit rewards beta * (log pi - 
 the m_i above and its gradient reaches the policy's log-probabilities (the reference ones carry none).
 
 Evaluation (the host calls the loss under `torch.no_grad()`) returns the host's DPO loss unchanged, so eval
-loss stays comparable with plain DPO (while recording, the implicit rewards are kept for eval metrics).
+loss stays comparable with plain DPO; the implicit rewards are kept for the eval metrics.
 This module imports torch only, never openrlhf.
 """
 
@@ -35,9 +35,9 @@ def implicit_rewards(policy_logps: torch.Tensor, reference_logps: torch.Tensor, 
 class FairDPOLoss(FairPairWiseLoss):
     """Wraps a host ``DPOLoss``; called and returning like it: ``(loss, chosen_rewards, rejected_rewards)``.
 
-    A `FairPairWiseLoss` whose pairs are scored by their implicit rewards and whose "host loss" is the DPO loss
-    already computed for the batch, so group labels, evaluation recording, ``last_metrics`` and
-    ``pop_window_metrics`` work as for the reward model. ``beta`` defaults to the wrapped loss's own ``beta``.
+    A `FairPairWiseLoss` whose pairs are scored by their implicit rewards and whose host loss is the DPO loss of
+    the batch (`add_fairness`), so group ids, ``step``, `batch_inputs`, `extra_logs` and `eval_logs` work as for
+    the reward model. ``beta`` defaults to the wrapped loss's own ``beta``.
     """
 
     def __init__(
@@ -48,17 +48,15 @@ class FairDPOLoss(FairPairWiseLoss):
         process_group=None,
         steps_per_update: int = 1,
     ) -> None:
-        super().__init__(self._take_base, config, process_group, steps_per_update)
-        self.dpo_loss = dpo_loss
+        super().__init__(dpo_loss, config, process_group, steps_per_update)
         self.beta = float(dpo_loss.beta if beta is None else beta)
-        self._base: Optional[torch.Tensor] = None
+
+    @property
+    def dpo_loss(self) -> nn.Module:
+        return self.base_loss
 
     def extra_repr(self) -> str:
         return f"beta={self.beta}, {super().extra_repr()}"
-
-    def _take_base(self, chosen_reward, reject_reward, margin) -> torch.Tensor:
-        base, self._base = self._base, None
-        return base
 
     def forward(
         self,
@@ -66,16 +64,17 @@ class FairDPOLoss(FairPairWiseLoss):
         policy_rejected_logps: torch.Tensor,
         reference_chosen_logps: torch.Tensor,
         reference_rejected_logps: torch.Tensor,
+        group_ids=None,
+        step=None,
     ):
-        loss, chosen_rewards, rejected_rewards = self.dpo_loss(
+        loss, chosen_rewards, rejected_rewards = self.base_loss(
             policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps
         )
-        recording = self._eval_records is not None
-        if not torch.is_grad_enabled() and not recording:  # the host's evaluation, nothing to record
-            return loss, chosen_rewards, rejected_rewards
-        self._base = loss
-        loss = super().forward(
+        loss = self.add_fairness(
+            loss,
             implicit_rewards(policy_chosen_logps, reference_chosen_logps, self.beta),
             implicit_rewards(policy_rejected_logps, reference_rejected_logps, self.beta),
+            group_ids=group_ids,
+            step=step,
         )
         return loss, chosen_rewards, rejected_rewards

@@ -30,7 +30,7 @@ from torch import nn
 
 from openrlhf_fair.config import RewardFairnessConfig
 from openrlhf_fair.fairness import FairnessInputError, exp_or_inf, fairness_sign, log_fairness, log_fairness_of_margins
-from openrlhf_fair.metrics import gini_coefficient, jain_index
+from openrlhf_fair.metrics import gini_coefficient, jain_index, pairwise_eval_metrics
 
 __all__ = ["FairPairWiseLoss", "FairnessTrainingError", "RewardFairnessConfig"]
 
@@ -47,11 +47,16 @@ class FairnessTrainingError(RuntimeError):
 class FairPairWiseLoss(nn.Module):
     """Wraps a host pairwise loss ``base_loss(chosen_reward, reject_reward, margin)`` with the fairness term.
 
-    Called like the host loss. Group labels (integer ids, one per pair) come either as ``group_ids=`` or from
-    `set_batch_group_ids` just before the call (the host trainer passes only three arguments).
-    ``process_group`` is the data-parallel group for scope "global" (None: the default group).
-    ``steps_per_update`` (gradient accumulation) only serves to name the global step in error messages.
-    After each training call `last_metrics` holds floats named as in `METRIC_NAMES`.
+    Called like the host loss, plus ``group_ids=`` (an integer id per pair, needed with a group key) and
+    ``step=`` (the host trainer's 1-based micro-step, to name it in errors; default: this loss's own count of
+    training calls). Both reach it explicitly: `batch_inputs` tells the host trainer which to pass for a
+    batch (OpenRLHF's loss-inputs hook point, `patches/`). ``process_group`` is the data-parallel group for
+    scope "global" (None: the default group); ``steps_per_update`` is the gradient accumulation.
+
+    Metrics: `fairness_loss` returns them with the loss. A training call keeps them in ``last_metrics`` and in
+    the optimizer step's list that `extra_logs` averages (the step logs). A call without gradients (the host's
+    evaluation) returns the host loss unchanged and keeps the pair rewards, which `eval_logs` turns into the
+    eval metrics (`metrics.pairwise_eval_metrics`) and clears.
     """
 
     def __init__(
@@ -68,94 +73,90 @@ class FairPairWiseLoss(nn.Module):
         self.config = config
         self.process_group = process_group
         self.steps_per_update = max(1, int(steps_per_update))
-        self.micro_step = 0  # training calls so far (the host's micro-step counter, 0-based before the call)
         self.last_metrics: dict[str, float] = {}
-        self._window_sums: dict[str, float] = {}
-        self._window_count = 0
-        self._pending_group_ids: Optional[torch.Tensor] = None
-        self._eval_records: Optional[dict[str, list]] = None
+        self._step_metrics: list[dict[str, float]] = []  # the current optimizer step's training calls
+        self._eval_pairs: list[tuple] = []  # (chosen, reject, group ids or None) of calls without gradients
+        self._calls = 0
         self._warned_few_items = False
 
     def extra_repr(self) -> str:
         return self.config.describe()
 
-    # ------------------------------------------------------------------------------------------- inputs
-    def set_batch_group_ids(self, group_ids) -> None:
-        """Group ids of the pairs of the next call (consumed by it)."""
-        self._pending_group_ids = None if group_ids is None else torch.as_tensor(group_ids, dtype=torch.int64)
+    # ------------------------------------------------------------------------------------------- the host's calls
+    def batch_inputs(self, batch, step: Optional[int] = None) -> dict:
+        """Keyword arguments for this loss's call on the host batch ``batch`` (its 5th element carries the group
+        ids with a group key, `host.reward_dataset`) at host micro-step ``step`` (None in evaluation)."""
+        inputs = {} if step is None else {"step": step}
+        if self.config.group_key is not None:
+            group_ids = getattr(batch[4], "group_ids", None)
+            if group_ids is None:
+                raise FairnessTrainingError(
+                    f"openrlhf-fair: --fairness_group_key {self.config.group_key} is set but the batch carries no "
+                    "group labels (the dataset patch openrlhf_fair.host.reward_dataset did not reach this dataloader)"
+                )
+            inputs["group_ids"] = group_ids
+        return inputs
 
-    def _group_ids_for(self, group_ids, n: int, device) -> Optional[torch.Tensor]:
-        if group_ids is None:
-            group_ids, self._pending_group_ids = self._pending_group_ids, None
-        if group_ids is None:
-            return None
-        ids = torch.as_tensor(group_ids, dtype=torch.int64, device=device).reshape(-1)
-        if ids.numel() != n:
-            raise FairnessInputError(f"got {ids.numel()} group ids for {n} preference pairs")
-        return ids
+    def forward(self, chosen_reward, reject_reward, margin=None, group_ids=None, step=None) -> torch.Tensor:
+        base = self.base_loss(chosen_reward, reject_reward, margin)
+        return self.add_fairness(base, chosen_reward, reject_reward, margin, group_ids, step)
 
-    # ------------------------------------------------------------------------------------------- evaluation
-    def start_eval_recording(self) -> None:
-        """From now on return the host loss only and record rewards (and group ids) for evaluation metrics."""
-        self._eval_records = {"chosen": [], "reject": [], "group_ids": []}
-
-    def stop_eval_recording(self) -> dict[str, Optional[torch.Tensor]]:
-        """Stop recording; return the recorded chosen/reject rewards (float32) and group ids (or None)."""
-        records, self._eval_records = self._eval_records or {"chosen": [], "reject": [], "group_ids": []}, None
-        cat = lambda parts, dtype: torch.cat(parts).to(dtype) if parts else None  # noqa: E731
-        return {
-            "chosen": cat(records["chosen"], torch.float32),
-            "reject": cat(records["reject"], torch.float32),
-            "group_ids": cat(records["group_ids"], torch.int64),
-        }
-
-    # ------------------------------------------------------------------------------------------- metrics
-    def pop_window_metrics(self) -> dict[str, float]:
-        """Mean of each metric over the training calls since the last pop (one optimizer step's micro-batches)."""
-        if not self._window_count:
-            return {}
-        means = {k: v / self._window_count for k, v in self._window_sums.items()}
-        self._window_sums, self._window_count = {}, 0
-        return means
-
-    def extra_logs(self) -> dict[str, float]:
-        """The last training call's metrics, for OpenRLHF's native loss hook (`patches/`): step logs."""
-        return dict(self.last_metrics)
-
-    def _record(self, metrics: dict[str, float]) -> None:
+    def add_fairness(self, base, chosen_reward, reject_reward, margin=None, group_ids=None, step=None) -> torch.Tensor:
+        """``base`` (the host loss of these pairs) with the fairness term; keeps the metrics (see the class doc)."""
+        ids = self._group_ids(group_ids, chosen_reward.numel(), chosen_reward.device)
+        if not torch.is_grad_enabled():  # the host's evaluation: host loss only, pairs kept for eval_logs
+            self._eval_pairs.append((chosen_reward.detach().reshape(-1).float(), reject_reward.detach().reshape(-1).float(), ids))
+            return base
+        self._calls += 1
+        loss, metrics = self.fairness_loss(base, chosen_reward, reject_reward, margin, ids, self._calls if step is None else step)
+        if len(self._step_metrics) == self.steps_per_update:
+            self._step_metrics = []
+        self._step_metrics.append(metrics)
         self.last_metrics = metrics
-        for k, v in metrics.items():
-            self._window_sums[k] = self._window_sums.get(k, 0.0) + v
-        self._window_count += 1
+        return loss
+
+    # ------------------------------------------------------------------------------------------- logs
+    def extra_logs(self) -> dict[str, float]:
+        """Mean of each step metric over the optimizer step's training calls so far (OpenRLHF's step logs)."""
+        if not self._step_metrics:
+            return {}
+        n = len(self._step_metrics)
+        return {key: sum(m[key] for m in self._step_metrics) / n for key in self._step_metrics[-1]}
+
+    def eval_logs(self, gather: Callable[[torch.Tensor], torch.Tensor] = lambda t: t, group_names=None) -> dict:
+        """Eval metrics of the pairs kept since the last call (``gather`` concatenates them over the data-parallel
+        ranks, e.g. the host strategy's ``all_gather``); {} when there are none. Clears the kept pairs."""
+        pairs, self._eval_pairs = self._eval_pairs, []
+        if not pairs:
+            return {}
+        chosen, reject = (gather(torch.cat([p[i] for p in pairs])).cpu() for i in (0, 1))
+        with_ids = group_names is not None and all(p[2] is not None for p in pairs)
+        ids = gather(torch.cat([p[2] for p in pairs])).cpu() if with_ids else None
+        try:
+            return pairwise_eval_metrics(
+                chosen, reject, tau=self.config.tau, temperature=self.config.temperature,
+                group_ids=ids, group_names=group_names if with_ids else None,
+            )  # fmt: skip
+        except FairnessInputError as err:
+            raise FairnessTrainingError(f"openrlhf-fair: evaluation: cannot compute the fairness metrics: {err}") from err
 
     # ------------------------------------------------------------------------------------------- the loss
-    def forward(self, chosen_reward, reject_reward, margin=None, group_ids=None) -> torch.Tensor:
-        base = self.base_loss(chosen_reward, reject_reward, margin)
-        if self._eval_records is None and not torch.is_grad_enabled():
-            return base  # the host's evaluate without the recording wrapper (native loss hook): host loss only
-        ids = self._group_ids_for(group_ids, chosen_reward.numel(), chosen_reward.device)
-        if self._eval_records is not None:
-            self._eval_records["chosen"].append(chosen_reward.detach().reshape(-1).float())
-            self._eval_records["reject"].append(reject_reward.detach().reshape(-1).float())
-            if ids is not None:
-                self._eval_records["group_ids"].append(ids)
-            return base
-
-        self.micro_step += 1
+    def fairness_loss(self, base, chosen_reward, reject_reward, margin=None, ids=None, step: int = 1):
+        """(loss, metrics) of one training call: the pure computation, no state but the few-items warning."""
+        self._check_finite(step, base=base, reward=(chosen_reward, reject_reward), margin=margin)
         if self.config.group_key is not None and ids is None:
             raise FairnessTrainingError(
-                f"{self._where()}: --fairness_group_key {self.config.group_key} is set but the batch carries no "
-                "group labels (the dataset patch openrlhf_fair.host.reward_dataset is not applied)"
+                f"{self._where(step)}: --fairness_group_key {self.config.group_key} is set but the batch carries "
+                "no group labels (the dataset patch openrlhf_fair.host.reward_dataset is not applied)"
             )
-        margins = (chosen_reward - reject_reward).reshape(-1)
-        margins, ids = self._gather(margins, ids)
+        margins, ids = self._gather((chosen_reward - reject_reward).reshape(-1), ids)
         method = self.config.method
         if method == "none":
             with torch.no_grad():
-                log_f, x, n_items = self._log_fairness(margins.detach(), ids)
+                log_f, x, n_items = self._log_fairness(margins.detach(), ids, step)
             loss, term = base, torch.zeros((), dtype=torch.float64)
         else:
-            log_f, x, n_items = self._log_fairness(margins, ids)
+            log_f, x, n_items = self._log_fairness(margins, ids, step)
             if method == "fr":
                 term = self.config.alpha * fairness_sign(self.config.tau) * log_f.exp()
                 loss = (base - term).to(base.dtype)
@@ -167,29 +168,46 @@ class FairPairWiseLoss(nn.Module):
         F = fairness_sign(self.config.tau) * exp_or_inf(log_f)
         if not (math.isfinite(F) and math.isfinite(term)):
             raise FairnessTrainingError(
-                f"{self._where()}: fairness F = {F} (fairness term {term}) is not finite; margins range "
+                f"{self._where(step)}: fairness F = {F} (fairness term {term}) is not finite; margins range "
                 f"[{float(margins.min()):.4g}, {float(margins.max()):.4g}]. Lower the learning rate, raise "
                 "--fairness_temperature, or use tau < 1; stopping rather than training a NaN model."
             )
         x = x.detach()
-        self._record(
-            {
-                "fairness/base_loss": float(base.detach()),
-                "fairness/term": term,
-                "fairness/F": F,
-                "fairness/jain": jain_index(x),
-                "fairness/gini": gini_coefficient(x),
-                "fairness/items": float(n_items),
-            }
-        )
-        return loss
+        metrics = {
+            "fairness/base_loss": float(base.detach()),
+            "fairness/term": term,
+            "fairness/F": F,
+            "fairness/jain": jain_index(x),
+            "fairness/gini": gini_coefficient(x),
+            "fairness/items": float(n_items),
+        }
+        return loss, metrics
 
-    def _where(self) -> str:
-        step = (self.micro_step - 1) // self.steps_per_update + 1
-        return f"openrlhf-fair: at training step {step} (micro-step {self.micro_step})"
+    def _check_finite(self, step: int, **tensors) -> None:
+        """A NaN/Inf base loss, reward or host margin stops the run naming the step (one device sync if all fine)."""
+        named = [(name, t) for name, ts in tensors.items() for t in (ts if isinstance(ts, tuple) else (ts,)) if t is not None]
+        if bool(torch.stack([torch.isfinite(t.detach()).all() for _, t in named]).all()):
+            return
+        bad = sorted({name for name, t in named if not bool(torch.isfinite(t.detach()).all())})
+        raise FairnessTrainingError(
+            f"{self._where(step)}: the {' and the '.join(bad)} contain(s) NaN/Inf; stopping rather than training a "
+            "NaN model. Check the data (e.g. the margin column with --model.margin_loss_enable) and the learning rate."
+        )
+
+    def _group_ids(self, group_ids, n: int, device) -> Optional[torch.Tensor]:
+        if group_ids is None:
+            return None
+        ids = torch.as_tensor(group_ids, dtype=torch.int64, device=device).reshape(-1)
+        if ids.numel() != n:
+            raise FairnessInputError(f"got {ids.numel()} group ids for {n} preference pairs")
+        return ids
+
+    def _where(self, micro_step: int) -> str:
+        step = (micro_step - 1) // self.steps_per_update + 1
+        return f"openrlhf-fair: at training step {step} (micro-step {micro_step})"
 
     def _log_fairness(
-        self, margins: torch.Tensor, ids: Optional[torch.Tensor]
+        self, margins: torch.Tensor, ids: Optional[torch.Tensor], step: int
     ) -> tuple[torch.Tensor, torch.Tensor, int]:
         """(log|F| as a float64 scalar, per-pair allocations x, number of items F is over). F over pairs, or
         over group means with ids."""
@@ -203,7 +221,7 @@ class FairPairWiseLoss(nn.Module):
             self._warned_few_items = True
             what = "pair" if ids is None else "group"
             warnings.warn(
-                f"{self._where()}: fairness F is computed over {n_items} {what}(s); it needs at least "
+                f"{self._where(step)}: fairness F is computed over {n_items} {what}(s); it needs at least "
                 f"{self.config.min_items} for a nonzero gradient, so the fairness term does nothing for such "
                 "batches (raise --train.micro_batch_size or use --fairness_scope global). Warned once.",
                 RuntimeWarning,
@@ -218,7 +236,7 @@ class FairPairWiseLoss(nn.Module):
             sums = torch.zeros(n_items, dtype=torch.float64, device=x.device).index_add(0, inverse, x)
             return log_fairness(sums / counts, tau, normalize=True), x, n_items
         except FairnessInputError as err:
-            raise FairnessTrainingError(f"{self._where()}: cannot compute fairness F: {err}") from err
+            raise FairnessTrainingError(f"{self._where(step)}: cannot compute fairness F: {err}") from err
 
     def _gather(self, margins: torch.Tensor, ids: Optional[torch.Tensor]):
         """Scope "global": concatenate every data-parallel rank's margins (with gradients) and group ids."""

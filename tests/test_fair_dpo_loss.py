@@ -168,16 +168,18 @@ def test_reference_logps_get_no_gradient_and_beta_follows_the_host(DPOLoss):
 
 
 def test_eval_recording_keeps_the_implicit_rewards(DPOLoss):
-    """The host trainer's evaluate wrapper records rewards for eval fairness metrics; the eval loss stays DPO's."""
+    """Calls without gradients (the host's evaluation) keep the implicit rewards for the eval metrics; the eval loss
+    stays DPO's."""
     beta = 0.1
     pc, pr, rc, rr = logps(seed=6)
     host = DPOLoss(beta)
     loss_fn = FairDPOLoss(host, RewardFairnessConfig(alpha=0.1))
-    loss_fn.start_eval_recording()
     with torch.no_grad():
         loss, _, _ = loss_fn(pc, pr, rc, rr)
-    records = loss_fn.stop_eval_recording()
+    records = loss_fn.eval_logs(gather=lambda t: t)
     assert torch.equal(loss, host(pc, pr, rc, rr)[0])
-    torch.testing.assert_close(records["chosen"], (beta * (pc - rc)).float())
-    torch.testing.assert_close(records["reject"], (beta * (pr - rr)).float())
-    assert loss_fn.micro_step == 0 and loss_fn.pop_window_metrics() == {}
+    m = (beta * (pc - rc)).float().double() - (beta * (pr - rr)).float().double()
+    x = torch.sigmoid(m)
+    assert records["fairness/jain"] == pytest.approx(float(x.sum() ** 2 / (x.numel() * (x**2).sum())), rel=1e-6)
+    assert records["fairness/F"] == pytest.approx(float(reference_F(m, -1.0)), rel=1e-6)
+    assert loss_fn.extra_logs() == {}

@@ -92,9 +92,12 @@ def test_group_mode_uses_group_mean_allocations():
     expected = reference_loss(pairwise_loss(chosen, reject), chosen - reject, config, group_ids=ids)
     assert float(out) == pytest.approx(float(expected), rel=1e-10)
     assert loss.last_metrics["fairness/items"] == 3.0
-    # ids set through set_batch_group_ids (how the host patch delivers them) give the same value
-    loss.set_batch_group_ids(ids.tolist())
-    assert float(loss(chosen, reject)) == pytest.approx(float(out), rel=1e-12)
+    # ids from the host batch through batch_inputs (how the host trainer delivers them) give the same value
+    extras = type("Extras", (list,), {})([0.0] * 10)
+    extras.group_ids = ids.tolist()
+    inputs = loss.batch_inputs((None, None, None, None, extras), step=7)
+    assert inputs["step"] == 7
+    assert float(loss(chosen, reject, **inputs)) == pytest.approx(float(out), rel=1e-12)
     # per-pair F differs from per-group F on this batch: the ids are really used
     per_pair = reference_loss(pairwise_loss(chosen, reject), chosen - reject, config)
     assert abs(float(per_pair) - float(out)) > 1e-4
@@ -161,7 +164,7 @@ def test_float32_and_bfloat16_rewards_keep_the_host_dtype():
 
 def test_metrics_of_the_last_step_and_window_means():
     chosen, reject, _ = batch()
-    loss = FairPairWiseLoss(pairwise_loss, RewardFairnessConfig(alpha=0.1))
+    loss = FairPairWiseLoss(pairwise_loss, RewardFairnessConfig(alpha=0.1), steps_per_update=2)
     loss(chosen, reject)
     first = dict(loss.last_metrics)
     x = torch.sigmoid(chosen - reject)
@@ -171,9 +174,10 @@ def test_metrics_of_the_last_step_and_window_means():
     assert first["fairness/base_loss"] == pytest.approx(float(pairwise_loss(chosen, reject)), rel=1e-9)
     assert 0 <= first["fairness/gini"] < 1 and first["fairness/items"] == 8
     loss(chosen * 3, reject)
-    window = loss.pop_window_metrics()
+    window = loss.extra_logs()  # the optimizer step's two micro-batches
     assert window["fairness/F"] == pytest.approx((first["fairness/F"] + loss.last_metrics["fairness/F"]) / 2)
-    assert loss.pop_window_metrics() == {}
+    loss(chosen * 2, reject)  # the next optimizer step starts a new mean
+    assert loss.extra_logs() == loss.last_metrics
 
 
 def test_metrics_only_mode_returns_the_host_loss_exactly():
@@ -212,14 +216,16 @@ def test_single_pair_warns_once_and_has_no_fairness_gradient():
 def test_eval_recording_returns_host_loss_and_keeps_rewards():
     chosen, reject, _ = batch()
     loss = FairPairWiseLoss(pairwise_loss, RewardFairnessConfig(alpha=0.1))
-    loss.start_eval_recording()
-    out = loss(chosen, reject, group_ids=torch.arange(8) % 2)
+    with torch.no_grad():  # the host's evaluation
+        out = loss(chosen, reject, group_ids=torch.arange(8) % 2)
     assert torch.equal(out, pairwise_loss(chosen, reject))
-    assert loss.micro_step == 0 and loss.last_metrics == {}
-    records = loss.stop_eval_recording()
-    torch.testing.assert_close(records["chosen"], chosen.float())
-    assert records["group_ids"].tolist() == [0, 1] * 4
-    assert float(loss(chosen, reject)) != float(out)  # recording is over: the fairness term is back
+    assert loss.extra_logs() == {} and loss.last_metrics == {}
+    records = loss.eval_logs(group_names=["a", "b"])
+    x = torch.sigmoid(chosen.float().double() - reject.float().double())
+    assert records["fairness/jain"] == pytest.approx(float(x.sum() ** 2 / (8 * (x**2).sum())), rel=1e-6)
+    assert records["fairness/acc/a"] == float((chosen > reject)[::2].double().mean())
+    assert loss.eval_logs() == {}  # the kept pairs were consumed
+    assert float(loss(chosen, reject)) != float(out)  # a training call: the fairness term is back
 
 
 @pytest.mark.parametrize(

@@ -1,17 +1,9 @@
-"""Fairness-aware DPO: wraps OpenRLHF's DPOTrainer (openrlhf/trainer/dpo_trainer.py).
+"""Fairness-aware DPO: OpenRLHF's DPOTrainer (openrlhf/trainer/dpo_trainer.py).
 
-`apply_fairness(config)` (called by the `openrlhf train_dpo` runner only when a fairness flag is given) applies
-the reward-model trainer's wrappers (`openrlhf_fair.host.rm_trainer.apply_to_trainer`: ``__init__``, ``fit``,
-``save_logs_and_checkpoints``, ``evaluate``, calling the originals every time) to DPOTrainer, with `FairDPOLoss`
-around the host's DPOLoss (sigmoid, cDPO or IPO) so the fairness term is computed over DPO's implicit-reward
-margins. So, as for train_rm: the run is checked before training (>= 2 pairs in the set F is computed over,
-group key vs packing), the settings are recorded in the saved model's config, group labels are fed to the loss,
-fairness metrics go into the host's step logs (progress bar, wandb, tensorboard), and evaluation logs
-Jain/Gini/F of the implicit-reward margins (and per-group metrics with ``--fairness_group_key``, whose dataset
-patch `openrlhf_fair.host.reward_dataset` serves DPO too).
-
-On an OpenRLHF carrying the native hook points of `patches/`, the loss is installed through the native loss
-hook instead (`openrlhf_fair.host.native_hooks`); the step logs then come from the host's own hook call.
+`apply_fairness(config)` (called by the `openrlhf train_dpo` runner only when a fairness flag is given) registers
+the pairwise trainers' fairness hooks (`host.pairwise_trainer`, the same adapter as train_rm's) for DPOTrainer,
+with `FairDPOLoss` around the host's DPOLoss (sigmoid, cDPO or IPO), so the fairness term and the metrics are
+over DPO's implicit-reward margins. The group-key dataset patch `host.reward_dataset` serves DPO too.
 """
 
 from __future__ import annotations
@@ -19,8 +11,9 @@ from __future__ import annotations
 from typing import Callable
 
 from openrlhf_fair.config import RewardFairnessConfig
+from openrlhf_fair.host.pairwise_trainer import apply_to_trainer
 from openrlhf_fair.host.patching import require_attribute
-from openrlhf_fair.host.rm_trainer import WRAPPED_METHODS, apply_to_trainer
+from openrlhf_fair.host.trainer_call_sites import WRAPPED_METHODS
 
 PATCH_ID = "openrlhf_fair.dpo_trainer"
 

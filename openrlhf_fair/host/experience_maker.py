@@ -1,7 +1,9 @@
 """PPO fairness shaping in OpenRLHF's experience maker (openrlhf/trainer/ppo_utils/experience_maker.py).
 
 `apply_fairness(config)` (called by the `openrlhf train_ppo_ray` runner only when a PPO fairness flag is
-given) makes `RemoteExperienceMaker.compute_advantages_and_returns` end with `shape_experiences`: the host
+given) registers `shape_experiences` at the experience hook point (`host.native_hooks`: native on a host with
+`patches/`, else this module installs its call site at the end of
+`RemoteExperienceMaker.compute_advantages_and_returns`, the one runtime patch of that method): the host
 method runs unchanged (length penalties, group baselines, reward clip + KL, GAE or returns, whitening), then
 each sample's advantages are multiplied by its fairness weight (`openrlhf_fair.shaping`), so every estimator
 keeps its own baseline and the weights are not normalised away; returns (the critic's targets) stay as they
@@ -11,8 +13,7 @@ into its logged train metrics (``fairness/F``, ``fairness/jain``, ...).
 Where it runs: the experience maker lives in OpenRLHF's PPO trainer Ray actor (or the async training actor),
 which a driver-side patch does not reach; `host.ray_workers` carries `apply_in_worker` inside the args to
 every actor process. With ``--fair_unit label:KEY`` the label column is carried too (`host.prompts_dataset`,
-`host.samples_generator`). On an OpenRLHF that has the native experience hook (`patches/`), the hook is
-registered instead of replacing the method (`host.native_hooks`).
+`host.samples_generator`).
 """
 
 from __future__ import annotations
@@ -22,14 +23,13 @@ import logging
 import sys
 from typing import Callable, List
 
-from openrlhf_fair.host import native_hooks, ray_workers
+from openrlhf_fair.host import extension_hooks, native_hooks, ray_workers
 from openrlhf_fair.host.patching import HostMismatchError, patch_attribute, require_attribute, undo_all
 from openrlhf_fair.host.samples_generator import LABEL_INFO_KEY  # carried per sample; popped before logging
 from openrlhf_fair.ppo_config import PPOFairnessConfig
 
 PATCH_ID = "openrlhf_fair.experience_maker"
 HOOK_ID = "openrlhf_fair.experience_maker.hook"
-CONFIG_ATTR = "__openrlhf_fair_config__"
 HOST_MODULE = "openrlhf.trainer.ppo_utils.experience_maker"
 WORKER_TARGET = "openrlhf_fair.host.experience_maker:apply_in_worker"
 METRIC_PREFIX = "fairness/"
@@ -168,20 +168,18 @@ def shape_experiences(maker, experiences: List, config: PPOFairnessConfig) -> Li
     return experiences
 
 
-def _wrap_compute(config: PPOFairnessConfig):
-    def make(original):
-        @functools.wraps(original)
-        def compute_advantages_and_returns(self, experiences, *args, **kwargs):
-            import torch
+def _experience_call_site(original):
+    """The runtime call site of the experience hook point (what `patches/` writes into the host method)."""
 
-            experiences = original(self, experiences, *args, **kwargs)
-            with torch.no_grad():
-                return shape_experiences(self, experiences, config)
+    @functools.wraps(original)
+    def compute_advantages_and_returns(self, experiences, *args, **kwargs):
+        import torch
 
-        setattr(compute_advantages_and_returns, CONFIG_ATTR, config)
-        return compute_advantages_and_returns
+        experiences = original(self, experiences, *args, **kwargs)
+        with torch.no_grad():
+            return extension_hooks.apply_experience_hooks(self, experiences)
 
-    return make
+    return compute_advantages_and_returns
 
 
 # --------------------------------------------------------------------------------------------- apply
@@ -212,11 +210,11 @@ def apply_in_process(config: PPOFairnessConfig) -> Callable[[], None]:
         _active.pop(PATCH_ID, None)
 
     try:  # all or nothing: a host symbol missing half-way leaves nothing patched
-        if native_hooks.use_native_hook("experience"):
-            undos.append(native_hooks.register_experience_hook(
-                lambda m, experiences: shape_experiences(m, experiences, config), HOOK_ID))
-        else:
-            undos.append(patch_attribute(maker, "compute_advantages_and_returns", _wrap_compute(config), PATCH_ID))
+        native = native_hooks.use_native_hook("experience")
+        if not native:
+            undos.append(patch_attribute(maker, "compute_advantages_and_returns", _experience_call_site, PATCH_ID))
+        undos.append(native_hooks.register_experience_hook(
+            lambda m, experiences: shape_experiences(m, experiences, config), HOOK_ID, settings=config, native=native))
         if config.label_key is not None:
             from openrlhf_fair.host import prompts_dataset, samples_generator
 

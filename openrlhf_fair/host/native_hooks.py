@@ -1,18 +1,25 @@
-"""Prefer OpenRLHF's native extension hooks (from `patches/`) to runtime patching, when the host has them.
+"""The one seam between the add-on's features and OpenRLHF: hook points, native where the host has them.
 
-`patches/openrlhf-<version>/extension-hooks.diff` adds ``openrlhf/utils/extension_hooks.py`` to OpenRLHF and calls
-it from three places: the reward-model and DPO trainers pass their loss through ``apply_loss_hooks`` (and add
-``get_loss_logs`` to their step logs), and ``compute_advantages_and_returns`` passes the experiences through
-``apply_experience_hooks`` after the advantages are normalised. On a host with those call sites the add-on
-registers hooks instead of replacing OpenRLHF attributes, for users who cannot run runtime patches.
+Features (`host.rm_trainer`, `host.dpo_trainer`, `host.experience_maker`) only register hooks; they never call
+into OpenRLHF's trainers otherwise. The hook points are those `patches/openrlhf-<version>/extension-hooks.diff`
+adds to OpenRLHF (``openrlhf/utils/extension_hooks.py`` and its call sites):
+- ``rm_loss`` / ``dpo_loss`` (RewardModelTrainer / DPOTrainer): ``apply_loss_hooks`` in ``__init__``;
+  ``get_loss_inputs`` and ``get_loss_logs`` in ``fit``; ``get_loss_inputs`` and ``get_eval_logs`` in ``evaluate``;
+- ``experience`` (RemoteExperienceMaker.compute_advantages_and_returns): ``apply_experience_hooks``.
+On a host with a point's call sites, hooks go into the host's registry and nothing is patched. Otherwise the
+point's one owning module installs the same call sites at run time (`host.trainer_call_sites` for the trainers,
+`host.experience_maker` for PPO), calling the add-on's copy of that registry (`host.extension_hooks`, the very
+file the diff adds). Either way the features' code and numbers are the same.
 
-Feature detection, not version strings: a hook point counts as present when the hooks module exists AND the
-host function really calls it (its code object names the hook function), so a half-applied diff is not trusted.
+Feature detection, not version strings: a hook point counts as present when the hooks module exists AND every
+host function of the point really calls its hook function (its code names it), so a half-applied diff is not
+trusted.
 
-``OPENRLHF_FAIR_PATCH_MODE`` chooses:
-- ``auto`` (default): native hooks where present, runtime patches elsewhere;
-- ``native``: native hooks only; runtime patching is disabled and a missing hook point is an error;
-- ``runtime``: runtime patches only, even on a patched host.
+``OPENRLHF_FAIR_PATCH_MODE`` is a diagnostic, not a feature switch:
+- ``auto`` (default): native call sites where present, runtime call sites elsewhere;
+- ``runtime``: the runtime call sites even on a patched host (to compare the two);
+- ``native``: audit mode for locked-down hosts: anything that would need a runtime patch (a missing hook point,
+  or the dataset label patches, which have no hook point) stops before training with an error naming it.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import inspect
 import os
 from typing import Any, Callable
 
+from openrlhf_fair.host import extension_hooks as runtime_registry
 from openrlhf_fair.host.patching import HostMismatchError, original_of
 from openrlhf_fair.host.version import installed_openrlhf_version
 
@@ -33,11 +41,23 @@ HOOKS_MODULE = "openrlhf.utils.extension_hooks"
 HOOK_POINTS = {
     "rm_loss": (
         "openrlhf.trainer.rm_trainer",
-        [("RewardModelTrainer.__init__", "apply_loss_hooks"), ("RewardModelTrainer.fit", "get_loss_logs")],
+        [
+            ("RewardModelTrainer.__init__", "apply_loss_hooks"),
+            ("RewardModelTrainer.fit", "get_loss_inputs"),
+            ("RewardModelTrainer.fit", "get_loss_logs"),
+            ("RewardModelTrainer.evaluate", "get_loss_inputs"),
+            ("RewardModelTrainer.evaluate", "get_eval_logs"),
+        ],
     ),
     "dpo_loss": (
         "openrlhf.trainer.dpo_trainer",
-        [("DPOTrainer.__init__", "apply_loss_hooks"), ("DPOTrainer.fit", "get_loss_logs")],
+        [
+            ("DPOTrainer.__init__", "apply_loss_hooks"),
+            ("DPOTrainer.fit", "get_loss_inputs"),
+            ("DPOTrainer.fit", "get_loss_logs"),
+            ("DPOTrainer.evaluate", "get_loss_inputs"),
+            ("DPOTrainer.evaluate", "get_eval_logs"),
+        ],
     ),
     "experience": (
         "openrlhf.trainer.ppo_utils.experience_maker",
@@ -128,41 +148,58 @@ def require_runtime_patching(what: str) -> None:
         )
 
 
+def registry(native: bool) -> Any:
+    """The hook registry the call sites of a point read: the host's (native) or the add-on's (runtime)."""
+    return hooks_module() if native else runtime_registry
+
+
 def register_loss_hook(
-    trainer_class: type, wrap_loss: Callable[[Any, Any], Any], hook_id: str, settings: Any = None
+    trainer_class: type, wrap_loss: Callable[[Any, Any], Any], hook_id: str, settings: Any = None, native: bool = True
 ) -> Callable[[], None]:
     """Register ``wrap_loss(trainer, loss_fn) -> loss_fn`` for trainers of ``trainer_class``; return the undo.
 
-    The host's loss hooks run for every trainer, so the hook leaves other trainers' losses alone. Registering
-    the same ``hook_id`` with the same ``settings`` again is harmless (one hook, a no-op undo), like
-    `patching.patch_attribute`; with other settings it is an error.
+    The loss hooks run for every trainer, so the hook leaves other trainers' losses alone. Registering the same
+    ``hook_id`` with the same ``settings`` again is harmless (one hook, a no-op undo), like
+    `patching.patch_attribute`; with other settings it is an error. ``native``: into the host's registry
+    (else the add-on's, read by the runtime call sites).
     """
 
     def hook(trainer: Any, loss_fn: Any) -> Any:
         return wrap_loss(trainer, loss_fn) if isinstance(trainer, trainer_class) else loss_fn
 
-    return _register("register_loss_hook", hook, hook_id, settings)
+    return _register(registry(native), "register_loss_hook", hook, hook_id, settings)
+
+
+def register_eval_hook(
+    trainer_class: type, eval_logs: Callable[[Any], dict], hook_id: str, settings: Any = None, native: bool = True
+) -> Callable[[], None]:
+    """Register ``eval_logs(trainer) -> dict`` (scalars for the eval logs) for trainers of ``trainer_class``."""
+
+    def hook(trainer: Any) -> dict:
+        return eval_logs(trainer) if isinstance(trainer, trainer_class) else {}
+
+    return _register(registry(native), "register_eval_hook", hook, hook_id, settings)
 
 
 def register_experience_hook(
-    shape: Callable[[Any, list], list], hook_id: str, settings: Any = None
+    shape: Callable[[Any, list], list], hook_id: str, settings: Any = None, native: bool = True
 ) -> Callable[[], None]:
     """Register ``shape(maker, experiences) -> experiences`` (runs after advantages are normalised); undo."""
-    return _register("register_experience_hook", shape, hook_id, settings)
+    return _register(registry(native), "register_experience_hook", shape, hook_id, settings)
 
 
 _registered: dict[str, tuple[Callable[[], None], Any]] = {}  # hook id -> (remove, settings)
 
 
-def _register(register_name: str, hook: Callable, hook_id: str, settings: Any) -> Callable[[], None]:
+def _register(hooks: Any, register_name: str, hook: Callable, hook_id: str, settings: Any) -> Callable[[], None]:
     if hook_id in _registered:
         registered_settings = _registered[hook_id][1]
         if registered_settings != settings:
             raise ValueError(
-                f"openrlhf-fair: native hook {hook_id} is already registered with other settings: {registered_settings}"
+                f"openrlhf-fair: hook {hook_id} is already registered with other settings: {registered_settings}"
             )
         return lambda: None
-    remove = getattr(hooks_module(), register_name)(hook)
+    remove = getattr(hooks, register_name)(hook)
     entry = _registered[hook_id] = (remove, settings)
 
     def undo() -> None:
