@@ -143,7 +143,8 @@ class FairPairWiseLoss(nn.Module):
     # ------------------------------------------------------------------------------------------- the loss
     def fairness_loss(self, base, chosen_reward, reject_reward, margin=None, ids=None, step: int = 1):
         """(loss, metrics) of one training call: the pure computation, no state but the few-items warning."""
-        self._check_finite(step, base=base, reward=(chosen_reward, reject_reward), margin=margin)
+        self._check_finite(step, [("base loss", base), ("rewards", chosen_reward), ("rewards", reject_reward),
+                                  ("margin", margin if isinstance(margin, torch.Tensor) else None)])
         if self.config.group_key is not None and ids is None:
             raise FairnessTrainingError(
                 f"{self._where(step)}: --fairness_group_key {self.config.group_key} is set but the batch carries "
@@ -183,14 +184,14 @@ class FairPairWiseLoss(nn.Module):
         }
         return loss, metrics
 
-    def _check_finite(self, step: int, **tensors) -> None:
+    def _check_finite(self, step: int, named: list) -> None:
         """A NaN/Inf base loss, reward or host margin stops the run naming the step (one device sync if all fine)."""
-        named = [(name, t) for name, ts in tensors.items() for t in (ts if isinstance(ts, tuple) else (ts,)) if t is not None]
-        if bool(torch.stack([torch.isfinite(t.detach()).all() for _, t in named]).all()):
+        named = [(name, t.detach()) for name, t in named if t is not None]
+        if bool(torch.stack([torch.isfinite(t).all() for _, t in named]).all()):
             return
-        bad = sorted({name for name, t in named if not bool(torch.isfinite(t.detach()).all())})
+        bad = [name for name, t in named if not bool(torch.isfinite(t).all())]
         raise FairnessTrainingError(
-            f"{self._where(step)}: the {' and the '.join(bad)} contain(s) NaN/Inf; stopping rather than training a "
+            f"{self._where(step)}: NaN/Inf in the {', '.join(dict.fromkeys(bad))}; stopping rather than training a "
             "NaN model. Check the data (e.g. the margin column with --model.margin_loss_enable) and the learning rate."
         )
 

@@ -129,7 +129,7 @@ def test_flags_off_is_bit_identical_to_plain_openrlhf(workdir, plain, ours_flags
     for key in theirs:
         assert ours[key].dtype == theirs[key].dtype and bool((ours[key] == theirs[key]).all()), key
     assert "openrlhf_fair" not in saved_config(workdir, ours_flags_off)
-    assert not any(tag.startswith("train/fair_") for tag in scalars(workdir, ours_flags_off))
+    assert not any(tag.startswith("train/fairness/") for tag in scalars(workdir, ours_flags_off))
 
 
 @pytest.mark.timeout(600)
