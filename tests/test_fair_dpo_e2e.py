@@ -120,5 +120,5 @@ def test_native_hooks_train_exactly_like_the_runtime_patches(tiny_llama, dpo_dat
     assert result.returncode == 0, log[-4000:]
     assert log.count("using OpenRLHF's native dpo_loss hook") == 1
     assert "fairness/F=" in log and "fairness/jain=" in log
-    assert "openrlhf-fair eval:" not in log  # the runtime-only evaluate wrapper was not applied
+    assert "openrlhf-fair eval: fairness/jain=" in log  # eval metrics through the native eval hook (issue 10: parity)
     assert weights(out) == weights(fr_run[0])
