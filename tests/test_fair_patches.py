@@ -408,3 +408,11 @@ def test_integration_tests_pass_on_a_patched_copy_in_native_mode(patched_copy, t
     assert result.returncode == 0, out[-6000:]
     passed = int(re.search(r"(\d+) passed", out).group(1))
     assert passed >= 3 + 2 * len(files) and " skipped" not in out.split("\n")[-2], out[-3000:]
+
+
+def test_the_diffs_hooks_module_is_the_add_ons_runtime_registry(patched_copy):
+    """One registry: the file the diff adds to OpenRLHF is byte for byte the one the runtime call sites read."""
+    from openrlhf_fair.host import extension_hooks
+
+    added = (patched_copy / "openrlhf/utils/extension_hooks.py").read_bytes()
+    assert added == Path(extension_hooks.__file__).read_bytes()
