@@ -357,3 +357,24 @@ def test_group_key_errors_come_before_processing(host, tokenizer, packing, messa
             make_dataset(host, tokenizer, rows(), packing=packing)
     finally:
         undo()
+
+
+def test_group_labels_follow_the_rows_the_host_keeps(host, tokenizer):
+    """DPO drops rows whose prompt is too long for max_length; the labels of the kept rows stay theirs."""
+    import datasets
+
+    from openrlhf_fair.host.reward_dataset import apply_group_labels
+
+    data = rows()
+    data[1]["prompt"] = "Human: " + "very long question " * 40 + "Assistant:"  # row 1 (harmless) is dropped
+    strategy = FakeStrategy()
+    strategy.args.data = SimpleNamespace(prompt_key="prompt", chosen_key="chosen", rejected_key="rejected", apply_chat_template=False)
+    undo = apply_group_labels("category")
+    try:
+        dpo = host.reward_dataset.RewardDataset(datasets.Dataset.from_list(data), tokenizer, 64, strategy,
+                                                is_dpo=True, num_processors=1)  # fmt: skip
+    finally:
+        undo()
+    assert len(dpo) == 5 and dpo.fair_group_names == ["harmless", "helpful", "other"]
+    assert [dpo.fair_group_names[i] for i in dpo.fair_group_ids] == ["helpful", "helpful", "other", "harmless", "helpful"]
+    assert all(isinstance(extra, int) for extra in dpo.extras)  # the host's own prompt lengths, restored

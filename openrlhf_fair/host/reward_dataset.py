@@ -3,7 +3,10 @@
 The host's RewardDataset keeps only prompt/chosen/rejected/margin and its batches are a fixed 5-tuple
 (chosen_ids, chosen_mask, reject_ids, reject_mask, extras). We keep that tuple: the 5th element becomes a
 `GroupTaggedExtras`, a list equal to the host's own extras that also carries ``.group_ids`` (one int per pair)
-and ``.group_names`` (id -> label). Patched only when a group key is set; nothing happens at import time.
+and ``.group_names`` (id -> label). The label is read where the host reads each raw row (``process_data``) and
+rides in that row's "extra" value through the host's map and filter, so it stays with exactly the rows the host
+keeps (DPO drops over-long prompts); ``__init__`` then restores the host's own extras and keeps the ids.
+Patched only when a group key is set; nothing happens at import time.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Callable
 from openrlhf_fair.host.patching import HostMismatchError, patch_attribute, require_attribute, undo_all
 
 PATCH_ID = "openrlhf_fair.reward_dataset.group_labels"
+LABELLED_EXTRA = "host_extra"  # process_data's "extra" value, next to the row's label, until __init__ ends
 
 
 class GroupTaggedExtras(list):
@@ -30,25 +34,6 @@ class GroupKeyError(ValueError):
     """``--fairness_group_key`` cannot be used with this dataset or these host flags."""
 
 
-class _MapCapture:
-    """Passes everything to the wrapped `datasets.Dataset`; remembers the result of its one ``map`` call, whose
-    ``prompt`` column tells which rows RewardDataset keeps (it drops rows whose prompt becomes None)."""
-
-    def __init__(self, dataset) -> None:
-        self._dataset = dataset
-        self.mapped = None
-
-    def __getattr__(self, name):
-        return getattr(self._dataset, name)
-
-    def __len__(self) -> int:
-        return len(self._dataset)
-
-    def map(self, *args, **kwargs):
-        self.mapped = self._dataset.map(*args, **kwargs)
-        return self.mapped
-
-
 def check_group_key_with_host_args(group_key: str, host_args) -> None:
     """Refuse host settings the group labels cannot follow (before any data is processed)."""
     if getattr(host_args.ds, "packing_samples", False):
@@ -56,6 +41,22 @@ def check_group_key_with_host_args(group_key: str, host_args) -> None:
             f"--fairness_group_key {group_key} is not supported with --ds.packing_samples (untested on the host's "
             "packed batches): drop one of the two flags"
         )
+
+
+def _wrap_process_data(group_key: str) -> Callable[[Callable], Callable]:
+    """The host's per-row call site, which sees the raw row: its "extra" value travels on with the row's label
+    through the host's map and filter, so the label stays with exactly the rows the host keeps."""
+
+    def make(original):
+        @functools.wraps(original)
+        def process_data(self, data):
+            processed = original(self, data)
+            processed["extra"] = {LABELLED_EXTRA: processed["extra"], "label": str(data[group_key])}
+            return processed
+
+        return process_data
+
+    return make
 
 
 def _wrap_init(group_key: str) -> Callable[[Callable], Callable]:
@@ -73,20 +74,15 @@ def _wrap_init(group_key: str) -> Callable[[Callable], Callable]:
                     f"--fairness_group_key {group_key}: the dataset has no column '{group_key}' "
                     f"(its columns: {', '.join(columns)})"
                 )
-            capture = _MapCapture(dataset)
-            bound.arguments["dataset"] = capture
             original(*bound.args, **bound.kwargs)
-            if capture.mapped is None:
+            extras = list(self.extras)
+            if not all(isinstance(extra, dict) and LABELLED_EXTRA in extra for extra in extras):
                 raise HostMismatchError(
-                    "openrlhf-fair: RewardDataset.__init__ no longer calls dataset.map; the group-label patch "
-                    "needs updating for this OpenRLHF version"
+                    "openrlhf-fair: RewardDataset.__init__ no longer keeps process_data's 'extra' per row; the "
+                    "group-label patch needs updating for this OpenRLHF version"
                 )
-            labels = [str(label) for label, prompt in zip(dataset[group_key], capture.mapped["prompt"]) if prompt is not None]
-            if len(labels) != len(self):
-                raise HostMismatchError(
-                    f"openrlhf-fair: RewardDataset kept {len(self)} rows but {len(labels)} group labels line up "
-                    "with them; the group-label patch needs updating for this OpenRLHF version"
-                )
+            self.extras = [extra[LABELLED_EXTRA] for extra in extras]  # the host's own values again
+            labels = [extra["label"] for extra in extras]
             names = sorted(set(labels))
             index = {name: i for i, name in enumerate(names)}
             self.fair_group_names = names
@@ -129,10 +125,11 @@ def apply_group_labels(group_key: str) -> Callable[[], None]:
     from openrlhf.datasets import reward_dataset as host
 
     cls = require_attribute(host, "RewardDataset", "the preference dataset of train_rm / train_dpo")
-    for name in ("__init__", "__getitem__", "collate_fn"):
+    for name in ("__init__", "process_data", "__getitem__", "collate_fn"):
         require_attribute(cls, name, "RewardDataset method wrapped for --fairness_group_key")
     undos = [  # every symbol was checked above, so these cannot fail half-way
         patch_attribute(cls, "__init__", _wrap_init(group_key), f"{PATCH_ID}.init"),
+        patch_attribute(cls, "process_data", _wrap_process_data(group_key), f"{PATCH_ID}.process_data"),
         patch_attribute(cls, "__getitem__", _wrap_getitem, f"{PATCH_ID}.getitem"),
         patch_attribute(cls, "collate_fn", _wrap_collate_fn, f"{PATCH_ID}.collate_fn"),
     ]
