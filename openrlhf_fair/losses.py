@@ -15,8 +15,10 @@ F = f_tau(x) / n (`openrlhf_fair.fairness`; tau = -1 gives Jain's index). With b
   the authors did.
 
 F needs at least 2 items (pairs, or groups in group mode): with one item it is a constant with zero gradient;
-that case warns once (the host patch refuses micro-batches of one pair before training). A NaN/Inf F raises
-`FairnessTrainingError` naming the step. This module imports torch only, never openrlhf.
+that case warns once (the host patch refuses micro-batches of one pair before training). A NaN/Inf base loss,
+reward, host margin or F raises `FairnessTrainingError` naming the step. No side channels: group ids and the
+step are call arguments, metrics are return values (`FairPairWiseLoss.fairness_loss`) or what the loss logs
+(`extra_logs`, `eval_logs`). This module imports torch only, never openrlhf.
 """
 
 from __future__ import annotations
@@ -34,10 +36,6 @@ from openrlhf_fair.metrics import gini_coefficient, jain_index, pairwise_eval_me
 
 __all__ = ["FairPairWiseLoss", "FairnessTrainingError", "RewardFairnessConfig"]
 
-# Names of the per-step metrics, as logged (the host prefixes train/ or eval/).
-METRIC_NAMES = (
-    "fairness/base_loss", "fairness/term", "fairness/F", "fairness/jain", "fairness/gini", "fairness/items",
-)
 
 
 class FairnessTrainingError(RuntimeError):
