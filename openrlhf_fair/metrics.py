@@ -219,7 +219,7 @@ def pairwise_eval_metrics(
     rejected responses together), ``fairness/margin/<g>`` (mean margin); the best-minus-worst gaps of the three
     (``fairness/acc_gap``, ``fairness/reward_gap``, ``fairness/margin_gap``), ``fairness/worst_group_acc`` and,
     with >= 2 non-empty groups, ``fairness/F_groups`` (F over the groups' mean allocations, as group-mode
-    training computes it). <g> is `metric_safe_name` of the group's name.
+    training computes it). <g> is the group's `metric_safe_names` name (two names that would collide raise).
     """
     c, r = _values(chosen, "chosen rewards"), _values(reject, "rejected rewards")
     if c.numel() != r.numel():
@@ -242,9 +242,10 @@ def pairwise_eval_metrics(
     rewards, _ = group_means(torch.cat([c, r]), torch.cat([g, g]), num_groups=k)
     margin_means, _ = group_means(margins, g, num_groups=k)
     present = counts > 0
+    safe_names = metric_safe_names(group_names)
     for i, name in enumerate(group_names):
         if bool(present[i]):
-            safe = metric_safe_name(name)
+            safe = safe_names[str(name)]
             out[f"fairness/acc/{safe}"] = float(acc[i])
             out[f"fairness/reward/{safe}"] = float(rewards[i])
             out[f"fairness/margin/{safe}"] = float(margin_means[i])

@@ -125,3 +125,8 @@ def test_extreme_margins_give_an_infinite_F_not_an_error():
 def test_bad_input_raises(chosen, reject, ids):
     with pytest.raises(FairnessInputError):
         pairwise_eval_metrics(chosen, reject, tau=-1.0, temperature=1.0, group_ids=ids, group_names=["a"] if ids else None)
+
+
+def test_group_names_that_collide_as_metric_names_are_refused():
+    with pytest.raises(FairnessInputError, match="both become the metric name 'help_ful'"):
+        run(names=["help ful", "help/ful"])
