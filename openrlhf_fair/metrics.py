@@ -228,9 +228,9 @@ def pairwise_eval_metrics(
     x = torch.sigmoid(margins / temperature)
     sign = fairness_sign(tau)
     out = {
-        "fairness/F": sign * exp_or_inf(float(log_fairness_of_margins(margins, tau, temperature))),
         "fairness/jain": jain_index(x),
         "fairness/gini": gini_coefficient(x),
+        "fairness/F": sign * exp_or_inf(float(log_fairness_of_margins(margins, tau, temperature))),
     }
     if group_ids is None:
         return out

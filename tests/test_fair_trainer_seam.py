@@ -143,7 +143,7 @@ def test_eval_metrics_join_the_host_eval_logs(host, monkeypatch, rm_patch):
     assert logs["eval_loss"] == 0.5 and logs["fairness/acc/harmless"] == 1.0 and logs["fairness/acc/helpful"] == 0.0
     assert logs["fairness/margin/helpful"] == pytest.approx(-1.0) and "fairness/F_groups" in logs
     assert "all_reduce" not in vars(trainer.strategy)  # the call site is gone after evaluate
-    assert any(line.startswith("openrlhf-fair eval: fairness/F=") for line in trainer.strategy.printed)
+    assert any(line.startswith("openrlhf-fair eval: fairness/jain=") for line in trainer.strategy.printed)
 
 
 # ----------------------------------------------------------------------------------------------- runtime stops
