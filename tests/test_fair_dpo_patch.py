@@ -18,10 +18,12 @@ METHODS = ("__init__", "fit", "save_logs_and_checkpoints", "evaluate")
 def host():
     from openrlhf_fair.cpu_backend import stand_ins
 
-    stand_ins.install("flash_attn")
+    installed = stand_ins.install("flash_attn")  # False where the real package (or an earlier stand-in) serves it
     import openrlhf.trainer.dpo_trainer as dpo_trainer
 
-    return dpo_trainer
+    yield dpo_trainer
+    if installed:
+        stand_ins.uninstall("flash_attn")
 
 
 @pytest.fixture
