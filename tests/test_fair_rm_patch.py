@@ -244,7 +244,6 @@ def test_global_scope_with_one_pair_per_rank_on_two_ranks_is_accepted(host, rm_p
     if not accepted:
         with pytest.raises(ValueError, match=r"global micro-batch \(1 data-parallel rank\(s\)\) has 1"):
             make_trainer(host, strategy=strategy)
-        assert strategy.printed == []
         return
     trainer, model, _ = make_trainer(host, strategy=strategy)
     from openrlhf_fair.losses import FairPairWiseLoss
