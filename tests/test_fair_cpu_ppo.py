@@ -425,12 +425,12 @@ def openrlhf_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "openrlhf_fair.cli.main"]
 
 
-def run_ppo(tmp_path: Path, model: Path, extra: list[str]) -> tuple[dict, dict, list[dict], Path]:
+def ppo_argv(tmp_path: Path, model: Path, extra: list[str]) -> list[str]:
+    """A 3-step CPU `openrlhf train_ppo_ray` command line writing under ``tmp_path`` (prompts file included)."""
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"input": f"Human: {PROMPTS[i % 4]} Assistant:", "label": str(i % 2)})
                                + "\n" for i in range(STEPS * ROLLOUT_BATCH)))
-    rollout_log = tmp_path / "rollout.jsonl"
-    argv = openrlhf_command() + [
+    return openrlhf_command() + [
         "--cpu", "train_ppo_ray",
         "--actor.model_name_or_path", str(model),
         "--vllm.num_engines", "1", "--vllm.sync_backend", "gloo",
@@ -444,8 +444,15 @@ def run_ppo(tmp_path: Path, model: Path, extra: list[str]) -> tuple[dict, dict, 
         "--logger.tensorboard_dir", str(tmp_path / "tb"),
         "--ckpt.output_dir", str(tmp_path / "final"), "--ckpt.path", str(tmp_path / "ckpt"),
     ] + extra
-    env = {"TORCHDYNAMO_DISABLE": "1", "RAY_DEDUP_LOGS": "0", "OPENRLHF_FAIR_ROLLOUT_LOG": str(rollout_log),
-           "TOKENIZERS_PARALLELISM": "false", "RAY_ADDRESS": ""}
+
+
+PPO_ENV = {"TORCHDYNAMO_DISABLE": "1", "RAY_DEDUP_LOGS": "0", "TOKENIZERS_PARALLELISM": "false", "RAY_ADDRESS": ""}
+
+
+def run_ppo(tmp_path: Path, model: Path, extra: list[str]) -> tuple[dict, dict, list[dict], Path]:
+    argv = ppo_argv(tmp_path, model, extra)
+    rollout_log = tmp_path / "rollout.jsonl"
+    env = {**PPO_ENV, "OPENRLHF_FAIR_ROLLOUT_LOG": str(rollout_log)}
     log = tmp_path / "train_ppo_ray.log"
     stats = run_measured(argv, env, timeout=230, log_path=log)
     text = log.read_text(errors="replace")
