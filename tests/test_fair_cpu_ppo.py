@@ -65,9 +65,12 @@ def test_unsupported_ppo_args_fail_naming_the_flag(override, flag):
 
 
 def test_nccl_weight_sync_becomes_gloo_and_other_commands_are_untouched():
-    from openrlhf_fair.cpu_backend.ray_support import _checked_hierarchize
+    from openrlhf_fair.cpu_backend.ray_support import check_parsed_args
 
-    hierarchize = _checked_hierarchize(lambda args: args)
+    def hierarchize(args):  # what host.parsed_args does with the hook
+        check_parsed_args(args)
+        return args
+
     args = hierarchize(ppo_args(train__colocate_all=True))  # would be CUDA IPC with nccl
     assert args.vllm.sync_backend == "gloo"
     rm_args = SimpleNamespace(train=SimpleNamespace(batch_size=8))  # train_rm has no vllm group

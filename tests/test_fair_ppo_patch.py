@@ -52,9 +52,9 @@ def hm():
 
     for target in list(ray_workers._registered):
         ray_workers._registered.pop(target)
-    if ray_workers._undo_hierarchize is not None:
-        ray_workers._undo_hierarchize()
-        ray_workers._undo_hierarchize = None
+    if ray_workers._undo_hook is not None:
+        ray_workers._undo_hook()
+        ray_workers._undo_hook = None
 
 
 def make_args(estimator: str, n: int = N_SAMPLES):
