@@ -47,7 +47,6 @@ PROCESS_START_ENV = "OPENRLHF_FAIR_WORKER_SETUP"  # JSON list of [target, payloa
 
 # Setups the driver has registered, in registration order: target -> payload.
 _registered: dict[str, Any] = {}
-_undo_hook: Callable[[], None] | None = None
 
 
 def resolve(target: str) -> Callable[[Any], Any]:
@@ -101,22 +100,18 @@ def attach(args: Any) -> Any:
 def carry_to_workers(target: str, payload: Any) -> Callable[[], None]:
     """Run ``target(payload)`` in every process that receives OpenRLHF's args; return the undo function.
 
-    Registering the same target again replaces its payload. The first registration hooks the parsed args
-    (`host.parsed_args`); the last undo unhooks them.
+    Registering the same target again replaces its payload. While any setup is registered, the parsed args
+    are hooked (`host.parsed_args`); the last undo unhooks them.
     """
-    global _undo_hook
     WorkerSetup([(target, payload)])  # validates the target's form now, in the driver
     _registered[target] = payload
-    if _undo_hook is None:
-        _undo_hook = parsed_args.on_parsed_args(HOOK_ID, attach)
+    unhook = parsed_args.on_parsed_args(HOOK_ID, attach)
 
     def undo() -> None:
-        global _undo_hook
         if _registered.get(target) is payload:
             del _registered[target]
-        if not _registered and _undo_hook is not None:
-            _undo_hook()
-            _undo_hook = None
+        if not _registered:
+            unhook()
 
     return undo
 
