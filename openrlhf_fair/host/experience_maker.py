@@ -10,7 +10,7 @@ into its logged train metrics (``fairness/F``, ``fairness/jain``, ...).
 
 Where it runs: the experience maker lives in OpenRLHF's PPO trainer Ray actor (or the async training actor),
 which a driver-side patch does not reach; `host.ray_workers` carries `apply_in_worker` inside the args to
-every actor process (the one way into Ray workers; its docstring says what runs where and when). With ``--fair_unit label:KEY`` the label column is carried too (`host.prompts_dataset`,
+every actor process. With ``--fair_unit label:KEY`` the label column is carried too (`host.prompts_dataset`,
 `host.samples_generator`). On an OpenRLHF that has the native experience hook (`patches/`), the hook is
 registered instead of replacing the method (`host.native_hooks`).
 """
@@ -22,7 +22,7 @@ import logging
 import sys
 from typing import Callable, List
 
-from openrlhf_fair.host import import_hooks, native_hooks, ray_workers
+from openrlhf_fair.host import native_hooks, ray_workers
 from openrlhf_fair.host.patching import HostMismatchError, patch_attribute, require_attribute, undo_all
 from openrlhf_fair.host.samples_generator import LABEL_INFO_KEY  # carried per sample; popped before logging
 from openrlhf_fair.ppo_config import PPOFairnessConfig
@@ -243,7 +243,7 @@ def apply_in_worker(payload: dict) -> None:
     that never make experience (vLLM engines, model actors) import nothing because of us.
     """
     config = PPOFairnessConfig.from_payload(payload)
-    import_hooks.when_imported(HOST_MODULE, lambda _module: apply_in_process(config))
+    ray_workers.when_imported(HOST_MODULE, lambda _module: apply_in_process(config))
 
 
 def apply_fairness(config: PPOFairnessConfig) -> Callable[[], None]:
