@@ -21,8 +21,6 @@ ADDON_COMMANDS = {
     "demo": ("openrlhf_fair.demo", "train BT / fairness-regularised / fairness-coefficient reward models on real data and compare"),
     "ppo-report": ("openrlhf_fair.ppo_report", "plot per-group reward, fairness weights and F over the steps of train_ppo_ray runs (TensorBoard logs)"),
 }
-# Those that load OpenRLHF's models: the CPU backend serves the host's CUDA-only imports where they are missing.
-MODEL_LOADING_COMMANDS = ("report", "demo")
 
 
 def build_parser(host_commands: list[str]) -> argparse.ArgumentParser:
@@ -63,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0 if argv else 2
     if args.command in ADDON_COMMANDS:
-        if args.command in MODEL_LOADING_COMMANDS:
+        if args.command in ("report", "demo"):  # they load OpenRLHF's models: serve its CUDA-only imports if missing
             from openrlhf_fair import cpu_backend
 
             cpu_backend.serve_missing_host_imports()
