@@ -145,6 +145,28 @@ def test_worker_hook_is_lazy_then_activates_on_first_openrlhf_import():
     assert lines["replay_device"] == "cpu"
 
 
+def test_the_jobs_process_start_hook_runs_the_cpu_worker_setup(monkeypatch):
+    """What Ray does with ray_init_kwargs' runtime_env in each worker process: import the hook by its dotted name
+    and call it, with the runtime_env's variables set (host.ray_workers, step 4)."""
+    from openrlhf_fair.cpu_backend import ray_support
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    runtime_env = ray_support.ray_init_kwargs({})["runtime_env"]
+    module, _, function = runtime_env["worker_process_setup_hook"].rpartition(".")
+    out = run_python(
+        f"""
+        import importlib, sys
+        getattr(importlib.import_module({module!r}), {function!r})()
+        print("torch_after_hook", "torch" in sys.modules)
+        import openrlhf.trainer.ray.vllm_engine
+        from openrlhf_fair import cpu_backend
+        print("active", cpu_backend.is_active())
+        """,
+        env=runtime_env["env_vars"],
+    )
+    assert "torch_after_hook False" in out.stdout and "active True" in out.stdout
+
+
 def test_vllm_stand_in_never_shadows_an_installed_vllm(tmp_path):
     fake = tmp_path / "vllm"
     fake.mkdir()
