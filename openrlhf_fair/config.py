@@ -26,7 +26,15 @@ COEF_FORMS = ("paper", "inverse")
 SCOPES = ("micro", "global")
 
 
-class FairnessConfigError(ValueError):
+class AddonError(Exception):
+    """Base of the add-on's errors a user can act on (a setting, the data, the host's version).
+
+    The message says what is wrong and what to do; the `openrlhf` command prints it alone and exits 2 (the
+    traceback only with OPENRLHF_FAIR_DEBUG=1 or ``openrlhf --debug``; see `openrlhf_fair.cli.runner`).
+    """
+
+
+class FairnessConfigError(AddonError, ValueError):
     """A fairness setting that cannot work (tau = 1, negative ALPHA/GAMMA, ...); the message names the flag."""
 
 
@@ -37,14 +45,17 @@ def _finite(name: str, value: float) -> float:
     return value
 
 
-def setting(default, help: str, *, metavar=None, choices=None, flag=None, deprecation_note: str = ""):
+def setting(default, help: str, *, metavar=None, choices=None, flag=None, deprecation_note: str = "",
+            counterpart: str = ""):
     """A config field with everything its command-line flag needs (TRL style: the field is the one definition).
 
     help: what it does, the paper it comes from and a sensible value (`openrlhf_fair.cli.flags` appends the
     default). flag: the flag's full name when it is not ``--<FLAG_PREFIX><field name>`` (such a flag has no
     deprecated alias). deprecation_note: added to the one-time message printed when the deprecated alias is used.
+    counterpart: what to pass instead when the flag is given to a subcommand that does not have it.
     """
-    metadata = {"help": help, "metavar": metavar, "choices": choices, "flag": flag, "deprecation_note": deprecation_note}
+    metadata = {"help": help, "metavar": metavar, "choices": choices, "flag": flag, "deprecation_note": deprecation_note,
+                "counterpart": counterpart}
     return field(default=default, metadata=metadata)
 
 
@@ -82,7 +93,7 @@ class RewardFairnessConfig:
     group_key: Optional[str] = setting(
         None, "Dataset column (e.g. category): F over per-group mean allocations instead of per pair, and per-group "
               "accuracy / mean reward / best-minus-worst gap at evaluation. Not with --ds.packing_samples.",
-        metavar="KEY")
+        metavar="KEY", counterpart="--fair_unit label:KEY (agents = the prompts sharing a value of that column)")
 
     def __post_init__(self) -> None:
         if self.reg is not None and self.coef is not None:

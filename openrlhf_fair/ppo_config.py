@@ -44,7 +44,8 @@ class PPOFairnessConfig:
     unit: str = setting(
         "sample", "Who the agents are: sample (like the paper's pairs), prompt (the n samples of one prompt, x = "
                   "their mean), or label:KEY (prompts sharing the value of prompt-dataset column KEY; logs mean "
-                  "reward per label).", metavar="UNIT")
+                  "reward per label).", metavar="UNIT",
+        counterpart="--fairness_group_key KEY (F over per-group mean allocations)")
     weight_clip: tuple[float, float] = setting(
         DEFAULT_WEIGHT_CLIP, "Clip the weights to [LOW, HIGH] before renormalising to mean 1 (0 5: never flip an "
                              "advantage's sign; at most 5x for one agent).", metavar=("LOW", "HIGH"))

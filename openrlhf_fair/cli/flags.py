@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import os
 import sys
 import typing
@@ -101,10 +102,17 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> argparse.Arg
     return parser
 
 
-def _parser(command: str) -> Optional[argparse.ArgumentParser]:
+class _Parser(argparse.ArgumentParser):
+    """Errors are one line (``openrlhf <command>: error: ...``, exit 2), without a usage of only our flags."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _parser(command: str) -> Optional[_Parser]:
     if command not in FLAG_SETS:
         return None
-    parser = argparse.ArgumentParser(prog=f"openrlhf {command}", add_help=False, allow_abbrev=False)
+    parser = _Parser(prog=f"openrlhf {command}", add_help=False, allow_abbrev=False)
     return add_arguments(parser, command)
 
 
@@ -113,6 +121,43 @@ def config_from_namespace(command: str, ns: argparse.Namespace):
     config_class = FLAG_SETS[command][0]
     given = {f.name: getattr(ns, f.name) for f in dataclasses.fields(config_class) if getattr(ns, f.name) is not None}
     return config_class(**given) if given else None
+
+
+def spellings(command: str) -> dict[str, dataclasses.Field]:
+    """Every accepted spelling of the command's add-on flags (current and deprecated) -> its setting."""
+    config_class = FLAG_SETS[command][0]
+    names = {}
+    for field in dataclasses.fields(config_class):
+        names[flag_name(config_class, field)] = field
+        if not field.metadata["flag"]:
+            names[f"--{config_class.DEPRECATED_PREFIX}{field.name}"] = field
+    return names
+
+
+def unknown_addon_flag(command: str, host_argv: list[str]) -> Optional[str]:
+    """An error for the first host argument that is a near miss of the add-on's flags, else None.
+
+    Near miss: a flag of another subcommand (with its counterpart here, if any), any unknown ``--fair*`` (the
+    add-on's prefix, which OpenRLHF does not use), or an undotted flag within a typo of one of ours (OpenRLHF's
+    own flags are dotted, e.g. ``--train.micro_batch_size``, or few and far from ours, e.g. ``--local_rank``).
+    """
+    ours, config_class = spellings(command), FLAG_SETS[command][0]
+    current = list(dict.fromkeys(flag_name(config_class, field) for field in ours.values()))
+    for token in host_argv:
+        name = token.split("=", 1)[0]
+        if not name.startswith("--") or "." in name:
+            continue
+        elsewhere = {other: spellings(other)[name] for other in FLAG_SETS if name in spellings(other)}
+        if elsewhere:
+            counterpart = next(iter(elsewhere.values())).metadata["counterpart"]
+            instead = f"; on {command} use {counterpart}" if counterpart else ""
+            return f"{name} is a flag of {'/'.join(elsewhere)}, not of {command}{instead}"
+        close = difflib.get_close_matches(name, list(ours), n=1, cutoff=0.8)
+        if close:
+            return f"unrecognized argument {name}; did you mean {flag_name(config_class, ours[close[0]])}?"
+        if name.startswith("--fair"):
+            return f"unrecognized argument {name}; the add-on's flags of {command}: {', '.join(current)}"
+    return None
 
 
 def parse_fairness_args(command: str, argv: list[str]) -> tuple[Optional[object], list[str]]:
@@ -124,6 +169,9 @@ def parse_fairness_args(command: str, argv: list[str]) -> tuple[Optional[object]
     if parser is None:
         return None, list(argv)
     ns, rest = parser.parse_known_args(list(argv))
+    mistake = unknown_addon_flag(command, rest)
+    if mistake:
+        parser.error(mistake)
     try:
         config = config_from_namespace(command, ns)
     except FairnessConfigError as err:
