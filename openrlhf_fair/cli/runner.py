@@ -74,11 +74,7 @@ def _run_host_cli(command: str, argv: list[str], cpu: bool | None) -> int:
     if config is not None and not wants_help(argv):  # pre-run data checks only with a fairness flag
         from openrlhf_fair import preflight
 
-        try:
-            preflight.check(command, rest, config)
-        except preflight.PreflightError as err:
-            print(err, file=sys.stderr, flush=True)
-            return 2
+        preflight.check(command, rest, config)  # raises PreflightError (an AddonError): one message, exit 2
 
     from openrlhf_fair import cpu_backend
 
