@@ -188,7 +188,7 @@ def train(cfg: dict, paths: dict, out: Path, estimator: str, method: str, seed: 
 
 
 def _heavy(cmd: list[str]) -> list[str]:
-    """On a shared machine, take the machine-wide heavy-job lock per run (OPENRLHF_FAIR_HEAVY_LOCK=path)."""
+    """Optionally take a machine-wide lock per training run (OPENRLHF_FAIR_HEAVY_LOCK=path), on a shared machine."""
     lock = os.environ.get("OPENRLHF_FAIR_HEAVY_LOCK")
     return (["flock", lock] + cmd) if lock else cmd
 
@@ -222,16 +222,16 @@ def main(argv=None) -> int:
         return 0
     from evaluate import evaluate_policy  # examples/ppo_fairness/evaluate.py
 
-    runs = [(e, m, s) for s in args.seeds for e in args.estimators for m in args.methods]
-    for seed in args.seeds:
+    for seed in args.seeds:  # seed by seed, so that an interrupted series leaves complete seeds
         if args.stage in ("evaluate", "all"):
             evaluate_policy(cfg, paths, out, paths["policy"], out / "eval" / f"base-s{seed}.json", seed)
-    for estimator, method, seed in runs:
-        if args.stage in ("train", "all"):
-            train(cfg, paths, out, estimator, method, seed)
-        run = out / "runs" / f"{estimator}-{method}-s{seed}"
-        if args.stage in ("evaluate", "all") and (run / "done.json").is_file():
-            evaluate_policy(cfg, paths, out, run / "model", out / "eval" / f"{run.name}.json", seed)
+        for estimator in args.estimators:
+            for method in args.methods:
+                if args.stage in ("train", "all"):
+                    train(cfg, paths, out, estimator, method, seed)
+                run = out / "runs" / f"{estimator}-{method}-s{seed}"
+                if args.stage in ("evaluate", "all") and (run / "done.json").is_file():
+                    evaluate_policy(cfg, paths, out, run / "model", out / "eval" / f"{run.name}.json", seed)
     if args.stage in ("summarise", "all"):
         from summarise import summarise
 
