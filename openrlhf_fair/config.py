@@ -4,6 +4,10 @@ One frozen dataclass built by `openrlhf_fair.cli.flags` from the command line an
 and to `openrlhf_fair.losses.FairPairWiseLoss`; nothing reads a global config at run time. This module
 imports neither torch nor openrlhf, so the flag parser stays cheap.
 
+Each setting is one field defined with `setting` (default, help text, choices); the flags are generated from the
+fields. One vocabulary with `openrlhf_fair.ppo_config`: ``reg`` is the FR weight (the paper's alpha), ``coef`` the
+FC exponent (the paper's gamma), then ``tau`` and ``temperature``.
+
 Methods (Ouyang et al., ACL 2025, "Towards Reward Fairness in RLHF"), F = f_tau(sigmoid(m / T)) / n:
 - Fairness Regularization (FR, ``--fairness_reg ALPHA``): loss = base_loss - ALPHA * F.
 - Fairness Coefficient (FC, ``--fairness_coef GAMMA``): loss = base_loss * F**GAMMA as published
@@ -15,14 +19,22 @@ Methods (Ouyang et al., ACL 2025, "Towards Reward Fairness in RLHF"), F = f_tau(
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import Optional
+from dataclasses import asdict, dataclass, field
+from typing import ClassVar, Optional
 
 COEF_FORMS = ("paper", "inverse")
 SCOPES = ("micro", "global")
 
 
-class FairnessConfigError(ValueError):
+class AddonError(Exception):
+    """Base of the add-on's errors a user can act on (a setting, the data, the host's version).
+
+    The message says what is wrong and what to do; the `openrlhf` command prints it alone and exits 2 (the
+    traceback only with OPENRLHF_FAIR_DEBUG=1 or ``openrlhf --debug``; see `openrlhf_fair.cli.runner`).
+    """
+
+
+class FairnessConfigError(AddonError, ValueError):
     """A fairness setting that cannot work (tau = 1, negative ALPHA/GAMMA, ...); the message names the flag."""
 
 
@@ -33,33 +45,71 @@ def _finite(name: str, value: float) -> float:
     return value
 
 
+def setting(default, help: str, *, metavar=None, choices=None, flag=None, deprecation_note: str = "",
+            counterpart: str = ""):
+    """A config field with everything its command-line flag needs (TRL style: the field is the one definition).
+
+    help: what it does, the paper it comes from and a sensible value (`openrlhf_fair.cli.flags` appends the
+    default). flag: the flag's full name when it is not ``--<FLAG_PREFIX><field name>`` (such a flag has no
+    deprecated alias). deprecation_note: added to the one-time message printed when the deprecated alias is used.
+    counterpart: what to pass instead when the flag is given to a subcommand that does not have it.
+    """
+    metadata = {"help": help, "metavar": metavar, "choices": choices, "flag": flag, "deprecation_note": deprecation_note,
+                "counterpart": counterpart}
+    return field(default=default, metadata=metadata)
+
+
+FC_DIRECTION = (
+    "On train_rm/train_dpo the coefficient is the published Fairness Coefficient, loss = base_loss * F**GAMMA, whose "
+    "gradient LOWERS fairness (add --fairness_coef_form inverse for the form that raises it); on train_ppo_ray "
+    "--fair_coef multiplies a utility that is maximised and RAISES fairness. One spelling per direction: "
+    "--fairness_coef (train_rm/train_dpo), --fair_coef (train_ppo_ray)."
+)
+
+
 @dataclass(frozen=True)
 class RewardFairnessConfig:
     """Fairness settings of one pairwise-preference run. See the module docstring for the formulas."""
 
-    alpha: Optional[float] = None  # --fairness_reg: FR weight
-    gamma: Optional[float] = None  # --fairness_coef: FC exponent
-    coef_form: str = "paper"  # --fairness_coef_form: paper (F**gamma) | inverse (F**-gamma)
-    tau: float = -1.0  # --fairness_tau: Lan et al.'s tau; -1 gives Jain's index
-    temperature: float = 1.0  # --fairness_temperature: x = sigmoid(margin / T)
-    scope: str = "micro"  # --fairness_scope: micro (rank's micro-batch) | global (all data-parallel ranks)
-    group_key: Optional[str] = None  # --fairness_group_key: F over per-group mean allocations
+    FLAG_PREFIX: ClassVar[str] = "fairness_"  # flags --fairness_<field>; --fair_<field> is the deprecated alias
+    DEPRECATED_PREFIX: ClassVar[str] = "fair_"
+
+    reg: Optional[float] = setting(
+        None, "Fairness Regularization (FR): loss = base_loss - ALPHA * F. The paper uses 0.1; 1.0 shows an effect "
+              "on small models.", metavar="ALPHA")
+    coef: Optional[float] = setting(
+        None, "Fairness Coefficient (FC) as published: loss = base_loss * F**GAMMA; its gradient LOWERS fairness "
+              "(see --fairness_coef_form). The paper uses 0.5.", metavar="GAMMA", deprecation_note=FC_DIRECTION)
+    coef_form: str = setting(
+        "paper", "paper: F**GAMMA, whose gradient LOWERS fairness (as published); inverse: F**(-GAMMA), which "
+                 "raises it.", choices=COEF_FORMS)
+    tau: float = setting(
+        -1.0, "Lan et al.'s tau of F = f_tau(x) / n: -1 gives Jain's index (the paper's value), -> 0 exp(Shannon "
+              "entropy); tau = 1 is invalid.", metavar="TAU")
+    temperature: float = setting(1.0, "Allocation x = sigmoid(margin / T); 1 as in the paper.", metavar="T")
+    scope: str = setting(
+        "micro", "micro: F over the rank's micro-batch (as the authors did); global: over the micro-batches of all "
+                 "data-parallel ranks, gathered with gradients.", choices=SCOPES)
+    group_key: Optional[str] = setting(
+        None, "Dataset column (e.g. category): F over per-group mean allocations instead of per pair, and per-group "
+              "accuracy / mean reward / best-minus-worst gap at evaluation. Not with --ds.packing_samples.",
+        metavar="KEY", counterpart="--fair_unit label:KEY (agents = the prompts sharing a value of that column)")
 
     def __post_init__(self) -> None:
-        if self.alpha is not None and self.gamma is not None:
+        if self.reg is not None and self.coef is not None:
             raise FairnessConfigError(
                 "--fairness_reg (FR) and --fairness_coef (FC) are two different methods: pass only one"
             )
-        if self.alpha is not None and _finite("--fairness_reg", self.alpha) < 0:
-            raise FairnessConfigError(f"--fairness_reg must be >= 0 (it is subtracted as -ALPHA * F), got {self.alpha}")
-        if self.gamma is not None and _finite("--fairness_coef", self.gamma) < 0:
+        if self.reg is not None and _finite("--fairness_reg", self.reg) < 0:
+            raise FairnessConfigError(f"--fairness_reg must be >= 0 (it is subtracted as -ALPHA * F), got {self.reg}")
+        if self.coef is not None and _finite("--fairness_coef", self.coef) < 0:
             raise FairnessConfigError(
-                f"--fairness_coef must be >= 0, got {self.gamma}; for the fairness-raising variant use "
+                f"--fairness_coef must be >= 0, got {self.coef}; for the fairness-raising variant use "
                 "--fairness_coef_form inverse with a positive GAMMA"
             )
         if self.coef_form not in COEF_FORMS:
             raise FairnessConfigError(f"--fairness_coef_form must be one of {COEF_FORMS}, got {self.coef_form!r}")
-        if self.coef_form != "paper" and self.gamma is None:
+        if self.coef_form != "paper" and self.coef is None:
             raise FairnessConfigError("--fairness_coef_form only applies together with --fairness_coef GAMMA")
         tau = _finite("--fairness_tau", self.tau)
         if tau == 1.0:
@@ -67,7 +117,7 @@ class RewardFairnessConfig:
                 "--fairness_tau 1 is degenerate (f_tau has the factor sign(1 - tau) = 0); use tau < 1 "
                 "(default -1, Jain's index) or tau > 1"
             )
-        if self.gamma is not None and tau > 1.0:
+        if self.coef is not None and tau > 1.0:
             raise FairnessConfigError(
                 f"--fairness_coef needs --fairness_tau < 1: for tau > 1 (got {tau}) F is negative and F**GAMMA "
                 "is undefined; use --fairness_reg for tau > 1"
@@ -83,9 +133,9 @@ class RewardFairnessConfig:
     @property
     def method(self) -> str:
         """'fr', 'fc' or 'none' (host loss unchanged; fairness measured and logged only)."""
-        if self.alpha is not None:
+        if self.reg is not None:
             return "fr"
-        if self.gamma is not None:
+        if self.coef is not None:
             return "fc"
         return "none"
 
@@ -102,10 +152,10 @@ class RewardFairnessConfig:
 
     def describe(self) -> str:
         if self.method == "fr":
-            what = f"FR: loss = base - {self.alpha} * F"
+            what = f"FR: loss = base - {self.reg} * F"
         elif self.method == "fc":
             sign = "" if self.coef_form == "paper" else "-"
-            what = f"FC ({self.coef_form}): loss = base * F**({sign}{self.gamma})"
+            what = f"FC ({self.coef_form}): loss = base * F**({sign}{self.coef})"
         else:
             what = "no fairness term (host loss), fairness logged only"
         over = f"per-group mean allocations by '{self.group_key}'" if self.group_key else "pairs"

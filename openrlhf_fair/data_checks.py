@@ -24,11 +24,13 @@ import zlib
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
+from openrlhf_fair.config import AddonError
+
 ROWS_NAMED = 5  # at most this many row numbers in one message
 NEWLINE = b"\n"
 
 
-class DataError(ValueError):
+class DataError(AddonError, ValueError):
     """A data file that cannot train or be scored as given; the message names the file, the row and the column."""
 
 

@@ -157,10 +157,10 @@ class FairPairWiseLoss(nn.Module):
         else:
             log_f, x, n_items = self._log_fairness(margins, ids, step)
             if method == "fr":
-                term = self.config.alpha * fairness_sign(self.config.tau) * log_f.exp()
+                term = self.config.reg * fairness_sign(self.config.tau) * log_f.exp()
                 loss = (base - term).to(base.dtype)
             else:
-                exponent = self.config.gamma if self.config.coef_form == "paper" else -self.config.gamma
+                exponent = self.config.coef if self.config.coef_form == "paper" else -self.config.coef
                 term = (exponent * log_f).exp()
                 loss = (base * term).to(base.dtype)
         log_f, term = float(log_f.detach()), float(term.detach())

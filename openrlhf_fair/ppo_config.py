@@ -9,9 +9,10 @@ The formulas and the reasons for each bound are in `openrlhf_fair.shaping`'s doc
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
+from typing import ClassVar
 
-from openrlhf_fair.config import FairnessConfigError
+from openrlhf_fair.config import FC_DIRECTION, FairnessConfigError, setting
 
 UNITS = ("sample", "prompt", "label:KEY")
 DEFAULT_WEIGHT_CLIP = (0.0, 5.0)
@@ -25,12 +26,29 @@ class PPOFairnessConfig:
     advantages are bit-identical to OpenRLHF's, and the fairness metrics are still logged (a baseline).
     """
 
-    coef: float = 0.0  # --fair_coef GAMMA: Psi = U * F**GAMMA (the paper's fairness coefficient, FC)
-    reg: float = 0.0  # --fair_reg ALPHA: Psi = U + ALPHA * F (the paper's fairness regularisation, FR)
-    tau: float = -1.0  # --fair_tau: Lan et al.'s tau; -1 gives Jain's index (paper default)
-    temperature: float = 1.0  # --fair_temperature: x = sigmoid(reward / T)
-    unit: str = "sample"  # --fair_unit: sample | prompt | label:KEY
-    weight_clip: tuple = field(default=DEFAULT_WEIGHT_CLIP)  # --fair_weight_clip LOW HIGH, before renormalising
+    FLAG_PREFIX: ClassVar[str] = "fair_"  # flags --fair_<field>; --fairness_<field> is the deprecated alias
+    DEPRECATED_PREFIX: ClassVar[str] = "fairness_"
+
+    coef: float = setting(
+        0.0, "Psi = U * F**GAMMA (the paper's fairness coefficient, as a welfare to maximise: it RAISES fairness, "
+             "unlike train_rm's --fairness_coef). 0.5 recommended (the paper's value).",
+        metavar="GAMMA", deprecation_note=FC_DIRECTION)
+    reg: float = setting(
+        0.0, "Psi = U + ALPHA * F (the paper's fairness regularisation). The paper uses 0.1; 0.5-1 for a visible "
+             "effect. With --fair_coef too: Psi = U * F**GAMMA + ALPHA * F.", metavar="ALPHA")
+    tau: float = setting(
+        -1.0, "Lan et al.'s tau (-1: Jain's index, the paper's value; -> 0: exp(Shannon entropy); 1 is invalid; "
+              "> 1 only with --fair_reg).", metavar="TAU")
+    temperature: float = setting(
+        1.0, "x = sigmoid(reward / T); use about the reward's spread for rewards far from [-5, 5].", metavar="T")
+    unit: str = setting(
+        "sample", "Who the agents are: sample (like the paper's pairs), prompt (the n samples of one prompt, x = "
+                  "their mean), or label:KEY (prompts sharing the value of prompt-dataset column KEY; logs mean "
+                  "reward per label).", metavar="UNIT",
+        counterpart="--fairness_group_key KEY (F over per-group mean allocations)")
+    weight_clip: tuple[float, float] = setting(
+        DEFAULT_WEIGHT_CLIP, "Clip the weights to [LOW, HIGH] before renormalising to mean 1 (0 5: never flip an "
+                             "advantage's sign; at most 5x for one agent).", metavar=("LOW", "HIGH"))
 
     def __post_init__(self) -> None:
         for name in ("coef", "reg", "tau", "temperature"):

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from openrlhf_fair.config import AddonError
 from openrlhf_fair.data_checks import DataError, check_group_names, checked_rows, group_label, is_gzip
 from openrlhf_fair.host.patching import HostMismatchError
 
@@ -46,7 +47,7 @@ HOST_FLAGS = {
 }
 
 
-class PreflightError(ValueError):
+class PreflightError(AddonError, ValueError):
     """The run cannot start as given; the message names each file / row / column / flag and the fix."""
 
 

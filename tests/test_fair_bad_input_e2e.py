@@ -8,9 +8,11 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -137,3 +139,152 @@ def test_small_training_set_without_eval_and_colliding_labels_are_refused(workdi
     assert "64 training pairs and no --eval.dataset" in result.stderr
     assert "'help ful' and 'help/ful' both become the metric name 'help_ful'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# --------------------------------------------------------------------------------------------- SIGKILL + resume
+def weights(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+def scalar_steps(root: Path, name: str) -> dict[str, list[int]]:
+    """{tag: [global steps logged]} over every TensorBoard run folder of ``name`` (a resumed run adds one)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    steps = {}
+    for run_dir in sorted(p for p in (root / f"tb_{name}").iterdir() if p.is_dir()):
+        events = EventAccumulator(str(run_dir))
+        events.Reload()
+        for tag in events.Tags()["scalars"]:
+            steps.setdefault(tag, []).extend(e.step for e in events.Scalars(tag))
+    return steps
+
+
+def wait_for_checkpoint(proc: subprocess.Popen, ckpt: Path, timeout: float) -> str:
+    """Poll until DeepSpeed's ``latest`` file names a finished checkpoint; return its tag."""
+    deadline = time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended (rc {proc.returncode}) before it could be killed after a checkpoint")
+        latest = ckpt / "latest"
+        if latest.is_file() and latest.read_text().strip():
+            return latest.read_text().strip()
+        time.sleep(0.05)
+    pytest.fail(f"no checkpoint in {ckpt} after {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(workdir):
+    result = run(["train_rm", *host_args(workdir, "full"), *FAIR], workdir, "full")
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def resumed(workdir):
+    """The same run, SIGKILLed (whole process group) right after its first checkpoint, then resumed."""
+    argv = [*openrlhf(), "train_rm", *host_args(workdir, "resumed"), *FAIR]
+    with open(workdir / "killed.log", "w") as log:
+        proc = subprocess.Popen(argv, cwd=workdir, env={**os.environ, **ENV}, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            tag = wait_for_checkpoint(proc, workdir / "ckpt_resumed", RUN_TIMEOUT)
+            os.killpg(proc.pid, signal.SIGKILL)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (workdir / "resumed" / "model.safetensors").exists()
+    args = host_args(workdir, "resumed")
+    args[args.index("--logger.tensorboard_dir") + 1] = str(workdir / "tb_resumed_leg")  # this leg's logs alone
+    result = run(["train_rm", *args, *FAIR, "--ckpt.load_enable"], workdir, "resumed")
+    assert result.returncode == 0, result.stderr[-4000:]
+    return tag, result
+
+
+@pytest.mark.timeout(900)
+def test_fr_run_killed_after_a_checkpoint_resumes_to_the_same_weights(workdir, uninterrupted, resumed):
+    import torch
+
+    tag, result = resumed
+    step = int(tag.removeprefix("global_step"))
+    assert "Loaded the checkpoint" in result.stdout + result.stderr
+    full, again = weights(workdir / "full"), weights(workdir / "resumed")
+    assert full.keys() == again.keys()
+    diff = max(float((full[k].double() - again[k].double()).abs().max()) for k in full)
+    print(f"killed after {tag}; max |w_full - w_resumed| = {diff:.3g}")
+    assert diff == 0.0, f"resumed weights differ by up to {diff:.3g}"
+    assert all(torch.equal(full[k], again[k]) for k in full)
+    # fairness step metrics continue at the right step: the resumed leg logs steps k+1 .. 16, each once
+    steps = scalar_steps(workdir, "resumed_leg")
+    fair_tags = [t for t in steps if "fair" in t and t.startswith("train/")]
+    assert fair_tags, sorted(steps)
+    total = TRAIN_PAIRS // BATCH
+    for t in fair_tags:
+        assert steps[t] == list(range(step + 1, total + 1)), (t, steps[t])
+    assert any("fair" in t and steps[t] == [total] for t in steps if t.startswith("eval/")), sorted(steps)
+
+
+def test_uninterrupted_run_warns_about_its_eval_set(uninterrupted):
+    err = uninterrupted.stderr
+    assert "group(s) with fewer than 10 eval pairs: 'rare' (2)" in err
+    assert f"of the first {EVAL_PAIRS} pairs have identical chosen and rejected tokens after truncation" in err
+
+
+# --------------------------------------------------------------------------------------------- SIGINT
+def interrupt_when(argv, cwd: Path, ready: str, log_path: Path, env: dict, timeout: float = RUN_TIMEOUT) -> dict:
+    """Start ``argv``; once its log shows ``ready``, send SIGINT (as Ctrl-C does: to its process group); return
+    rc, seconds to exit and the processes of the run still alive 30 s later."""
+    from test_fair_cpu_ppo import marked_processes  # the run's processes, Ray's included, by an env marker
+
+    marker = f"OPENRLHF_FAIR_SIGINT_RUN={uuid.uuid4().hex}"
+    key, value = marker.split("=")
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(argv, cwd=cwd, env={**os.environ, **env, key: value}, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deadline = time.perf_counter() + timeout
+            while ready not in log_path.read_text(errors="replace"):
+                assert proc.poll() is None, f"ended (rc {proc.returncode}) before {ready!r}"
+                assert time.perf_counter() < deadline, f"no {ready!r} after {timeout} s"
+                time.sleep(0.2)
+            sent = time.perf_counter()
+            os.killpg(proc.pid, signal.SIGINT)
+            proc.wait(timeout=120)
+            exit_s = time.perf_counter() - sent
+            deadline = time.perf_counter() + 30
+            while marked_processes(marker) and time.perf_counter() < deadline:
+                time.sleep(0.5)
+            left = marked_processes(marker)
+        finally:
+            for pid in marked_processes(marker):
+                os.kill(pid, signal.SIGKILL)
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return {"rc": proc.returncode, "exit_s": exit_s, "left": left}
+
+
+@pytest.mark.timeout(600)
+def test_sigint_stops_train_rm_cleanly(workdir):
+    argv = [*openrlhf(), "train_rm", *host_args(workdir, "sigint"), *FAIR]
+    outcome = interrupt_when(argv, workdir, "Train step", workdir / "sigint.log", ENV)
+    print(f"train_rm SIGINT: {outcome}")
+    assert outcome["rc"] != 0 and outcome["left"] == [], outcome
+    assert not (workdir / "sigint" / "model.safetensors").exists()
+
+
+@pytest.mark.timeout(600)
+def test_sigint_stops_train_ppo_ray_cleanly(tmp_path, tiny_llama):
+    """Ctrl-C once the PPO loop runs (driver, Ray, actors, rollout engine): every process of the run is gone."""
+    from test_fair_cpu_ppo import PPO_ENV, REWARD_FUNC, ppo_argv
+
+    reward_file = tmp_path / "reward.py"
+    reward_file.write_text(REWARD_FUNC)
+    argv = ppo_argv(tmp_path, tiny_llama, ["--reward.remote_url", str(reward_file),
+                                           "--algo.advantage.estimator", "group_norm", "--fair_coef", "0.5"])
+    outcome = interrupt_when(argv, tmp_path, "Episode [1/", tmp_path / "sigint_ppo.log", PPO_ENV)
+    print(f"train_ppo_ray SIGINT: {outcome}")
+    assert outcome["rc"] != 0 and outcome["left"] == [], outcome

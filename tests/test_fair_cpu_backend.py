@@ -12,6 +12,7 @@ import torch
 
 from openrlhf_fair import cpu_backend, fixtures
 from openrlhf_fair.cpu_backend import cli_args, launch, stand_ins, strategy
+from openrlhf_fair.host import parsed_args
 from openrlhf_fair.host.patching import is_patched
 
 
@@ -22,8 +23,7 @@ def no_flash_attn_modules():
     def take_modules():
         return {k: sys.modules.pop(k) for k in list(sys.modules) if k == "flash_attn" or k.startswith("flash_attn.")}
 
-    finder = stand_ins._finder()
-    was_served = finder is not None and "flash_attn" in finder.names
+    was_served = stand_ins.is_served("flash_attn")
     saved = take_modules()
     stand_ins.uninstall("flash_attn")
     yield
@@ -105,14 +105,14 @@ def test_activate_patches_and_undo_restores(monkeypatch, no_flash_attn_modules, 
         assert os.environ["WORLD_SIZE"] == "1" and int(os.environ["MASTER_PORT"]) > 0
         from openrlhf.utils import config
 
-        assert is_patched(config, "hierarchize", cli_args.PATCH_ID)
+        assert is_patched(config, "hierarchize", parsed_args.PATCH_ID) and cli_args.PATCH_ID in parsed_args.registered()
         assert capsys.readouterr().err.count("CPU backend active for train_rm") == 1
     finally:
         undo()
     assert not cpu_backend.is_active()
     assert {name: getattr(torch.cuda, name) for name in originals} == originals
     assert dict(os.environ) == env_before
-    assert not is_patched(config, "hierarchize", cli_args.PATCH_ID)
+    assert not is_patched(config, "hierarchize") and cli_args.PATCH_ID not in parsed_args.registered()
 
 
 def test_strategy_asks_deepspeed_for_torch_adam_and_no_shm_op(active_backend):

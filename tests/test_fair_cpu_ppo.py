@@ -65,9 +65,12 @@ def test_unsupported_ppo_args_fail_naming_the_flag(override, flag):
 
 
 def test_nccl_weight_sync_becomes_gloo_and_other_commands_are_untouched():
-    from openrlhf_fair.cpu_backend.ray_support import _checked_hierarchize
+    from openrlhf_fair.cpu_backend.ray_support import check_parsed_args
 
-    hierarchize = _checked_hierarchize(lambda args: args)
+    def hierarchize(args):  # what host.parsed_args does with the hook
+        check_parsed_args(args)
+        return args
+
     args = hierarchize(ppo_args(train__colocate_all=True))  # would be CUDA IPC with nccl
     assert args.vllm.sync_backend == "gloo"
     rm_args = SimpleNamespace(train=SimpleNamespace(batch_size=8))  # train_rm has no vllm group
@@ -140,6 +143,28 @@ def test_worker_hook_is_lazy_then_activates_on_first_openrlhf_import():
     assert lines["torch_after_vllm"] == "False"
     assert lines["active"] == "True cpu"
     assert lines["replay_device"] == "cpu"
+
+
+def test_the_jobs_process_start_hook_runs_the_cpu_worker_setup(monkeypatch):
+    """What Ray does with ray_init_kwargs' runtime_env in each worker process: import the hook by its dotted name
+    and call it, with the runtime_env's variables set (host.ray_workers, step 4)."""
+    from openrlhf_fair.cpu_backend import ray_support
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    runtime_env = ray_support.ray_init_kwargs({})["runtime_env"]
+    module, _, function = runtime_env["worker_process_setup_hook"].rpartition(".")
+    out = run_python(
+        f"""
+        import importlib, sys
+        getattr(importlib.import_module({module!r}), {function!r})()
+        print("torch_after_hook", "torch" in sys.modules)
+        import openrlhf.trainer.ray.vllm_engine
+        from openrlhf_fair import cpu_backend
+        print("active", cpu_backend.is_active())
+        """,
+        env=runtime_env["env_vars"],
+    )
+    assert "torch_after_hook False" in out.stdout and "active True" in out.stdout
 
 
 def test_vllm_stand_in_never_shadows_an_installed_vllm(tmp_path):
@@ -425,12 +450,12 @@ def openrlhf_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "openrlhf_fair.cli.main"]
 
 
-def run_ppo(tmp_path: Path, model: Path, extra: list[str]) -> tuple[dict, dict, list[dict], Path]:
+def ppo_argv(tmp_path: Path, model: Path, extra: list[str]) -> list[str]:
+    """A 3-step CPU `openrlhf train_ppo_ray` command line writing under ``tmp_path`` (prompts file included)."""
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"input": f"Human: {PROMPTS[i % 4]} Assistant:", "label": str(i % 2)})
                                + "\n" for i in range(STEPS * ROLLOUT_BATCH)))
-    rollout_log = tmp_path / "rollout.jsonl"
-    argv = openrlhf_command() + [
+    return openrlhf_command() + [
         "--cpu", "train_ppo_ray",
         "--actor.model_name_or_path", str(model),
         "--vllm.num_engines", "1", "--vllm.sync_backend", "gloo",
@@ -444,8 +469,15 @@ def run_ppo(tmp_path: Path, model: Path, extra: list[str]) -> tuple[dict, dict, 
         "--logger.tensorboard_dir", str(tmp_path / "tb"),
         "--ckpt.output_dir", str(tmp_path / "final"), "--ckpt.path", str(tmp_path / "ckpt"),
     ] + extra
-    env = {"TORCHDYNAMO_DISABLE": "1", "RAY_DEDUP_LOGS": "0", "OPENRLHF_FAIR_ROLLOUT_LOG": str(rollout_log),
-           "TOKENIZERS_PARALLELISM": "false", "RAY_ADDRESS": ""}
+
+
+PPO_ENV = {"TORCHDYNAMO_DISABLE": "1", "RAY_DEDUP_LOGS": "0", "TOKENIZERS_PARALLELISM": "false", "RAY_ADDRESS": ""}
+
+
+def run_ppo(tmp_path: Path, model: Path, extra: list[str]) -> tuple[dict, dict, list[dict], Path]:
+    argv = ppo_argv(tmp_path, model, extra)
+    rollout_log = tmp_path / "rollout.jsonl"
+    env = {**PPO_ENV, "OPENRLHF_FAIR_ROLLOUT_LOG": str(rollout_log)}
     log = tmp_path / "train_ppo_ray.log"
     stats = run_measured(argv, env, timeout=230, log_path=log)
     text = log.read_text(errors="replace")

@@ -119,9 +119,9 @@ def test_demo_flags_are_the_add_ons_flags():
         assert config.tau == method.params["tau"] and config.temperature == method.params["temperature"]
         assert config.group_key == method.params.get("group_key")
         if method.kind == "fr":
-            assert config.alpha == method.params["alpha"] and config.gamma is None
+            assert config.reg == method.params["alpha"] and config.coef is None
         else:
-            assert config.gamma == method.params["gamma"] and config.coef_form == method.params["form"]
+            assert config.coef == method.params["gamma"] and config.coef_form == method.params["form"]
 
 
 def test_example_scripts_are_valid_shell():

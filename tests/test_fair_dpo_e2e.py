@@ -97,7 +97,7 @@ def test_fairness_reg_trains_logs_and_records_settings(fr_run, plain_run):
     assert b"train/fairness/F" in events and b"train/fairness/jain" in events and b"eval/fairness/jain" in events
     assert "openrlhf-fair eval: fairness/jain=" in log
     saved = json.loads((out / "config.json").read_text())["openrlhf_fair"]
-    assert saved["method"] == "fr" and saved["alpha"] == 0.1 and saved["tau"] == -1.0
+    assert saved["method"] == "fr" and saved["reg"] == 0.1 and saved["tau"] == -1.0
     assert weights(out) != weights(plain_run)  # the fairness term changed training
 
 

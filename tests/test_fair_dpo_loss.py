@@ -45,8 +45,8 @@ def reference_loss(pc, pr, rc, rr, beta, config, **dpo):
     base = reference_dpo(pc, pr, rc, rr, beta, **dpo)
     f = reference_F(beta * ((pc - rc) - (pr - rr)), config.tau, config.temperature)
     if config.method == "fr":
-        return base - config.alpha * f
-    exponent = config.gamma if config.coef_form == "paper" else -config.gamma
+        return base - config.reg * f
+    exponent = config.coef if config.coef_form == "paper" else -config.coef
     return base * f**exponent
 
 
@@ -62,11 +62,11 @@ def logps(n=8, seed=0):
 
 
 CONFIGS = [
-    RewardFairnessConfig(alpha=0.1),
-    RewardFairnessConfig(alpha=1.0, tau=-2.0, temperature=2.0),
-    RewardFairnessConfig(alpha=0.3, tau=2.0),
-    RewardFairnessConfig(gamma=0.5),
-    RewardFairnessConfig(gamma=0.5, coef_form="inverse", tau=0.3, temperature=0.5),
+    RewardFairnessConfig(reg=0.1),
+    RewardFairnessConfig(reg=1.0, tau=-2.0, temperature=2.0),
+    RewardFairnessConfig(reg=0.3, tau=2.0),
+    RewardFairnessConfig(coef=0.5),
+    RewardFairnessConfig(coef=0.5, coef_form="inverse", tau=0.3, temperature=0.5),
 ]
 HOST_FORMS = [dict(), dict(label_smoothing=0.1), dict(ipo=True)]
 
@@ -94,7 +94,7 @@ def test_loss_and_gradient_match_float64_reference(DPOLoss, config, dpo):
 
 
 def test_metrics_are_over_the_implicit_reward_margins(DPOLoss):
-    beta, config = 0.2, RewardFairnessConfig(alpha=0.1)
+    beta, config = 0.2, RewardFairnessConfig(reg=0.1)
     pc, pr, rc, rr = logps(seed=1)
     loss_fn = FairDPOLoss(DPOLoss(beta), config)
     loss_fn(pc.requires_grad_(), pr.requires_grad_(), rc, rr)
@@ -109,7 +109,7 @@ def test_metrics_are_over_the_implicit_reward_margins(DPOLoss):
 def test_evaluation_returns_the_host_loss_unchanged(DPOLoss):
     pc, pr, rc, rr = logps(seed=2)
     host = DPOLoss(0.1)
-    loss_fn = FairDPOLoss(host, RewardFairnessConfig(gamma=0.5))
+    loss_fn = FairDPOLoss(host, RewardFairnessConfig(coef=0.5))
     with torch.no_grad():
         got = loss_fn(pc, pr, rc, rr)
         want = host(pc, pr, rc, rr)
@@ -120,9 +120,9 @@ def test_evaluation_returns_the_host_loss_unchanged(DPOLoss):
 @pytest.mark.parametrize(
     "config, raises_fairness",
     [
-        (RewardFairnessConfig(alpha=1.0), True),
-        (RewardFairnessConfig(gamma=0.5, coef_form="inverse"), True),
-        (RewardFairnessConfig(gamma=0.5), False),  # the published FC form lowers F (fairness-math.md)
+        (RewardFairnessConfig(reg=1.0), True),
+        (RewardFairnessConfig(coef=0.5, coef_form="inverse"), True),
+        (RewardFairnessConfig(coef=0.5), False),  # the published FC form lowers F (fairness-math.md)
     ],
     ids=["fr", "fc-inverse", "fc-paper"],
 )
@@ -148,7 +148,7 @@ def test_reference_logps_get_no_gradient_and_beta_follows_the_host(DPOLoss):
     all four log-probabilities match the float64 reference at beta = 0.05. In training the reference log-probs
     arrive without a graph (OpenRLHF computes them under no_grad), so none of the fairness term's gradient can
     reach the reference model; here they require grad, so their gradient (minus the policy's) is checked too."""
-    beta, config = 0.05, RewardFairnessConfig(alpha=0.5)
+    beta, config = 0.05, RewardFairnessConfig(reg=0.5)
     inputs = logps(seed=5)
     loss_fn = FairDPOLoss(DPOLoss(beta), config)
     assert loss_fn.beta == beta
@@ -173,7 +173,7 @@ def test_eval_recording_keeps_the_implicit_rewards(DPOLoss):
     beta = 0.1
     pc, pr, rc, rr = logps(seed=6)
     host = DPOLoss(beta)
-    loss_fn = FairDPOLoss(host, RewardFairnessConfig(alpha=0.1))
+    loss_fn = FairDPOLoss(host, RewardFairnessConfig(reg=0.1))
     with torch.no_grad():
         loss, _, _ = loss_fn(pc, pr, rc, rr)
     records = loss_fn.eval_logs(gather=lambda t: t)

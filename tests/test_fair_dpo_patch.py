@@ -18,10 +18,12 @@ METHODS = ("__init__", "fit", "save_logs_and_checkpoints", "evaluate")
 def host():
     from openrlhf_fair.cpu_backend import stand_ins
 
-    stand_ins.install("flash_attn")
+    installed = stand_ins.install("flash_attn")  # False where the real package (or an earlier stand-in) serves it
     import openrlhf.trainer.dpo_trainer as dpo_trainer
 
-    return dpo_trainer
+    yield dpo_trainer
+    if installed:
+        stand_ins.uninstall("flash_attn")
 
 
 @pytest.fixture
@@ -85,7 +87,7 @@ def test_patched_trainer_gets_fair_dpo_loss_around_the_host_loss(host, dpo_patch
     from openrlhf_fair.dpo_losses import FairDPOLoss
 
     before = {name: host.DPOTrainer.__dict__[name] for name in METHODS}
-    undo = dpo_patch(RewardFairnessConfig(gamma=0.5, coef_form="inverse"))
+    undo = dpo_patch(RewardFairnessConfig(coef=0.5, coef_form="inverse"))
     assert all(is_patched(host.DPOTrainer, name) for name in METHODS)
     trainer, model, strategy = make_trainer(host, FakeStrategy(ipo=True))
     assert isinstance(trainer.loss_fn, FairDPOLoss) and trainer.loss_fn.beta == 0.2
@@ -99,19 +101,19 @@ def test_patched_trainer_gets_fair_dpo_loss_around_the_host_loss(host, dpo_patch
 
 
 def test_applying_twice_is_harmless_and_a_second_config_is_refused(host, dpo_patch):
-    config = RewardFairnessConfig(alpha=0.1)
+    config = RewardFairnessConfig(reg=0.1)
     dpo_patch(config)
     patched = host.DPOTrainer.__dict__["__init__"]
     dpo_patch(config)
     assert host.DPOTrainer.__dict__["__init__"] is patched
     with pytest.raises(FairnessConfigError, match="already patched"):
-        dpo_patch(RewardFairnessConfig(alpha=0.2))
+        dpo_patch(RewardFairnessConfig(reg=0.2))
 
 
 def test_moved_host_symbol_fails_loudly_and_patches_nothing(host, dpo_patch, monkeypatch):
     monkeypatch.delattr(host.DPOTrainer, "save_logs_and_checkpoints")
     with pytest.raises(HostMismatchError, match="DPOTrainer.save_logs_and_checkpoints not found"):
-        dpo_patch(RewardFairnessConfig(alpha=0.1))
+        dpo_patch(RewardFairnessConfig(reg=0.1))
     assert not is_patched(host.DPOTrainer, "__init__")
 
 
@@ -119,12 +121,12 @@ def test_nothing_patched_when_fairness_flags_are_off(host):
     argv = ["--model.beta", "0.1", "--train.micro_batch_size", "4"]
     assert parse_fairness_args("train_dpo", argv) == (None, argv)
     config, rest = parse_fairness_args("train_dpo", [*argv, "--fair_coef", "0.5"])
-    assert config == RewardFairnessConfig(gamma=0.5) and rest == argv
+    assert config == RewardFairnessConfig(coef=0.5) and rest == argv
     assert not any(is_patched(host.DPOTrainer, name) for name in METHODS)
 
 
 def test_micro_batch_of_one_is_refused_before_the_host_trainer_is_built(host, dpo_patch):
-    dpo_patch(RewardFairnessConfig(alpha=0.1))
+    dpo_patch(RewardFairnessConfig(reg=0.1))
     strategy = FakeStrategy(micro=1)
     with pytest.raises(FairnessConfigError, match="at least 2 preference pairs"):
         make_trainer(host, strategy)

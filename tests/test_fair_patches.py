@@ -325,11 +325,11 @@ def test_native_host_dpo_trainer_gets_fair_loss_and_logs_through_the_hook(stand_
         world_size=1, accumulated_gradient=1, print=lambda *msg: None, _unwrap_model=lambda model: model,
     )  # fmt: skip
     model = ns(config=PretrainedConfig())
-    undo = dpo_trainer.apply_fairness(RewardFairnessConfig(alpha=0.1))
+    undo = dpo_trainer.apply_fairness(RewardFairnessConfig(reg=0.1))
     try:
         assert not any(is_patched(host.DPOTrainer, name) for name in dpo_trainer.WRAPPED_METHODS)
         trainer = host.DPOTrainer(model, None, strategy, None, None, None, None, None, beta=0.1)
-        assert isinstance(trainer.loss_fn, FairDPOLoss) and model.config.openrlhf_fair["alpha"] == 0.1
+        assert isinstance(trainer.loss_fn, FairDPOLoss) and model.config.openrlhf_fair["reg"] == 0.1
         logps = [torch.tensor([-3.0, -4.0, -5.0, -2.0], requires_grad=True) for _ in range(2)]
         trainer.loss_fn(*logps, torch.tensor([-3.5, -4.0, -4.0, -2.5]), torch.tensor([-3.0, -4.5, -5.0, -1.0]))
         assert set(get_loss_logs(trainer.loss_fn)) >= {"fairness/F", "fairness/jain", "fairness/gini", "fairness/base_loss"}
@@ -346,7 +346,7 @@ def test_native_host_group_key_falls_back_to_runtime_patches_only_in_auto_mode(s
     from openrlhf_fair.host import dpo_trainer
     from openrlhf_fair.host.patching import HostMismatchError, is_patched
 
-    config = RewardFairnessConfig(alpha=0.1, group_key="category")
+    config = RewardFairnessConfig(reg=0.1, group_key="category")
     with pytest.raises(HostMismatchError, match="--fairness_group_key .* needs a runtime patch"):
         dpo_trainer.apply_fairness(config)
     assert not is_patched(host.DPOTrainer, "__init__")

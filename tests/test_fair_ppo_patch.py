@@ -48,13 +48,11 @@ def hm():
     yield hm
     for _, undo in list(hm._active.values()):
         undo()
-    from openrlhf_fair.host import ray_workers
+    from openrlhf_fair.host import parsed_args, ray_workers
 
     for target in list(ray_workers._registered):
         ray_workers._registered.pop(target)
-    if ray_workers._undo_hierarchize is not None:
-        ray_workers._undo_hierarchize()
-        ray_workers._undo_hierarchize = None
+    parsed_args.on_parsed_args(ray_workers.HOOK_ID, ray_workers.attach)()  # registers, then unhooks at once
 
 
 def make_args(estimator: str, n: int = N_SAMPLES):

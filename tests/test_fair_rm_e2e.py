@@ -149,7 +149,7 @@ def test_fr_with_group_key_trains_logs_and_records(workdir, plain, fr_groups):
     ours, theirs = weights(workdir, fr_groups), weights(workdir, plain)
     assert any(not bool((ours[k] == theirs[k]).all()) for k in theirs)
     recorded = saved_config(workdir, fr_groups)["openrlhf_fair"]
-    assert recorded["method"] == "fr" and recorded["alpha"] == 0.5 and recorded["group_key"] == "category"
+    assert recorded["method"] == "fr" and recorded["reg"] == 0.5 and recorded["group_key"] == "category"
     assert "openrlhf-fair: FR: loss = base - 0.5 * F" in (workdir / "fr_groups.log").read_text()
 
 
@@ -161,7 +161,7 @@ def test_fc_global_scope_on_two_ranks(workdir, fc_global):
     assert all(t >= 1.0 for t in term)  # inverse form: F**-0.5 with F <= 1
     assert len(loss) == 4
     recorded = saved_config(workdir, fc_global)["openrlhf_fair"]
-    assert (recorded["method"], recorded["gamma"], recorded["coef_form"], recorded["scope"]) == ("fc", 0.5, "inverse", "global")
+    assert (recorded["method"], recorded["coef"], recorded["coef_form"], recorded["scope"]) == ("fc", 0.5, "inverse", "global")
     assert "eval/fairness/jain" in fc
 
 

@@ -17,7 +17,7 @@ def test_no_fairness_flag_gives_no_config_and_the_argv_untouched():
 def test_both_prefixes_and_host_flags_keep_their_order(command):
     argv = ["--local_rank=1", *HOST[:2], "--fair_reg", "0.1", *HOST[2:], "--fairness_tau=-2", "--fair_group_key", "category"]
     config, rest = parse_fairness_args(command, argv)
-    assert config == RewardFairnessConfig(alpha=0.1, tau=-2.0, group_key="category")
+    assert config == RewardFairnessConfig(reg=0.1, tau=-2.0, group_key="category")
     assert rest == ["--local_rank=1", *HOST]
 
 
@@ -27,7 +27,7 @@ def test_every_flag_reaches_the_config():
         "--fair_temperature", "2", "--fairness_scope", "global",
     ])
     assert rest == []
-    assert config == RewardFairnessConfig(gamma=0.5, coef_form="inverse", tau=0.5, temperature=2.0, scope="global")
+    assert config == RewardFairnessConfig(coef=0.5, coef_form="inverse", tau=0.5, temperature=2.0, scope="global")
     assert config.method == "fc"
 
 

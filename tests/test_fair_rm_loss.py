@@ -36,8 +36,8 @@ def reference_F(margins, tau, temperature=1.0, group_ids=None):
 def reference_loss(base, margins, config, group_ids=None):
     f = reference_F(margins, config.tau, config.temperature, group_ids)
     if config.method == "fr":
-        return base - config.alpha * f
-    exponent = config.gamma if config.coef_form == "paper" else -config.gamma
+        return base - config.reg * f
+    exponent = config.coef if config.coef_form == "paper" else -config.coef
     return base * f**exponent
 
 
@@ -50,13 +50,13 @@ def batch(n=8, seed=0, scale=1.5):
 
 
 CONFIGS = [
-    RewardFairnessConfig(alpha=0.1),
-    RewardFairnessConfig(alpha=1.0, tau=-2.0, temperature=2.0),
-    RewardFairnessConfig(alpha=0.5, tau=0.5),
-    RewardFairnessConfig(alpha=0.3, tau=2.0),
-    RewardFairnessConfig(gamma=0.5),
-    RewardFairnessConfig(gamma=0.5, coef_form="inverse", tau=0.3, temperature=0.5),
-    RewardFairnessConfig(gamma=2.0, tau=-1.0),
+    RewardFairnessConfig(reg=0.1),
+    RewardFairnessConfig(reg=1.0, tau=-2.0, temperature=2.0),
+    RewardFairnessConfig(reg=0.5, tau=0.5),
+    RewardFairnessConfig(reg=0.3, tau=2.0),
+    RewardFairnessConfig(coef=0.5),
+    RewardFairnessConfig(coef=0.5, coef_form="inverse", tau=0.3, temperature=0.5),
+    RewardFairnessConfig(coef=2.0, tau=-1.0),
 ]
 
 
@@ -86,7 +86,7 @@ def test_gradient_matches_reference(config):
 def test_group_mode_uses_group_mean_allocations():
     chosen, reject, _ = batch(n=10, seed=5)
     ids = torch.tensor([0, 0, 0, 2, 2, 5, 5, 5, 5, 2])
-    config = RewardFairnessConfig(alpha=0.7, tau=-1.5, group_key="category")
+    config = RewardFairnessConfig(reg=0.7, tau=-1.5, group_key="category")
     loss = FairPairWiseLoss(pairwise_loss, config)
     out = loss(chosen, reject, group_ids=ids)
     expected = reference_loss(pairwise_loss(chosen, reject), chosen - reject, config, group_ids=ids)
@@ -105,7 +105,7 @@ def test_group_mode_uses_group_mean_allocations():
 
 def test_group_mode_without_ids_is_an_error():
     chosen, reject, _ = batch()
-    loss = FairPairWiseLoss(pairwise_loss, RewardFairnessConfig(alpha=0.1, group_key="category"))
+    loss = FairPairWiseLoss(pairwise_loss, RewardFairnessConfig(reg=0.1, group_key="category"))
     with pytest.raises(FairnessTrainingError, match="no group labels"):
         loss(chosen, reject)
 
@@ -123,7 +123,7 @@ def step_fairness(config, lr=0.5):
     f0 = float(reference_F(base_margins.detach(), config.tau, config.temperature))
     scale = 1.0
     if config.method == "fc":
-        scale = f0 ** (config.gamma if config.coef_form == "paper" else -config.gamma)
+        scale = f0 ** (config.coef if config.coef_form == "paper" else -config.coef)
     (scale * pairwise_loss(base_margins, zeros)).backward()
     base_stepped = base_margins.detach() - lr * base_margins.grad
     return float(reference_F(stepped, config.tau)), float(reference_F(base_stepped, config.tau))
@@ -132,11 +132,11 @@ def step_fairness(config, lr=0.5):
 @pytest.mark.parametrize(
     "config, raises",
     [
-        (RewardFairnessConfig(alpha=1.0), True),
-        (RewardFairnessConfig(alpha=1.0, tau=0.5), True),
-        (RewardFairnessConfig(gamma=0.5, coef_form="inverse"), True),
-        (RewardFairnessConfig(gamma=0.5), False),
-        (RewardFairnessConfig(gamma=0.5, tau=-3.0), False),
+        (RewardFairnessConfig(reg=1.0), True),
+        (RewardFairnessConfig(reg=1.0, tau=0.5), True),
+        (RewardFairnessConfig(coef=0.5, coef_form="inverse"), True),
+        (RewardFairnessConfig(coef=0.5), False),
+        (RewardFairnessConfig(coef=0.5, tau=-3.0), False),
     ],
     ids=["fr", "fr-tau0.5", "fc-inverse", "fc-paper", "fc-paper-tau-3"],
 )
@@ -151,7 +151,7 @@ def test_gradient_direction_of_each_form(config, raises):
 
 def test_float32_and_bfloat16_rewards_keep_the_host_dtype():
     chosen, reject, _ = batch()
-    config = RewardFairnessConfig(alpha=0.1)
+    config = RewardFairnessConfig(reg=0.1)
     expected = float(reference_loss(pairwise_loss(chosen, reject), chosen - reject, config))
     for dtype, rel in ((torch.float32, 1e-6), (torch.bfloat16, 2e-2)):
         c = chosen.to(dtype).requires_grad_()
@@ -164,7 +164,7 @@ def test_float32_and_bfloat16_rewards_keep_the_host_dtype():
 
 def test_metrics_of_the_last_step_and_window_means():
     chosen, reject, _ = batch()
-    loss = FairPairWiseLoss(pairwise_loss, RewardFairnessConfig(alpha=0.1), steps_per_update=2)
+    loss = FairPairWiseLoss(pairwise_loss, RewardFairnessConfig(reg=0.1), steps_per_update=2)
     loss(chosen, reject)
     first = dict(loss.last_metrics)
     x = torch.sigmoid(chosen - reject)
@@ -191,7 +191,7 @@ def test_metrics_only_mode_returns_the_host_loss_exactly():
 
 def test_nan_margin_stops_naming_the_step():
     chosen, reject, _ = batch()
-    loss = FairPairWiseLoss(pairwise_loss, RewardFairnessConfig(alpha=0.1), steps_per_update=4)
+    loss = FairPairWiseLoss(pairwise_loss, RewardFairnessConfig(reg=0.1), steps_per_update=4)
     for _ in range(5):
         loss(chosen, reject)
     chosen[2] = math.nan
@@ -200,7 +200,7 @@ def test_nan_margin_stops_naming_the_step():
 
 
 def test_single_pair_warns_once_and_has_no_fairness_gradient():
-    loss = FairPairWiseLoss(pairwise_loss, RewardFairnessConfig(alpha=5.0))
+    loss = FairPairWiseLoss(pairwise_loss, RewardFairnessConfig(reg=5.0))
     c = torch.tensor([0.3], dtype=torch.float64, requires_grad=True)
     with pytest.warns(RuntimeWarning, match="at least 2"):
         out = loss(c, torch.tensor([0.0], dtype=torch.float64))
@@ -215,7 +215,7 @@ def test_single_pair_warns_once_and_has_no_fairness_gradient():
 
 def test_eval_recording_returns_host_loss_and_keeps_rewards():
     chosen, reject, _ = batch()
-    loss = FairPairWiseLoss(pairwise_loss, RewardFairnessConfig(alpha=0.1))
+    loss = FairPairWiseLoss(pairwise_loss, RewardFairnessConfig(reg=0.1))
     with torch.no_grad():  # the host's evaluation
         out = loss(chosen, reject, group_ids=torch.arange(8) % 2)
     assert torch.equal(out, pairwise_loss(chosen, reject))
@@ -231,16 +231,16 @@ def test_eval_recording_returns_host_loss_and_keeps_rewards():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(alpha=0.1, tau=1.0), "degenerate"),
-        (dict(alpha=-0.1), "--fairness_reg must be >= 0"),
-        (dict(gamma=-0.5), "--fairness_coef must be >= 0"),
-        (dict(alpha=0.1, gamma=0.5), "only one"),
-        (dict(gamma=0.5, tau=2.0), "tau < 1"),
-        (dict(alpha=0.1, temperature=0.0), "temperature"),
-        (dict(alpha=0.1, scope="world"), "scope"),
-        (dict(alpha=0.1, coef_form="inverse"), "only applies"),
-        (dict(alpha=float("nan")), "finite"),
-        (dict(alpha=0.1, group_key=" "), "group_key"),
+        (dict(reg=0.1, tau=1.0), "degenerate"),
+        (dict(reg=-0.1), "--fairness_reg must be >= 0"),
+        (dict(coef=-0.5), "--fairness_coef must be >= 0"),
+        (dict(reg=0.1, coef=0.5), "only one"),
+        (dict(coef=0.5, tau=2.0), "tau < 1"),
+        (dict(reg=0.1, temperature=0.0), "temperature"),
+        (dict(reg=0.1, scope="world"), "scope"),
+        (dict(reg=0.1, coef_form="inverse"), "only applies"),
+        (dict(reg=float("nan")), "finite"),
+        (dict(reg=0.1, group_key=" "), "group_key"),
     ],
 )
 def test_config_rejects_bad_settings(kwargs, message):
@@ -250,9 +250,9 @@ def test_config_rejects_bad_settings(kwargs, message):
 
 # ----------------------------------------------------------------------------------------------- global scope
 GLOBAL_CONFIGS = {
-    "fr": RewardFairnessConfig(alpha=0.8, scope="global"),
-    "fc": RewardFairnessConfig(gamma=0.5, scope="global"),
-    "fr-groups": RewardFairnessConfig(alpha=0.8, scope="global", group_key="category"),
+    "fr": RewardFairnessConfig(reg=0.8, scope="global"),
+    "fc": RewardFairnessConfig(coef=0.5, scope="global"),
+    "fr-groups": RewardFairnessConfig(reg=0.8, scope="global", group_key="category"),
 }
 
 

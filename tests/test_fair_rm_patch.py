@@ -59,7 +59,7 @@ def originals(cls, names):
 def test_target_really_replaced_and_undo_restores(host, rm_patch):
     trainer_cls, dataset_cls = host.rm_trainer.RewardModelTrainer, host.reward_dataset.RewardDataset
     before, before_ds = originals(trainer_cls, TRAINER_METHODS), originals(dataset_cls, DATASET_METHODS)
-    undo = rm_patch(RewardFairnessConfig(alpha=0.1, group_key="category"))
+    undo = rm_patch(RewardFairnessConfig(reg=0.1, group_key="category"))
     for name, original in before.items():
         assert trainer_cls.__dict__[name] is not original
         assert is_patched(trainer_cls, name) and original_of(trainer_cls.__dict__[name]) is original
@@ -73,21 +73,21 @@ def test_target_really_replaced_and_undo_restores(host, rm_patch):
 def test_dataset_untouched_without_group_key(host, rm_patch):
     dataset_cls = host.reward_dataset.RewardDataset
     before = originals(dataset_cls, DATASET_METHODS)
-    rm_patch(RewardFairnessConfig(alpha=0.1))
+    rm_patch(RewardFairnessConfig(reg=0.1))
     assert originals(dataset_cls, DATASET_METHODS) == before
 
 
 def test_applying_twice_is_harmless_and_a_second_config_is_refused(host, rm_patch):
     trainer_cls = host.rm_trainer.RewardModelTrainer
-    config = RewardFairnessConfig(gamma=0.5)
+    config = RewardFairnessConfig(coef=0.5)
     rm_patch(config)
     patched = originals(trainer_cls, TRAINER_METHODS)
-    undo_second = rm_patch(RewardFairnessConfig(gamma=0.5))  # equal config: no-op
+    undo_second = rm_patch(RewardFairnessConfig(coef=0.5))  # equal config: no-op
     assert originals(trainer_cls, TRAINER_METHODS) == patched
     undo_second()  # undoing the no-op leaves the first patch in place
     assert originals(trainer_cls, TRAINER_METHODS) == patched
     with pytest.raises(FairnessConfigError, match="already patched"):
-        rm_patch(RewardFairnessConfig(alpha=0.1))
+        rm_patch(RewardFairnessConfig(reg=0.1))
 
 
 @pytest.mark.parametrize(
@@ -108,7 +108,7 @@ def test_moved_host_symbol_fails_loudly_and_patches_nothing(host, rm_patch, monk
     before = originals(trainer_cls, [n for n in TRAINER_METHODS if n != name])
     monkeypatch.delattr(target, name)
     with pytest.raises(HostMismatchError, match=message):
-        rm_patch(RewardFairnessConfig(alpha=0.1, group_key="category" if owner == "dataset" else None))
+        rm_patch(RewardFairnessConfig(reg=0.1, group_key="category" if owner == "dataset" else None))
     assert originals(trainer_cls, [n for n in TRAINER_METHODS if n != name]) == before
     assert not any(is_patched(trainer_cls, n) for n in before)
 
@@ -121,7 +121,7 @@ def test_changed_host_signature_fails_loudly_before_patching(host, rm_patch, mon
 
     monkeypatch.setattr(trainer_cls, "fit", fit)
     with pytest.raises(HostMismatchError, match="no parameter.*consumed_samples"):
-        rm_patch(RewardFairnessConfig(alpha=0.1))
+        rm_patch(RewardFairnessConfig(reg=0.1))
     assert not any(is_patched(trainer_cls, n) for n in TRAINER_METHODS)
 
 
@@ -189,7 +189,7 @@ def make_trainer(host, strategy=None, loss="sigmoid"):
 
 @pytest.mark.parametrize("loss, host_loss", [("sigmoid", "PairWiseLoss"), ("logexp", "LogExpLoss")])
 def test_patched_trainer_wraps_the_host_loss_with_the_right_numbers(host, rm_patch, loss, host_loss):
-    config = RewardFairnessConfig(alpha=0.5, tau=-2.0)
+    config = RewardFairnessConfig(reg=0.5, tau=-2.0)
     rm_patch(config)
     trainer, model, strategy = make_trainer(host, loss=loss)
     from openrlhf_fair.losses import FairPairWiseLoss
@@ -204,7 +204,7 @@ def test_patched_trainer_wraps_the_host_loss_with_the_right_numbers(host, rm_pat
     p = x / x.sum()
     F = (p ** 3).sum() ** (-1 / 2) / 4  # tau = -2: sign(1 - tau) * (sum p^(1 - tau))^(1 / tau) / n
     assert float(trainer.loss_fn(chosen, reject, None)) == pytest.approx(float(base - 0.5 * F), rel=1e-12)
-    assert model.config.openrlhf_fair["method"] == "fr" and model.config.openrlhf_fair["alpha"] == 0.5
+    assert model.config.openrlhf_fair["method"] == "fr" and model.config.openrlhf_fair["reg"] == 0.5
     assert "openrlhf_fair" in model.config.to_dict()
     assert any("FR: loss = base - 0.5 * F" in line for line in strategy.printed)
 
@@ -218,9 +218,9 @@ def test_unpatched_trainer_keeps_the_host_loss(host):
 @pytest.mark.parametrize(
     "config, strategy, message",
     [
-        (RewardFairnessConfig(alpha=0.1), FakeStrategy(micro=1), "at least 2 preference pairs"),
-        (RewardFairnessConfig(gamma=0.5, scope="global"), FakeStrategy(micro=1, world_size=1), "global micro-batch"),
-        (RewardFairnessConfig(alpha=0.1, group_key="category"), FakeStrategy(packing=True), "packing_samples"),
+        (RewardFairnessConfig(reg=0.1), FakeStrategy(micro=1), "at least 2 preference pairs"),
+        (RewardFairnessConfig(coef=0.5, scope="global"), FakeStrategy(micro=1, world_size=1), "global micro-batch"),
+        (RewardFairnessConfig(reg=0.1, group_key="category"), FakeStrategy(packing=True), "packing_samples"),
     ],
     ids=["micro-batch-of-one", "global-one-rank", "group-key-with-packing"],
 )
@@ -240,7 +240,7 @@ def test_bad_runs_fail_before_the_host_trainer_is_built(host, rm_patch, config, 
 def test_global_scope_with_one_pair_per_rank_on_two_ranks_is_accepted(host, rm_patch, world, ring, tp, accepted):
     """One pair per rank: accepted when >= 2 data-parallel ranks (world / ring_attn_size / tensor_parallel_size)
     share F, refused before the host trainer is built otherwise."""
-    rm_patch(RewardFairnessConfig(alpha=0.1, scope="global"))
+    rm_patch(RewardFairnessConfig(reg=0.1, scope="global"))
     strategy = FakeStrategy(micro=1, world_size=world)
     strategy.args.ds.ring_attn_size, strategy.args.ds.tensor_parallel_size = ring, tp
     if not accepted:
@@ -268,7 +268,7 @@ class Recorder:
 
 
 def test_fairness_metrics_reach_the_host_logs(host, rm_patch):
-    rm_patch(RewardFairnessConfig(alpha=0.1))
+    rm_patch(RewardFairnessConfig(reg=0.1))
     trainer, _, strategy = make_trainer(host)
     trainer._tensorboard, trainer.num_update_steps_per_epoch = Recorder(), 10**9
     chosen, reject = torch.tensor([0.5, -0.2, 1.5, 0.1]), torch.tensor([0.1, 0.3, -0.5, 0.0])

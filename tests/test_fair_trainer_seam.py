@@ -77,7 +77,7 @@ class TwoRankStrategy(FakeStrategy):
 def test_step_metrics_are_averaged_over_data_parallel_ranks(host, rm_patch):
     other = {name: 0.25 for name in ("fairness/F", "fairness/jain", "fairness/gini", "fairness/base_loss",
                                      "fairness/term", "fairness/items")}  # fmt: skip
-    rm_patch(RewardFairnessConfig(alpha=0.1))
+    rm_patch(RewardFairnessConfig(reg=0.1))
     trainer, _, strategy = make_trainer(host, strategy=TwoRankStrategy(other))
     trainer._tensorboard, trainer.num_update_steps_per_epoch = Recorder(), 10**9
     chosen, reject = torch.tensor([0.5, -0.2, 1.5, 0.1]), torch.tensor([0.1, 0.3, -0.5, 0.0])
@@ -92,7 +92,7 @@ def test_step_metrics_are_averaged_over_data_parallel_ranks(host, rm_patch):
 # ----------------------------------------------------------------------------------------------- fit call site
 def test_fit_realigns_the_step_on_resume(host, stub_fit, rm_patch):
     """A run resumed after 32 samples (batch 16, accumulation 2) starts at micro-step 5 = step 3, as the host counts."""
-    rm_patch(RewardFairnessConfig(alpha=0.1))
+    rm_patch(RewardFairnessConfig(reg=0.1))
     trainer, _, strategy = make_trainer(host)
     bad = (torch.tensor([1.0, float("nan")]), torch.tensor([0.0, 0.0]))
     trainer._rewards = lambda batch: (*bad, None)
@@ -104,7 +104,7 @@ def test_fit_realigns_the_step_on_resume(host, stub_fit, rm_patch):
 
 
 def test_fit_feeds_each_batchs_group_labels_to_the_loss(host, stub_fit, rm_patch):
-    config = RewardFairnessConfig(alpha=0.5, group_key="category")
+    config = RewardFairnessConfig(reg=0.5, group_key="category")
     rm_patch(config)
     trainer, _, strategy = make_trainer(host)
     chosen = torch.tensor([2.0, 1.5, -0.5, 0.0], dtype=torch.float64)
@@ -131,7 +131,7 @@ def host_like_evaluate(self, eval_dataloader, steps=0):
 
 def test_eval_metrics_join_the_host_eval_logs(host, monkeypatch, rm_patch):
     monkeypatch.setattr(host.rm_trainer.RewardModelTrainer, "evaluate", host_like_evaluate)
-    rm_patch(RewardFairnessConfig(alpha=0.1, group_key="category"))
+    rm_patch(RewardFairnessConfig(reg=0.1, group_key="category"))
     trainer, _, _ = make_trainer(host)
     chosen, reject = torch.tensor([1.0, 2.0, 0.0, -1.0]), torch.tensor([0.0, 0.0, 1.0, 0.0])
     trainer._rewards = lambda batch: (chosen, reject, None)
@@ -163,14 +163,14 @@ def test_non_finite_reward_or_margin_stops_naming_the_step(chosen, reject, margi
 
 
 def test_non_finite_base_loss_stops_naming_the_step():
-    loss = FairPairWiseLoss(lambda c, r, m: (c - r).sum() * math.inf, RewardFairnessConfig(alpha=0.1))
+    loss = FairPairWiseLoss(lambda c, r, m: (c - r).sum() * math.inf, RewardFairnessConfig(reg=0.1))
     with pytest.raises(FairnessTrainingError, match=r"training step 4 \(micro-step 4\): NaN/Inf in the base loss"):
         loss(torch.tensor([1.0, 2.0], requires_grad=True), torch.tensor([0.0, 0.0]), step=4)
 
 
 def test_overflowing_F_with_finite_margins_stops_the_run():
     """tau = 5 with an extreme but finite margin passes every input check; F = -inf must still stop the run."""
-    loss = FairPairWiseLoss(pairwise, RewardFairnessConfig(alpha=0.1, tau=5.0))
+    loss = FairPairWiseLoss(pairwise, RewardFairnessConfig(reg=0.1, tau=5.0))
     chosen = torch.tensor([200.0, -1000.0, 0.0], dtype=torch.float64, requires_grad=True)
     with pytest.raises(FairnessTrainingError, match=r"at training step 1 .*fairness F = -inf .* is not finite"):
         loss(chosen, torch.zeros(3, dtype=torch.float64))

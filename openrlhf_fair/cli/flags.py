@@ -1,124 +1,163 @@
-"""The ONE place the add-on's command-line flags are defined (the CLI contract).
+"""The add-on's command-line flags, generated from the settings' dataclass fields (the CLI contract).
+
+Each setting is defined once, as a field of `RewardFairnessConfig` (train_rm, train_dpo) or `PPOFairnessConfig`
+(train_ppo_ray) whose metadata holds its help text (`openrlhf_fair.config.setting`); this module turns every field
+into one flag, ``--<FLAG_PREFIX><field>`` (``--fairness_reg``, ``--fair_coef``), with type, choices and default
+taken from the field. The other prefix (``--fair_reg`` on train_rm, ``--fairness_coef`` on train_ppo_ray) is
+still accepted for one release, with a one-time deprecation message on stderr naming the new spelling.
 
 `parse_fairness_args(command, argv)` splits our flags off an OpenRLHF command line and returns
-``(config, remaining_argv)``; config is None when no fairness flag was given (then nothing is patched and the
-host sees exactly the user's arguments). Every flag is accepted as ``--fairness_x`` and ``--fair_x``.
-Parsers use add_help=False, allow_abbrev=False and parse_known_args, so host flags pass through untouched,
-in their order. This module imports neither torch nor openrlhf.
+``(config, remaining_argv)``; config is None when no add-on flag was given (then nothing is patched and the
+host sees exactly the user's arguments). Parsers use add_help=False, allow_abbrev=False and parse_known_args, so
+host flags pass through untouched, in their order. This module imports neither torch nor openrlhf.
 """
 
 from __future__ import annotations
 
 import argparse
-from typing import Callable, Optional
+import dataclasses
+import difflib
+import os
+import sys
+import typing
+from typing import Optional
 
-from openrlhf_fair.config import COEF_FORMS, SCOPES, FairnessConfigError, RewardFairnessConfig
+from openrlhf_fair.config import FairnessConfigError, RewardFairnessConfig
+from openrlhf_fair.ppo_config import PPOFairnessConfig
 
-
-def _add(parser: argparse.ArgumentParser, name: str, **kwargs) -> None:
-    """Add ``--fairness_<name>`` with its short alias ``--fair_<name>`` (one dest)."""
-    parser.add_argument(f"--fairness_{name}", f"--fair_{name}", dest=f"fairness_{name}", **kwargs)
-
-
-# ===================================================================== reward model / DPO (train_rm, train_dpo)
-def add_reward_fairness_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Flags of the fairness-aware pairwise losses (Ouyang et al., ACL 2025). All default to off."""
-    group = parser.add_argument_group(
+# The config class whose fields are each subcommand's add-on flags, and the flag group's title and description.
+FLAG_SETS: dict[str, tuple[type, str, str]] = {
+    "train_rm": (
+        RewardFairnessConfig,
         "reward fairness (openrlhf-fair; Ouyang et al., ACL 2025)",
-        "F = f_tau(sigmoid(m / T)) / n over the reward margins m of the preference pairs (train_dpo: DPO's "
-        "implicit-reward margins m = beta * [(log pi - log pi_ref)(chosen) - (log pi - log pi_ref)(rejected)]; "
-        "f_tau: Lan et al.'s "
+        "F = f_tau(sigmoid(m / T)) / n over the reward margins m of the preference pairs (f_tau: Lan et al.'s "
         "fairness; tau = -1 gives Jain's index). Pass one of --fairness_reg / --fairness_coef; other flags alone "
         "keep the host loss and only log fairness. Needs >= 2 pairs per micro-batch (--train.micro_batch_size).",
-    )
-    _add(group, "reg", type=float, default=None, metavar="ALPHA",
-         help="Fairness Regularization: loss = base_loss - ALPHA * F. The paper uses 0.1.")
-    _add(group, "coef", type=float, default=None, metavar="GAMMA",
-         help="Fairness Coefficient as published: loss = base_loss * F**GAMMA. The paper uses 0.5.")
-    _add(group, "coef_form", choices=COEF_FORMS, default=None,
-         help="paper (default): F**GAMMA, whose gradient LOWERS fairness; inverse: F**(-GAMMA), which raises it.")
-    _add(group, "tau", type=float, default=None, metavar="TAU",
-         help="Lan et al.'s tau (default -1: Jain's index; -> 0: exp(Shannon entropy); tau = 1 is invalid).")
-    _add(group, "temperature", type=float, default=None, metavar="T",
-         help="Allocation x = sigmoid(margin / T) (default 1).")
-    _add(group, "scope", choices=SCOPES, default=None,
-         help="micro (default, as the authors did): F over the rank's micro-batch; global: over the micro-batches "
-              "of all data-parallel ranks, gathered with gradients.")
-    _add(group, "group_key", type=str, default=None, metavar="KEY",
-         help="Dataset column (e.g. category): F over per-group mean allocations instead of per pair, and "
-              "per-group accuracy / mean reward / best-minus-worst gap at evaluation. Not with --ds.packing_samples.")
-    return parser
-
-
-def reward_config_from_namespace(ns: argparse.Namespace) -> Optional[RewardFairnessConfig]:
-    """A validated RewardFairnessConfig, or None when no reward-fairness flag was given."""
-    fields = {"reg": "alpha", "coef": "gamma", "coef_form": "coef_form", "tau": "tau", "temperature": "temperature",
-              "scope": "scope", "group_key": "group_key"}  # flag name -> RewardFairnessConfig field
-    given = {field: getattr(ns, f"fairness_{name}") for name, field in fields.items()}
-    given = {field: value for field, value in given.items() if value is not None}  # the rest keep their defaults
-    return RewardFairnessConfig(**given) if given else None
-
-
-# ===================================================================== PPO (train_ppo_ray)
-def add_ppo_fairness_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Flags of PPO fairness shaping (the add-on's transfer of the paper to on-policy RL). All default to off."""
-    group = parser.add_argument_group(
+    ),
+    "train_dpo": (
+        RewardFairnessConfig,
+        "reward fairness (openrlhf-fair; Ouyang et al., ACL 2025)",
+        "F = f_tau(sigmoid(m / T)) / n over DPO's implicit-reward margins m = beta * [(log pi - log pi_ref)(chosen) "
+        "- (log pi - log pi_ref)(rejected)] (f_tau: Lan et al.'s fairness; tau = -1 gives Jain's index). Pass one "
+        "of --fairness_reg / --fairness_coef; other flags alone keep the host loss and only log fairness. Needs "
+        ">= 2 pairs per micro-batch (--train.micro_batch_size).",
+    ),
+    "train_ppo_ray": (
+        PPOFairnessConfig,
         "PPO fairness shaping (openrlhf-fair; after Ouyang et al., ACL 2025)",
         "Rewards of a rollout batch are resources of agents: x = sigmoid(reward / T), U = mean x, F = f_tau(x) / K. "
         "Each agent's advantages are scaled by w_k = K * dPsi/dx_k of Psi = U * F**GAMMA + ALPHA * F (clipped, "
         "renormalised to mean 1), after OpenRLHF's estimator computed them; returns stay unchanged. Other flags "
         "alone (GAMMA = ALPHA = 0) only log F, Jain, Gini of the batch: a baseline.",
-    )
-    _add(group, "coef", type=float, default=None, metavar="GAMMA",
-         help="Psi = U * F**GAMMA (the paper's fairness coefficient, as a welfare to maximise: it raises fairness). "
-              "Recommended 0.5 (paper default).")
-    _add(group, "reg", type=float, default=None, metavar="ALPHA",
-         help="Psi = U + ALPHA * F (the paper's fairness regularisation). Paper default 0.1; 0.5-1 for a visible "
-              "effect. With --fair_coef too: Psi = U * F**GAMMA + ALPHA * F.")
-    _add(group, "tau", type=float, default=None, metavar="TAU",
-         help="Lan et al.'s tau (default -1: Jain's index; -> 0: exp(Shannon entropy); 1 is invalid; > 1 only with "
-              "--fair_reg).")
-    _add(group, "temperature", type=float, default=None, metavar="T",
-         help="x = sigmoid(reward / T) (default 1); use about the reward's spread for rewards far from [-5, 5].")
-    _add(group, "unit", type=str, default=None, metavar="UNIT",
-         help="Who the agents are: sample (default, like the paper's pairs), prompt (the n samples of one prompt, x = "
-              "their mean), or label:KEY (prompts sharing the value of prompt-dataset column KEY; logs mean reward "
-              "per label).")
-    _add(group, "weight_clip", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
-         help="Clip the weights to [LOW, HIGH] before renormalising to mean 1 (default 0 5: never flip an "
-              "advantage's sign; at most 5x for one agent).")
-    return parser
-
-
-def ppo_config_from_namespace(ns: argparse.Namespace):
-    """A validated PPOFairnessConfig, or None when no PPO fairness flag was given."""
-    from openrlhf_fair.ppo_config import PPOFairnessConfig
-
-    names = ("coef", "reg", "tau", "temperature", "unit", "weight_clip")
-    given = {name: getattr(ns, f"fairness_{name}") for name in names if getattr(ns, f"fairness_{name}") is not None}
-    if not given:
-        return None
-    return PPOFairnessConfig(**given)
-
-
-# ===================================================================== end of PPO section
-
-
-FlagSet = tuple[Callable[[argparse.ArgumentParser], argparse.ArgumentParser], Callable[[argparse.Namespace], object]]
-
-FLAG_SETS: dict[str, FlagSet] = {
-    "train_rm": (add_reward_fairness_arguments, reward_config_from_namespace),
-    "train_dpo": (add_reward_fairness_arguments, reward_config_from_namespace),
-    "train_ppo_ray": (add_ppo_fairness_arguments, ppo_config_from_namespace),
+    ),
 }
 
+_warned: set[str] = set()  # deprecated spellings already reported by this process
 
-def _parser(command: str) -> Optional[argparse.ArgumentParser]:
+
+class _Deprecated(argparse.Action):
+    """Stores like ``store``; the first use of a deprecated spelling prints one message to stderr."""
+
+    def __init__(self, *args, new_flag: str, command: str, note: str = "", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.new_flag, self.command, self.note = new_flag, command, note
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        if option_string != self.new_flag and option_string not in _warned:
+            _warned.add(option_string)
+            if os.environ.get("RANK", "0") == "0":  # once per run, not once per torchrun/deepspeed rank
+                print(f"openrlhf-fair: {option_string} is deprecated on {self.command} and will be removed in the next "
+                      f"release; use {self.new_flag}. {self.note}".rstrip(), file=sys.stderr, flush=True)
+
+
+def _flag_type(hint) -> tuple[type, Optional[int]]:
+    """(argparse type, nargs) of a field's type hint: Optional[X] -> X; tuple[X, X] -> X with nargs 2."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) is tuple:
+        return args[0], len(args)
+    return (args[0] if args else hint), None
+
+
+def flag_name(config_class: type, field: dataclasses.Field) -> str:
+    """The flag of a setting: its own ``flag`` or ``--<FLAG_PREFIX><field name>``."""
+    return field.metadata["flag"] or f"--{config_class.FLAG_PREFIX}{field.name}"
+
+
+def add_arguments(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    """One flag per field of the command's config class; every default is None (a given flag is then known)."""
+    config_class, title, description = FLAG_SETS[command]
+    old = f"--{config_class.DEPRECATED_PREFIX}*"
+    group = parser.add_argument_group(title, f"{description} The {old} spellings are deprecated (one more release).")
+    hints = typing.get_type_hints(config_class)
+    for field in dataclasses.fields(config_class):
+        meta, name = field.metadata, flag_name(config_class, field)
+        names = [name] if meta["flag"] else [name, f"--{config_class.DEPRECATED_PREFIX}{field.name}"]
+        flag_type, nargs = _flag_type(hints[field.name])
+        default = " ".join(map(str, field.default)) if isinstance(field.default, tuple) else field.default
+        help_text = meta["help"] + ("" if field.default is None else f" Default: {default}.")
+        group.add_argument(*names, dest=field.name, type=flag_type, nargs=nargs, choices=meta["choices"],
+                           default=None, metavar=meta["metavar"], help=help_text, action=_Deprecated,
+                           new_flag=name, command=command, note=meta["deprecation_note"])
+    return parser
+
+
+class _Parser(argparse.ArgumentParser):
+    """Errors are one line (``openrlhf <command>: error: ...``, exit 2), without a usage of only our flags."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _parser(command: str) -> Optional[_Parser]:
     if command not in FLAG_SETS:
         return None
-    parser = argparse.ArgumentParser(prog=f"openrlhf {command}", add_help=False, allow_abbrev=False)
-    FLAG_SETS[command][0](parser)
-    return parser
+    parser = _Parser(prog=f"openrlhf {command}", add_help=False, allow_abbrev=False)
+    return add_arguments(parser, command)
+
+
+def config_from_namespace(command: str, ns: argparse.Namespace):
+    """The command's validated config, or None when none of its flags was given (the rest keep their defaults)."""
+    config_class = FLAG_SETS[command][0]
+    given = {f.name: getattr(ns, f.name) for f in dataclasses.fields(config_class) if getattr(ns, f.name) is not None}
+    return config_class(**given) if given else None
+
+
+def spellings(command: str) -> dict[str, dataclasses.Field]:
+    """Every accepted spelling of the command's add-on flags (current and deprecated) -> its setting."""
+    config_class = FLAG_SETS[command][0]
+    names = {}
+    for field in dataclasses.fields(config_class):
+        names[flag_name(config_class, field)] = field
+        if not field.metadata["flag"]:
+            names[f"--{config_class.DEPRECATED_PREFIX}{field.name}"] = field
+    return names
+
+
+def unknown_addon_flag(command: str, host_argv: list[str]) -> Optional[str]:
+    """An error for the first host argument that is a near miss of the add-on's flags, else None.
+
+    Near miss: a flag of another subcommand (with its counterpart here, if any), any unknown ``--fair*`` (the
+    add-on's prefix, which OpenRLHF does not use), or an undotted flag within a typo of one of ours (OpenRLHF's
+    own flags are dotted, e.g. ``--train.micro_batch_size``, or few and far from ours, e.g. ``--local_rank``).
+    """
+    ours, config_class = spellings(command), FLAG_SETS[command][0]
+    current = list(dict.fromkeys(flag_name(config_class, field) for field in ours.values()))
+    for token in host_argv:
+        name = token.split("=", 1)[0]
+        if not name.startswith("--") or "." in name:
+            continue
+        elsewhere = {other: spellings(other)[name] for other in FLAG_SETS if name in spellings(other)}
+        if elsewhere:
+            counterpart = next(iter(elsewhere.values())).metadata["counterpart"]
+            instead = f"; on {command} use {counterpart}" if counterpart else ""
+            return f"{name} is a flag of {'/'.join(elsewhere)}, not of {command}{instead}"
+        close = difflib.get_close_matches(name, list(ours), n=1, cutoff=0.8)
+        if close:
+            return f"unrecognized argument {name}; did you mean {flag_name(config_class, ours[close[0]])}?"
+        if name.startswith("--fair"):
+            return f"unrecognized argument {name}; the add-on's flags of {command}: {', '.join(current)}"
+    return None
 
 
 def parse_fairness_args(command: str, argv: list[str]) -> tuple[Optional[object], list[str]]:
@@ -130,8 +169,11 @@ def parse_fairness_args(command: str, argv: list[str]) -> tuple[Optional[object]
     if parser is None:
         return None, list(argv)
     ns, rest = parser.parse_known_args(list(argv))
+    mistake = unknown_addon_flag(command, rest)
+    if mistake:
+        parser.error(mistake)
     try:
-        config = FLAG_SETS[command][1](ns)
+        config = config_from_namespace(command, ns)
     except FairnessConfigError as err:
         parser.error(str(err))
     return config, rest

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # The add-on's own subcommands: module with `main(argv) -> int`, and one line of help.
@@ -23,11 +24,17 @@ ADDON_COMMANDS = {
 }
 
 
+def program_name() -> str:
+    """The name the user typed: ``openrlhf-fair`` or ``openrlhf`` (both run this; ``python -m``: openrlhf)."""
+    name = os.path.basename(sys.argv[0])
+    return name if name in ("openrlhf", "openrlhf-fair") else "openrlhf"
+
+
 def build_parser(host_commands: list[str]) -> argparse.ArgumentParser:
     lines = [f"  {name:<16} OpenRLHF's openrlhf.cli.{name}" for name in host_commands]
     lines += [f"  {name:<16} {text}" for name, (_, text) in ADDON_COMMANDS.items()]
     parser = argparse.ArgumentParser(
-        prog="openrlhf",
+        prog=program_name(),
         description="OpenRLHF with reward fairness (openrlhf-fair). Subcommands:\n" + "\n".join(lines),
         epilog="`openrlhf <subcommand> --help` shows the subcommand's flags, OpenRLHF's and the add-on's.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -38,13 +45,17 @@ def build_parser(host_commands: list[str]) -> argparse.ArgumentParser:
                               "env OPENRLHF_FAIR_CPU=1/0 does the same)")
     backend.add_argument("--no-cpu", dest="cpu", action="store_false", help="never use the CPU backend")
     parser.add_argument("--version", action="store_true", help="print the add-on's and OpenRLHF's versions")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of the add-on's errors (bad settings, data, host), which are otherwise "
+                             "printed as one message with exit status 2; env OPENRLHF_FAIR_DEBUG=1 does the same, "
+                             "e.g. in torchrun/deepspeed ranks")
     parser.add_argument("command", nargs="?", metavar="subcommand")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     from openrlhf_fair import __version__
-    from openrlhf_fair.cli.runner import host_commands, run_host_cli
+    from openrlhf_fair.cli.runner import DEBUG_ENV, host_commands, run_host_cli
     from openrlhf_fair.host.version import describe_host
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -54,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     split = next((i for i, arg in enumerate(argv) if not arg.startswith("-")), len(argv))
     args = parser.parse_args(argv[: split + 1])
     rest = argv[split + 1 :]
+    if args.debug:
+        os.environ[DEBUG_ENV] = "1"  # read by cli.runner here and inherited by the ranks and Ray workers
     if args.version:
         print(f"openrlhf-fair {__version__}; {describe_host()}")
         return 0
@@ -61,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0 if argv else 2
     if args.command in ADDON_COMMANDS:
+        if args.command in ("report", "demo"):  # they load OpenRLHF's models: serve its CUDA-only imports if missing
+            from openrlhf_fair import cpu_backend
+
+            cpu_backend.serve_missing_host_imports()
         module = importlib.import_module(ADDON_COMMANDS[args.command][0])
         return module.main(rest)
     if args.command in commands:

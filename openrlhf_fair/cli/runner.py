@@ -4,6 +4,11 @@ Order (the CLI contract): split the add-on's flags off, activate the CPU backend
 missing, apply the fairness patches only when a fairness flag is on, then run the host module as ``__main__``
 with the remaining arguments. With no add-on flag nothing is patched (except the CPU backend on a machine
 without CUDA, which OpenRLHF cannot run without) and the host sees exactly the arguments the user gave.
+
+Errors the user can act on (`openrlhf_fair.config.AddonError`: a setting that cannot work, bad data, a host that
+does not match) are printed as one message, exit status 2, in the driver and in every torchrun/deepspeed rank;
+also when they come back from a Ray actor. ``OPENRLHF_FAIR_DEBUG=1`` (or ``openrlhf --debug``) re-raises them
+with their traceback.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ HOST_PATCH_MODULES = {
     "train_ppo_ray": "openrlhf_fair.host.experience_maker",
 }
 HOST_CLI_PACKAGE = "openrlhf.cli"
+DEBUG_ENV = "OPENRLHF_FAIR_DEBUG"
 
 
 def host_commands() -> list[str]:
@@ -43,6 +49,20 @@ def wants_help(argv: list[str]) -> bool:
 
 def run_host_cli(command: str, argv: list[str], cpu: bool | None = None) -> int:
     """Run ``openrlhf.cli.<command>`` with ``argv`` and the add-on's flags applied; return its exit code."""
+    from openrlhf_fair.config import AddonError
+
+    try:
+        return _run_host_cli(command, argv, cpu)
+    except AddonError as err:
+        if os.environ.get(DEBUG_ENV) == "1":
+            raise
+        cause = getattr(err, "cause", None)  # a Ray actor's error arrives as a RayTaskError that is also its class
+        message = str(cause if isinstance(cause, AddonError) else err).removeprefix("openrlhf-fair: ")
+        print(f"openrlhf {command}: error: {message}\n(traceback: {DEBUG_ENV}=1)", file=sys.stderr, flush=True)
+        return 2
+
+
+def _run_host_cli(command: str, argv: list[str], cpu: bool | None) -> int:
     from openrlhf_fair.cli import flags
 
     config, rest = flags.parse_fairness_args(command, argv)
@@ -54,11 +74,7 @@ def run_host_cli(command: str, argv: list[str], cpu: bool | None = None) -> int:
     if config is not None and not wants_help(argv):  # pre-run data checks only with a fairness flag
         from openrlhf_fair import preflight
 
-        try:
-            preflight.check(command, rest, config)
-        except preflight.PreflightError as err:
-            print(err, file=sys.stderr, flush=True)
-            return 2
+        preflight.check(command, rest, config)  # raises PreflightError (an AddonError): one message, exit 2
 
     from openrlhf_fair import cpu_backend
 

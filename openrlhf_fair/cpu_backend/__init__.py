@@ -1,15 +1,26 @@
 """The CPU backend: unmodified OpenRLHF trainers on a machine without CUDA (demos, tests, debugging).
 
-    openrlhf --cpu train_rm ...            # or OPENRLHF_FAIR_CPU=1; on by default only without CUDA
+    openrlhf --cpu train_rm ...            # or OPENRLHF_FAIR_CPU=1; on by itself where CUDA is unavailable
     torchrun --nproc_per_node 2 -m openrlhf_fair.cli.train_rm ...   # ranks talk over gloo on loopback
 
-`maybe_activate(command, requested)` decides, `activate(command)` applies, in this order:
-the process environment (`launch`: loopback rendezvous, a checked or free port, ``OPENRLHF_FAIR_CPU=1``
-so child ranks activate too), the flash_attn import stand-in (`stand_ins`, only when flash_attn is not
-installed), CPU-aware ``torch.cuda`` calls (`torch_cuda`), the DeepSpeed strategy patches (`strategy`:
-CPU device mesh, no C++ JIT ops), the argument checks (`cli_args`: unsupported flags fail before
-training, flash attention becomes sdpa), then for ``train_ppo_ray`` the Ray/vLLM support (`ray_support`).
-Everything is undone by the function `activate` returns. Nothing happens at import time.
+Its public interface is this module; nothing outside the CLI front (`cli.runner`, `cli.main`) imports it:
+- `wanted(requested)`: the caller's True/False, else ``OPENRLHF_FAIR_CPU`` = 1/0, else "CUDA is unavailable".
+- `maybe_activate(command, requested)`: `activate(command)` when `wanted`; the CLI front calls it for every
+  OpenRLHF command it runs (in each process: torchrun ranks and Ray workers make the same choice).
+- `activate(command)` -> undo: applies, in this order, the process environment (`launch`: loopback
+  rendezvous, a checked or free port, ``OPENRLHF_FAIR_CPU=1`` so child ranks activate too), the flash_attn
+  import stand-in (`stand_ins`, only when flash_attn is not installed), CPU-aware ``torch.cuda`` calls
+  (`torch_cuda`: set_device / synchronize / empty_cache / current_stream / current_device), the DeepSpeed
+  strategy patches (`strategy`: CPU device mesh, no C++ JIT ops, torch AdamW), the flag checks
+  (`cli_args`: unsupported flags fail before training, flash attention becomes sdpa), then for
+  ``train_ppo_ray`` the Ray/vLLM support (`ray_support`: ``ray.init`` on loopback with logical GPUs, the vLLM
+  stand-in engine, weight sync over gloo, the replay buffer's device, and the same activation in every Ray
+  worker process through `host.ray_workers`). The function it returns undoes all of it.
+- `serve_missing_host_imports()`: for the add-on's own model-loading commands (report, demo), only the
+  flash_attn import stand-in where flash_attn is missing, on CUDA machines too; patches nothing.
+- `is_active()`.
+Nothing happens at import time. Every patch goes through `host.patching`; the args checks register with
+`host.parsed_args` and the Ray worker setup with `host.ray_workers`, the owners of those host symbols.
 """
 
 from __future__ import annotations
@@ -21,6 +32,8 @@ from typing import Callable
 from openrlhf_fair.host.patching import undo_all
 
 ENV_VAR = "OPENRLHF_FAIR_CPU"
+
+__all__ = ["ENV_VAR", "activate", "is_active", "maybe_activate", "serve_missing_host_imports", "wanted"]
 
 _undo: Callable[[], None] | None = None
 
@@ -48,6 +61,15 @@ def wanted(requested: bool | None = None) -> bool:
 
 def is_active() -> bool:
     return _undo is not None
+
+
+def serve_missing_host_imports() -> bool:
+    """For add-on commands that load OpenRLHF models (report, demo): serve the import-only flash_attn stand-in
+    where flash_attn is not installed, on CUDA machines too (they run their own torch code with sdpa
+    attention; ``openrlhf.models`` imports flash_attn at module top). Patches nothing. True when it serves."""
+    from . import stand_ins
+
+    return stand_ins.install("flash_attn")
 
 
 def maybe_activate(command: str, requested: bool | None = None) -> bool:

@@ -1,8 +1,9 @@
-"""Check and adjust a host CLI's parsed arguments for the CPU backend (patches openrlhf/utils/config.py).
+"""Check and adjust a host CLI's parsed arguments for the CPU backend.
 
-Every OpenRLHF trainer CLI runs ``args = hierarchize(parser.parse_args())`` before it builds anything, so
-wrapping `hierarchize` sees the real parser's result: flags the CPU cannot serve fail there with a
-message, before any model is loaded, and a requested flash attention becomes torch's sdpa.
+Every OpenRLHF trainer CLI runs ``args = hierarchize(parser.parse_args())`` before it builds anything; a hook
+on those args (`host.parsed_args`, the one owner of ``hierarchize``) sees the real parser's result: flags
+the CPU cannot serve fail there with a message, before any model is loaded, and a requested flash
+attention becomes torch's sdpa.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import os
 import sys
 from typing import Callable
 
-from openrlhf_fair.host.patching import patch_attribute
+from openrlhf_fair.host import parsed_args
 
 PATCH_ID = "openrlhf_fair.cpu_backend.cli_args"
 CPU_ATTENTION = "sdpa"
@@ -94,17 +95,11 @@ def adjust_attention(args) -> None:
         print(f"[openrlhf-fair] CPU backend: --ds.attn_implementation {requested} -> {CPU_ATTENTION}", file=sys.stderr)
 
 
-def _checked_hierarchize(original):
-    def hierarchize(args):
-        nested = original(args)
-        check_args(nested)
-        adjust_attention(nested)
-        return nested
-
-    return hierarchize
+def check_parsed_args(args) -> None:
+    """The parsed-args hook: refuse what the CPU cannot serve, then make flash attention sdpa."""
+    check_args(args)
+    adjust_attention(args)
 
 
 def apply() -> Callable[[], None]:
-    from openrlhf.utils import config
-
-    return patch_attribute(config, "hierarchize", _checked_hierarchize, PATCH_ID)
+    return parsed_args.on_parsed_args(PATCH_ID, check_parsed_args)

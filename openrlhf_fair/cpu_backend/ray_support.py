@@ -5,15 +5,17 @@ and puts every model in a Ray actor that asks for ``num_gpus=1`` (or 0.2 when co
 
 - `apply()` (driver) wraps ``ray.init`` so that a local Ray starts on loopback (``127.0.0.1``; Ray would
   otherwise advertise the machine's address unless ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``) with logical
-  GPUs and CPUs for OpenRLHF's actors to schedule on, without the dashboard, and with a
-  ``worker_process_setup_hook`` that makes the CPU backend active in every Ray worker; at exit it stops
-  that Ray and its workers. It serves ``import vllm`` from the stand-in (`rollout_engine`; only when vllm
-  is not installed), waits for the rollout engines to be up (an engine error shows at once), sends the
-  weights over gloo (``--vllm.sync_backend nccl`` and thus CUDA IPC become gloo), and rejects the PPO flags
-  the CPU cannot serve (`check_ppo_args`) before Ray starts.
-- `worker_process_setup()` (each Ray worker, at start) is lazy: it only installs an import hook. The CPU
-  patches (``openrlhf_fair.cpu_backend.activate``) run when the worker first imports ``openrlhf``, i.e. when
-  it unpickles one of OpenRLHF's actor classes; Ray's own processes and idle workers never import torch
+  GPUs and CPUs for OpenRLHF's actors to schedule on, without the dashboard, and with the job's
+  process-start setup (`host.ray_workers.with_process_start`, the one way into Ray workers) that runs
+  `worker_process_setup` in every Ray worker; at exit it stops that Ray and its workers. It serves
+  ``import vllm`` from the stand-in (`rollout_engine`; only when vllm is not installed), waits for the
+  rollout engines to be up (an engine error shows at once), sends the weights over gloo
+  (``--vllm.sync_backend nccl`` and thus CUDA IPC become gloo), and rejects the PPO flags the CPU cannot
+  serve (`check_ppo_args`, a `host.parsed_args` hook) before Ray starts.
+- `worker_process_setup()` (each Ray worker, at start) is lazy: it serves the vllm / flash_attn stand-ins
+  where those packages are missing and asks `host.import_hooks.when_imported` to activate the CPU backend
+  (``openrlhf_fair.cpu_backend.activate``) when the worker first imports ``openrlhf``, i.e. when it
+  unpickles one of OpenRLHF's actor classes; Ray's own processes and idle workers never import torch
   (an eager torch import in every worker made Ray's agents time out on 2 cores). Workers also get the one
   PPO-only CUDA fix: the replay buffer's target device (`_cpu_replay_buffer_init`).
 
@@ -25,19 +27,20 @@ default 16 / 16). An existing cluster (``RAY_ADDRESS``) is joined as is: it must
 from __future__ import annotations
 
 import atexit
-import importlib.abc
-import importlib.machinery
 import os
 import signal
 import sys
 import time
 from typing import Any, Callable, Dict
 
-from openrlhf_fair.host.patching import patch_attribute, undo_all
+from openrlhf_fair.cpu_backend import torch_cuda
 from openrlhf_fair.cpu_backend.cli_args import UnsupportedOnCpu, dotted_get
+from openrlhf_fair.host import import_hooks, parsed_args, ray_workers
+from openrlhf_fair.host.patching import patch_attribute, undo_all
 
 PATCH_ID = "openrlhf_fair.cpu_backend.ray_support"
-WORKER_HOOK = "openrlhf_fair.cpu_backend.ray_support.worker_process_setup"
+WORKER_TARGET = "openrlhf_fair.cpu_backend.ray_support:worker_process_setup"
+WORKER_HOOK = ray_workers.PROCESS_START_HOOK
 WORKER_ENV = "OPENRLHF_FAIR_RAY_WORKER"  # set in Ray workers' environment by the driver
 LOOPBACK = "127.0.0.1"
 RAY_CLUSTER_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
@@ -82,18 +85,14 @@ def check_ppo_args(args) -> None:
         )
 
 
-def _checked_hierarchize(original):
-    def hierarchize(args):
-        nested = original(args)
-        if hasattr(nested, "vllm"):  # only train_ppo_ray's parser has the vllm group
-            check_ppo_args(nested)
-            if dotted_get(nested, "vllm.sync_backend") == "nccl":
-                # NCCL (and, with --train.colocate_all, CUDA IPC) needs GPUs: the weight broadcast goes over gloo.
-                nested.vllm.sync_backend = "gloo"
-                print("[openrlhf-fair] CPU backend: --vllm.sync_backend nccl -> gloo", file=sys.stderr)
-        return nested
-
-    return hierarchize
+def check_parsed_args(args) -> None:
+    """The parsed-args hook (`host.parsed_args`): PPO flag checks, and weight sync over gloo."""
+    if hasattr(args, "vllm"):  # only train_ppo_ray's parser has the vllm group
+        check_ppo_args(args)
+        if dotted_get(args, "vllm.sync_backend") == "nccl":
+            # NCCL (and, with --train.colocate_all, CUDA IPC) needs GPUs: the weight broadcast goes over gloo.
+            args.vllm.sync_backend = "gloo"
+            print("[openrlhf-fair] CPU backend: --vllm.sync_backend nccl -> gloo", file=sys.stderr)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -127,14 +126,10 @@ def ray_init_kwargs(kwargs: Dict[str, Any]) -> Dict[str, Any]:
     env_vars = dict(runtime_env.get("env_vars") or {})
     env_vars.update(worker_env())
     runtime_env["env_vars"] = env_vars
-    hook = runtime_env.get("worker_process_setup_hook")
-    if hook not in (None, WORKER_HOOK):
-        raise RayStartError(
-            f"openrlhf-fair CPU backend: ray.init already has worker_process_setup_hook={hook!r}; the CPU backend "
-            f"needs its own ({WORKER_HOOK}) to make Ray workers CPU-aware"
-        )
-    runtime_env["worker_process_setup_hook"] = WORKER_HOOK
-    kwargs["runtime_env"] = runtime_env
+    try:  # every worker process of the job runs `worker_process_setup` at its start (host.ray_workers, step 4)
+        kwargs["runtime_env"] = ray_workers.with_process_start(runtime_env, [(WORKER_TARGET, None)])
+    except ValueError as error:
+        raise RayStartError(f"openrlhf-fair CPU backend: {error}; it makes Ray workers CPU-aware") from None
     connecting = kwargs.get("address") or os.environ.get("RAY_ADDRESS")
     if not connecting:  # a local Ray started by this process: declare what OpenRLHF's actors ask for
         kwargs.setdefault("num_gpus", _logical("OPENRLHF_FAIR_RAY_NUM_GPUS", DEFAULT_LOGICAL_GPUS))
@@ -266,7 +261,6 @@ def apply() -> Callable[[], None]:
     vllm_stand_in = _install_vllm_stand_in()  # first: openrlhf's PPO modules import vllm at module top
     import ray
     import openrlhf.trainer.ray as ppo_ray
-    from openrlhf.utils import config
 
     _loopback_ray()
     if ray.is_initialized():
@@ -274,7 +268,7 @@ def apply() -> Callable[[], None]:
               "CPU-aware if it was started with ray_support.ray_init_kwargs(...)", file=sys.stderr)
     undos = [
         patch_attribute(ray, "init", _cpu_ray_init, PATCH_ID),
-        patch_attribute(config, "hierarchize", _checked_hierarchize, PATCH_ID),
+        parsed_args.on_parsed_args(PATCH_ID, check_parsed_args),
         patch_attribute(ppo_ray, "create_vllm_engines", _engines_ready, PATCH_ID),
     ]
     if vllm_stand_in:
@@ -300,12 +294,8 @@ def _cpu_replay_buffer_init(original):
     def __init__(self, *args, **kwargs):
         import torch
 
-        current_device = torch.cuda.current_device
-        torch.cuda.current_device = lambda: 0
-        try:
+        with torch_cuda.cuda_index_zero():
             original(self, *args, **kwargs)
-        finally:
-            torch.cuda.current_device = current_device
         self.target_device = torch.device("cpu")
 
     return __init__
@@ -321,73 +311,26 @@ def _apply_in_worker() -> Callable[[], None]:
 
 
 # --------------------------------------------------------------------------------------------------
-# Ray workers: a lazy post-import hook on `openrlhf`.
+# Ray workers: at process start (host.ray_workers), lazy until the worker imports `openrlhf`.
 # --------------------------------------------------------------------------------------------------
 
 
-class _ActivateAfterLoad(importlib.abc.Loader):
-    """Runs the real loader of ``openrlhf``, then activates the CPU backend (the package is empty)."""
+def _activate_after_import(_module) -> None:
+    from openrlhf_fair.cpu_backend import activate
 
-    def __init__(self, loader):
-        self.loader = loader
-
-    def create_module(self, spec):
-        return self.loader.create_module(spec)
-
-    def exec_module(self, module):
-        self.loader.exec_module(module)
-        from openrlhf_fair.cpu_backend import activate
-
-        activate("train_ppo_ray")
+    activate("train_ppo_ray")
 
 
-class OpenRLHFImportHook(importlib.abc.MetaPathFinder):
-    """Front of ``sys.meta_path`` in a Ray worker; costs nothing until one of OpenRLHF's imports happens.
+def worker_process_setup(payload=None) -> None:
+    """Run at the start of each Ray worker process of the job; cheap (no torch import).
 
-    - ``import vllm`` / ``import flash_attn`` (Ray unpickles an actor class whose module imported them,
-      possibly before ``openrlhf`` itself): serve the stand-ins, only where the real package is missing.
-    - the first ``import openrlhf``: activate the whole CPU backend right after the (empty) package loads.
+    Serves the vllm / flash_attn stand-ins where the real packages are missing (Ray may import an actor's
+    module, which imports them, before ``openrlhf`` itself), and activates the whole CPU backend right
+    after the worker first imports ``openrlhf``.
     """
+    from openrlhf_fair.cpu_backend import stand_ins
 
-    STAND_INS = ("vllm", "flash_attn")
-
-    def __init__(self):
-        self._busy = False
-
-    def find_spec(self, fullname, path=None, target=None):
-        if self._busy:
-            return None
-        if fullname in self.STAND_INS:
-            self._busy = True
-            try:
-                from openrlhf_fair.cpu_backend import stand_ins
-
-                for name in self.STAND_INS:
-                    stand_ins.install(name)
-            finally:
-                self._busy = False
-            return None  # the real package, else the stand-in finder at the end of sys.meta_path
-        if fullname != "openrlhf":
-            return None
-        remove_import_hook()
-        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
-        if spec is None or spec.loader is None:
-            return spec
-        spec.loader = _ActivateAfterLoad(spec.loader)
-        return spec
-
-
-def remove_import_hook() -> None:
-    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, OpenRLHFImportHook)]
-
-
-def worker_process_setup() -> None:
-    """Ray's ``worker_process_setup_hook``: cheap (no torch import); activation waits for ``import openrlhf``."""
     os.environ.setdefault(WORKER_ENV, "1")
-    if "openrlhf" in sys.modules:
-        from openrlhf_fair.cpu_backend import activate
-
-        activate("train_ppo_ray")
-        return
-    if not any(isinstance(f, OpenRLHFImportHook) for f in sys.meta_path):
-        sys.meta_path.insert(0, OpenRLHFImportHook())
+    for name in ("vllm", "flash_attn"):
+        stand_ins.install(name)
+    import_hooks.when_imported("openrlhf", _activate_after_import)

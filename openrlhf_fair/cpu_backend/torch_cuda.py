@@ -9,11 +9,13 @@ stays on the CPU) and there is no CUDA stream (``None``, the "default stream" ar
 
 from __future__ import annotations
 
-from typing import Callable
+import contextlib
+from typing import Callable, Iterator
 
 from openrlhf_fair.host.patching import patch_attribute, undo_all
 
 PATCH_ID = "openrlhf_fair.cpu_backend.torch_cuda"
+INDEX_PATCH_ID = "openrlhf_fair.cpu_backend.torch_cuda.index_zero"
 
 
 def _no_op(original):
@@ -48,3 +50,18 @@ def apply() -> Callable[[], None]:
     undos = [patch_attribute(torch.cuda, name, make, PATCH_ID) for name, make in REPLACEMENTS.items()]
 
     return undo_all(undos)
+
+
+@contextlib.contextmanager
+def cuda_index_zero() -> Iterator[None]:
+    """While inside, ``torch.cuda.current_device()`` is ``0``: for host code that formats ``f"cuda:{index}"``.
+
+    A patch stacked on this module's own (`patching.patch_attribute`), undone on leaving.
+    """
+    import torch
+
+    undo = patch_attribute(torch.cuda, "current_device", lambda original: (lambda: 0), INDEX_PATCH_ID)
+    try:
+        yield
+    finally:
+        undo()

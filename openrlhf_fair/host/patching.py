@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from openrlhf_fair.config import AddonError
+
 ORIGINAL_ATTR = "__openrlhf_fair_original__"
 PATCH_ID_ATTR = "__openrlhf_fair_patch__"
 FACTORY_ATTR = "__openrlhf_fair_factory__"
@@ -28,7 +30,7 @@ _BEFORE_ATTR = "__openrlhf_fair_before__"  # the raw object (e.g. a staticmethod
 _ABSENT = object()  # marks an attribute the owner did not hold itself (inherited from a base class)
 
 
-class HostMismatchError(RuntimeError):
+class HostMismatchError(AddonError, RuntimeError):
     """The installed OpenRLHF does not have the structure this add-on was written against."""
 
 

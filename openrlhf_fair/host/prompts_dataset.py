@@ -14,6 +14,7 @@ import functools
 import inspect
 from typing import Callable
 
+from openrlhf_fair.config import AddonError
 from openrlhf_fair.host.patching import patch_attribute, require_attribute
 
 PATCH_ID = "openrlhf_fair.prompts_dataset.label_column"
@@ -21,7 +22,7 @@ LABEL_MAP_ATTR = "openrlhf_fair_label_of"
 LABEL_ERROR_ATTR = "openrlhf_fair_label_error"
 
 
-class LabelColumnError(ValueError):
+class LabelColumnError(AddonError, ValueError):
     """``--fair_unit label:KEY`` cannot be served by this prompt dataset."""
 
 

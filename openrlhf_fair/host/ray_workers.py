@@ -1,40 +1,52 @@
-"""Make a patch active inside OpenRLHF's Ray actors, not only in the driver that parsed the flags.
+"""The one way into OpenRLHF's Ray workers, for the PPO fairness hook and the CPU backend alike.
 
 OpenRLHF's PPO driver parses the command line, then every model and the experience maker run in Ray actor
-processes, which import OpenRLHF afresh: a monkeypatch made in the driver never reaches them (measured on
-Ray 2.55). But the parsed args travel to every actor: the driver builds ``strategy = get_strategy(args)`` and
-passes it to each actor's constructor, so Ray pickles ``strategy.args`` into each of them.
+processes that import OpenRLHF afresh: a patch made in the driver never reaches them (seen on Ray 2.55).
+What does reach every actor is OpenRLHF's parsed args: the driver builds ``strategy = get_strategy(args)``
+and passes it to each actor's constructor, so Ray pickles ``strategy.args`` into each of them.
 
-Mechanism: `carry_to_workers(target, payload)` wraps ``openrlhf.utils.config.hierarchize`` (the host function
-every CLI calls right after parsing) so that the args it returns hold one `WorkerSetup` (attribute
-``openrlhf_fair_worker_setup``). Unpickling a WorkerSetup, in whatever process that happens, calls each
-registered ``"module:function"(payload)`` there. That works with ``ray job submit`` (the entrypoint runs
-the CLI), with an already running Ray and on every node of a multi-node cluster (the add-on must be
-installed there, like OpenRLHF), and it needs no ``runtime_env`` hook. The functions run once per
-unpickling, so they must be idempotent (`patching.patch_attribute` is) and cheap; `when_imported` lets
-them defer a patch until the process itself imports the host module, so e.g. a vLLM engine process does
-not import the trainer stack because of us.
+What runs where, and when:
 
-Generic on purpose: any add-on part (the CPU backend too) can carry its own setup this way.
+1. Driver, before OpenRLHF parses its flags: a feature calls ``carry_to_workers("module:function", payload)``
+   (the PPO fairness hook: `host.experience_maker.apply_fairness`; the CPU backend: `cpu_backend.ray_support`).
+2. Driver, when the CLI calls ``hierarchize`` (hooked through `host.parsed_args`): the nested args get one
+   `WorkerSetup`, attribute ``openrlhf_fair_worker_setup``, listing the registered ``(target, payload)``.
+3. Every process that unpickles those args (each Ray actor, before its ``__init__`` runs): unpickling the
+   WorkerSetup calls each ``target(payload)`` there. Targets are cheap and idempotent: they defer their
+   patches with `import_hooks.when_imported` until the process imports the host module, so e.g. a model
+   actor never imports the experience maker because of us.
+4. CPU backend only, at the start of every Ray worker process of the job: its ``ray.init`` (the one
+   `cpu_backend.ray_support` wraps) passes ``with_process_start(runtime_env, entries)``, so Ray runs
+   `worker_start` as the job's ``worker_process_setup_hook``, which calls each ``target(payload)`` named in
+   the ``OPENRLHF_FAIR_WORKER_SETUP`` environment variable. The CPU backend needs that earlier moment: its
+   workers must serve the vLLM/flash_attn stand-ins before Ray imports an actor's module (which happens
+   before the actor's args arrive), and vLLM engine actors get no args. PPO fairness never uses it (Ray's
+   setup hook crashed vLLM with tensor parallel > 1 on Ray <= 2.54).
+
+Guarantees: works with ``ray job submit`` (the entrypoint runs the CLI), with an already running Ray (joined
+or initialised in the driver), and on every node of a multi-node cluster where openrlhf-fair is installed
+(like OpenRLHF itself). On a node without openrlhf-fair, unpickling the args raises
+``ModuleNotFoundError: No module named 'openrlhf_fair'``, so every actor that would run a fairness hook fails
+at construction and the run stops: it never trains without fairness. No runtime_env is needed for fairness.
 """
 
 from __future__ import annotations
 
 import importlib
-import importlib.abc
-import importlib.util
-import sys
-import threading
+import json
+import os
 from typing import Any, Callable
 
-from openrlhf_fair.host.patching import patch_attribute, require_attribute
+from openrlhf_fair.host import parsed_args
+from openrlhf_fair.host.import_hooks import when_imported  # noqa: F401  (setups defer their patches with it)
 
 ARGS_ATTR = "openrlhf_fair_worker_setup"
-PATCH_ID = "openrlhf_fair.ray_workers.hierarchize"
+HOOK_ID = "openrlhf_fair.ray_workers"
+PROCESS_START_HOOK = "openrlhf_fair.host.ray_workers.worker_start"  # Ray's worker_process_setup_hook
+PROCESS_START_ENV = "OPENRLHF_FAIR_WORKER_SETUP"  # JSON list of [target, payload] for `worker_start`
 
 # Setups the driver has registered, in registration order: target -> payload.
 _registered: dict[str, Any] = {}
-_undo_hierarchize: Callable[[], None] | None = None
 
 
 def resolve(target: str) -> Callable[[Any], Any]:
@@ -72,7 +84,7 @@ class WorkerSetup:
 
 
 def _restore(entries) -> WorkerSetup:
-    """Unpickling hook: rebuild the WorkerSetup and run it in this process."""
+    """Unpickling hook (step 3 of the module doc): rebuild the WorkerSetup and run it in this process."""
     setup = WorkerSetup(entries)
     setup.run()
     return setup
@@ -80,103 +92,55 @@ def _restore(entries) -> WorkerSetup:
 
 def attach(args: Any) -> Any:
     """Put the current WorkerSetup into ``args`` (a hierarchized namespace); returns args."""
-    setattr(args, ARGS_ATTR, WorkerSetup(_registered.items()))
+    if _registered:
+        setattr(args, ARGS_ATTR, WorkerSetup(_registered.items()))
     return args
-
-
-def _wrap_hierarchize(original):
-    def hierarchize(*args, **kwargs):
-        result = original(*args, **kwargs)
-        return attach(result) if _registered else result
-
-    hierarchize.__doc__ = original.__doc__
-    return hierarchize
 
 
 def carry_to_workers(target: str, payload: Any) -> Callable[[], None]:
     """Run ``target(payload)`` in every process that receives OpenRLHF's args; return the undo function.
 
-    Registering the same target again replaces its payload. The first registration wraps
-    ``openrlhf.utils.config.hierarchize``; the last undo restores it.
+    Registering the same target again replaces its payload. While any setup is registered, the parsed args
+    are hooked (`host.parsed_args`); the last undo unhooks them.
     """
-    global _undo_hierarchize
     WorkerSetup([(target, payload)])  # validates the target's form now, in the driver
     _registered[target] = payload
-    if _undo_hierarchize is None:
-        config = importlib.import_module("openrlhf.utils.config")
-        require_attribute(config, "hierarchize", "the args every OpenRLHF CLI builds; it carries the worker setup")
-        _undo_hierarchize = patch_attribute(config, "hierarchize", _wrap_hierarchize, PATCH_ID)
+    unhook = parsed_args.on_parsed_args(HOOK_ID, attach)
 
     def undo() -> None:
-        global _undo_hierarchize
         if _registered.get(target) is payload:
             del _registered[target]
-        if not _registered and _undo_hierarchize is not None:
-            _undo_hierarchize()
-            _undo_hierarchize = None
+        if not _registered:
+            unhook()
 
     return undo
 
 
 def registered() -> dict[str, Any]:
-    """A copy of the setups the next hierarchized args will carry."""
+    """A copy of the setups the next hierarchized args will carry: target -> payload."""
     return dict(_registered)
 
 
-# ----------------------------------------------------------------------------------------------- lazy patches
-class _PostImportFinder(importlib.abc.MetaPathFinder):
-    """Runs callbacks right after a named module finishes importing (a post-import hook)."""
+def with_process_start(runtime_env: dict[str, Any], entries) -> dict[str, Any]:
+    """A copy of a Ray ``runtime_env`` whose worker processes run each ``target(payload)`` at start (step 4).
 
-    def __init__(self) -> None:
-        self.callbacks: dict[str, list[Callable[[Any], None]]] = {}
-        self._busy = threading.local()
-
-    def find_spec(self, fullname, path=None, target=None):
-        if fullname not in self.callbacks or getattr(self._busy, "name", None) == fullname:
-            return None
-        self._busy.name = fullname
-        try:
-            spec = importlib.util.find_spec(fullname)
-        finally:
-            self._busy.name = None
-        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
-            return spec
-        spec.loader = _HookedLoader(spec.loader, self, fullname)
-        return spec
-
-    def fire(self, name: str, module) -> None:
-        for callback in self.callbacks.pop(name, []):
-            callback(module)
+    ``entries``: ``(target, payload)`` pairs, payloads JSON-serialisable. Raises ValueError when the runtime_env
+    already names another ``worker_process_setup_hook`` (Ray takes only one).
+    """
+    hook = runtime_env.get("worker_process_setup_hook")
+    if hook not in (None, PROCESS_START_HOOK):
+        raise ValueError(f"ray.init already has worker_process_setup_hook={hook!r}; openrlhf-fair needs its own "
+                         f"({PROCESS_START_HOOK})")
+    WorkerSetup(entries)  # validates the targets' form now, in the driver
+    env_vars = dict(runtime_env.get("env_vars") or {})
+    env_vars[PROCESS_START_ENV] = json.dumps([[target, payload] for target, payload in entries])
+    return {**runtime_env, "env_vars": env_vars, "worker_process_setup_hook": PROCESS_START_HOOK}
 
 
-class _HookedLoader(importlib.abc.Loader):
-    def __init__(self, loader, finder: _PostImportFinder, name: str) -> None:
-        self.loader, self.finder, self.name = loader, finder, name
+def worker_start() -> None:
+    """Ray's ``worker_process_setup_hook``: run the process-start setups named in ``OPENRLHF_FAIR_WORKER_SETUP``.
 
-    def create_module(self, spec):
-        return self.loader.create_module(spec)
-
-    def exec_module(self, module) -> None:
-        module.__spec__.loader = self.loader  # the module keeps its real loader (resources, reload)
-        module.__loader__ = self.loader
-        self.loader.exec_module(module)
-        self.finder.fire(self.name, module)
-
-    def __getattr__(self, name):
-        return getattr(self.loader, name)
-
-
-_finder: _PostImportFinder | None = None
-
-
-def when_imported(module_name: str, callback: Callable[[Any], None]) -> None:
-    """Call ``callback(module)`` now if ``module_name`` is imported, else right after this process imports it."""
-    global _finder
-    module = sys.modules.get(module_name)
-    if module is not None:
-        callback(module)
-        return
-    if _finder is None:
-        _finder = _PostImportFinder()
-        sys.meta_path.insert(0, _finder)
-    _finder.callbacks.setdefault(module_name, []).append(callback)
+    Runs in every worker process of the job, Ray's idle ones included, so it must stay cheap: no torch import.
+    """
+    for target, payload in json.loads(os.environ.get(PROCESS_START_ENV) or "[]"):
+        resolve(target)(payload)

@@ -15,6 +15,7 @@ import functools
 import inspect
 from typing import Callable
 
+from openrlhf_fair.config import AddonError
 from openrlhf_fair.host.patching import HostMismatchError, patch_attribute, require_attribute, undo_all
 
 PATCH_ID = "openrlhf_fair.reward_dataset.group_labels"
@@ -30,7 +31,7 @@ class GroupTaggedExtras(list):
         self.group_names = list(group_names)
 
 
-class GroupKeyError(ValueError):
+class GroupKeyError(AddonError, ValueError):
     """``--fairness_group_key`` cannot be used with this dataset or these host flags."""
 
 

@@ -1,18 +1,19 @@
 """Import-only stand-ins for CUDA-only packages OpenRLHF imports at module top (flash_attn; vllm for PPO).
 
-`install("flash_attn")` appends a finder to the END of ``sys.meta_path`` that serves the package from this
-folder. Every regular finder runs first, so an installed package always wins; `install` also refuses
-when the real package is importable, so a stand-in never shadows a real one. Stand-ins let modules
-import; their functions raise `StandInCalled` naming what the CPU backend does not support.
+`install("flash_attn")` serves the package from this folder through the add-on's one import hook
+(`host.import_hooks.serve_if_missing`): every other finder is asked first, so an installed package always
+wins; `install` also refuses when the real package is importable, so a stand-in never shadows a real one.
+Stand-ins let modules import; their functions raise `StandInCalled` naming what the CPU backend does not support.
 """
 
 from __future__ import annotations
 
-import importlib.machinery
 import importlib.util
 import sys
 from pathlib import Path
 from typing import Callable
+
+from openrlhf_fair.host import import_hooks
 
 HERE = Path(__file__).resolve().parent
 
@@ -36,53 +37,31 @@ def unsupported(module: str, name: str, feature: str) -> Callable[..., None]:
     return stand_in
 
 
-class StandInFinder:
-    """Finds the top-level stand-in packages in this folder; submodules then load through their ``__path__``."""
-
-    def __init__(self, names: set[str]):
-        self.names = names
-
-    def find_spec(self, fullname, path=None, target=None):
-        if fullname not in self.names:
-            return None
-        return importlib.machinery.PathFinder.find_spec(fullname, [str(HERE)])
-
-    def __repr__(self) -> str:
-        return f"openrlhf_fair.StandInFinder({sorted(self.names)})"
-
-
-def _finder() -> StandInFinder | None:
-    return next((f for f in sys.meta_path if isinstance(f, StandInFinder)), None)
-
-
 def is_stand_in(module) -> bool:
     return Path(getattr(module, "__file__", "") or "").resolve().is_relative_to(HERE)
+
+
+def is_served(name: str) -> bool:
+    return import_hooks.serves(name)
 
 
 def install(name: str) -> bool:
     """Serve ``name`` from its stand-in unless the real package is importable; True when the stand-in serves it."""
     if not (HERE / name / "__init__.py").is_file():
         raise ValueError(f"openrlhf-fair has no stand-in for {name!r}")
-    finder = _finder()
-    if finder is not None and name in finder.names:
+    if import_hooks.serves(name):
         return True
     if importlib.util.find_spec(name) is not None:  # the real package: never shadow it
         return False
-    if finder is None:
-        finder = StandInFinder(set())
-        sys.meta_path.append(finder)
-    finder.names.add(name)
+    import_hooks.serve_if_missing(name, HERE)
     return True
 
 
 def uninstall(name: str) -> None:
     """Stop serving ``name`` (already imported stand-in modules are dropped from ``sys.modules``)."""
-    finder = _finder()
-    if finder is None or name not in finder.names:
+    if not import_hooks.serves(name):
         return
-    finder.names.discard(name)
-    if not finder.names:
-        sys.meta_path.remove(finder)
+    import_hooks.stop_serving(name)
     for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
         if is_stand_in(sys.modules[key]):
             del sys.modules[key]

@@ -1,0 +1,92 @@
+"""One definition per setting: the flags are generated from the config dataclasses' fields (`config.setting`)."""
+
+import dataclasses
+
+import pytest
+
+from openrlhf_fair.cli import flags
+from openrlhf_fair.cli.flags import FLAG_SETS, fairness_help, flag_name, parse_fairness_args
+from openrlhf_fair.config import RewardFairnessConfig
+from openrlhf_fair.ppo_config import PPOFairnessConfig
+
+# One value per setting that differs from its default and is valid together with the others.
+RM_VALUES = {"reg": ("0.3", 0.3), "tau": ("-2", -2.0), "temperature": ("2", 2.0), "scope": ("global", "global"),
+             "group_key": ("category", "category")}
+PPO_VALUES = {"coef": ("0.5", 0.5), "reg": ("0.1", 0.1), "tau": ("-2", -2.0), "temperature": ("3", 3.0),
+              "unit": ("prompt", "prompt"), "weight_clip": (["0.1", "4"], (0.1, 4.0))}
+
+
+@pytest.fixture(autouse=True)
+def fresh_deprecation_memory(monkeypatch):
+    monkeypatch.setattr(flags, "_warned", set())
+    monkeypatch.delenv("RANK", raising=False)
+
+
+def _argv(config_class, values):
+    argv = []
+    for name, (text, _) in values.items():
+        field = next(f for f in dataclasses.fields(config_class) if f.name == name)
+        argv += [flag_name(config_class, field), *([text] if isinstance(text, str) else text)]
+    return argv
+
+
+@pytest.mark.parametrize("command", list(FLAG_SETS))
+def test_every_field_is_one_flag_with_its_help_and_default(command):
+    config_class = FLAG_SETS[command][0]
+    text = "".join(fairness_help(command).split())  # argparse wraps lines (also after hyphens)
+    for field in dataclasses.fields(config_class):
+        assert flag_name(config_class, field) in text
+        assert "".join(field.metadata["help"].split()) in text
+        if isinstance(field.default, float):
+            assert f"Default:{field.default}." in text
+
+
+@pytest.mark.parametrize("command, values", [("train_rm", RM_VALUES), ("train_ppo_ray", PPO_VALUES)])
+def test_each_flag_sets_its_field_and_only_that(command, values):
+    config_class = FLAG_SETS[command][0]
+    config, rest = parse_fairness_args(command, ["--host.flag", "1", *_argv(config_class, values)])
+    assert rest == ["--host.flag", "1"]
+    assert config == config_class(**{name: value for name, (_, value) in values.items()})
+    for name, (_, value) in values.items():  # one flag alone: that field set, every other one at its default
+        alone, _ = parse_fairness_args(command, _argv(config_class, {name: values[name]}))
+        assert alone == config_class(**{name: value})
+
+
+@pytest.mark.parametrize(
+    "command, old, new",
+    [("train_rm", "--fair_reg", "--fairness_reg"), ("train_dpo", "--fair_tau", "--fairness_tau"),
+     ("train_ppo_ray", "--fairness_coef", "--fair_coef"), ("train_ppo_ray", "--fairness_unit", "--fair_unit")],
+)
+def test_old_spelling_still_works_once_with_a_deprecation_message(capsys, command, old, new):
+    value = "prompt" if old.endswith("unit") else "-2" if old.endswith("tau") else "0.5"
+    with_new, _ = parse_fairness_args(command, [new, value])
+    assert capsys.readouterr().err == ""
+    with_old, _ = parse_fairness_args(command, [old, value])
+    err = capsys.readouterr().err
+    assert with_old == with_new
+    assert err.count("\n") == 1 and f"{old} is deprecated on {command}" in err and f"use {new}" in err
+    parse_fairness_args(command, [f"{old}={value}"])  # the same spelling again: no second message
+    assert capsys.readouterr().err == ""
+
+
+def test_fair_coef_on_train_rm_names_the_direction_of_both_spellings(capsys):
+    config, _ = parse_fairness_args("train_rm", ["--fair_coef", "0.5"])
+    assert config == RewardFairnessConfig(coef=0.5, coef_form="paper")  # unchanged meaning for this release
+    err = capsys.readouterr().err
+    assert "use --fairness_coef" in err and "LOWERS fairness" in err and "--fairness_coef_form inverse" in err
+    assert "train_ppo_ray --fair_coef" in err and "RAISES fairness" in err
+
+
+def test_deprecation_message_comes_from_rank_0_only(capsys, monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    assert parse_fairness_args("train_rm", ["--fair_reg", "0.1"])[0] == RewardFairnessConfig(reg=0.1)
+    assert capsys.readouterr().err == ""
+
+
+def test_saved_settings_use_the_shared_vocabulary():
+    saved = RewardFairnessConfig(coef=0.5, coef_form="inverse").to_dict()
+    assert (saved["method"], saved["coef"], saved["reg"], saved["coef_form"]) == ("fc", 0.5, None, "inverse")
+    assert not {"alpha", "gamma"} & set(saved)
+    shared = {"reg", "coef", "tau", "temperature"}
+    assert shared <= {f.name for f in dataclasses.fields(RewardFairnessConfig)}
+    assert shared <= set(PPOFairnessConfig().to_payload())
