@@ -340,7 +340,9 @@ def test_native_host_dpo_trainer_gets_fair_loss_and_logs_through_the_hook(stand_
 
 @pytest.mark.skipif(not host_is_patched(), reason="runs against a patched OpenRLHF (see the native-mode test below)")
 def test_native_host_group_key_falls_back_to_runtime_patches_only_in_auto_mode(stand_ins_for_host, monkeypatch):
-    """--fairness_group_key has no hook point: refused in native mode, runtime patches in auto mode."""
+    """--fairness_group_key's dataset patch has no hook point: refused in native (audit) mode; in auto mode only
+    the dataset is runtime-patched and the trainer keeps its native call sites (one seam: same features)."""
+    import openrlhf.datasets.reward_dataset as host_dataset
     import openrlhf.trainer.dpo_trainer as host
     from openrlhf_fair.config import RewardFairnessConfig
     from openrlhf_fair.host import dpo_trainer
@@ -353,9 +355,11 @@ def test_native_host_group_key_falls_back_to_runtime_patches_only_in_auto_mode(s
     monkeypatch.setenv("OPENRLHF_FAIR_PATCH_MODE", "auto")
     undo = dpo_trainer.apply_fairness(config)
     try:
-        assert all(is_patched(host.DPOTrainer, name) for name in dpo_trainer.WRAPPED_METHODS)
+        assert not any(is_patched(host.DPOTrainer, name) for name in dpo_trainer.WRAPPED_METHODS)
+        assert is_patched(host_dataset.RewardDataset, "process_data")
     finally:
         undo()
+    assert not is_patched(host_dataset.RewardDataset, "process_data")
 
 
 # ── The add-on's integration tests against a patched copy, in native mode ──
