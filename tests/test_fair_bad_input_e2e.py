@@ -197,6 +197,7 @@ def resumed(workdir):
             proc.wait()
     assert proc.returncode == -signal.SIGKILL
     assert not (workdir / "resumed" / "model.safetensors").exists()
+    tag = (workdir / "ckpt_resumed" / "latest").read_text().strip()  # what the resumed run loads (a later one may have landed)
     args = host_args(workdir, "resumed")
     args[args.index("--logger.tensorboard_dir") + 1] = str(workdir / "tb_resumed_leg")  # this leg's logs alone
     result = run(["train_rm", *args, *FAIR, "--ckpt.load_enable"], workdir, "resumed")
