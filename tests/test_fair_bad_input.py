@@ -187,15 +187,8 @@ def test_host_args_parse_like_openrlhf():
     assert read_host_args("train_rm", ["--data.max_len", "long"]) is None  # left to the host's own parser
 
 
-def _has_reg() -> bool:
-    import dataclasses
-
-    return "reg" in {f.name for f in dataclasses.fields(RewardFairnessConfig)}
-
-
 def fair_config(**kwargs):
-    name = "reg" if _has_reg() else "alpha"
-    return RewardFairnessConfig(**{name: 0.1}, **kwargs)
+    return RewardFairnessConfig(reg=0.1, **kwargs)
 
 
 def run_preflight(argv, config=None, command="train_rm"):

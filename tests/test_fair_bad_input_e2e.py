@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -91,6 +90,7 @@ def original_minilm() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 
+@pytest.mark.quick
 @pytest.mark.timeout(300)
 def test_bad_data_is_refused_before_any_model_loads(workdir, tmp_path):
     """One command line with every kind of bad file: one message naming each, exit 2, no traceback, no model."""
@@ -125,6 +125,7 @@ def test_bad_data_is_refused_before_any_model_loads(workdir, tmp_path):
     print(f"refused in {wall:.1f} s")
 
 
+@pytest.mark.quick
 @pytest.mark.timeout(300)
 def test_small_training_set_without_eval_and_colliding_labels_are_refused(workdir, tmp_path):
     good = [json.loads(line) for line in (workdir / "train.jsonl").read_text().splitlines()]
@@ -197,6 +198,7 @@ def resumed(workdir):
             proc.wait()
     assert proc.returncode == -signal.SIGKILL
     assert not (workdir / "resumed" / "model.safetensors").exists()
+    tag = (workdir / "ckpt_resumed" / "latest").read_text().strip()  # what the resumed run loads (a later one may have landed)
     args = host_args(workdir, "resumed")
     args[args.index("--logger.tensorboard_dir") + 1] = str(workdir / "tb_resumed_leg")  # this leg's logs alone
     result = run(["train_rm", *args, *FAIR, "--ckpt.load_enable"], workdir, "resumed")
@@ -237,9 +239,9 @@ def test_uninterrupted_run_warns_about_its_eval_set(uninterrupted):
 def interrupt_when(argv, cwd: Path, ready: str, log_path: Path, env: dict, timeout: float = RUN_TIMEOUT) -> dict:
     """Start ``argv``; once its log shows ``ready``, send SIGINT (as Ctrl-C does: to its process group); return
     rc, seconds to exit and the processes of the run still alive 30 s later."""
-    from test_fair_cpu_ppo import marked_processes  # the run's processes, Ray's included, by an env marker
+    from fair_processes import kill_marked, new_marker, wait_for_exit
 
-    marker = f"OPENRLHF_FAIR_SIGINT_RUN={uuid.uuid4().hex}"
+    marker = new_marker()
     key, value = marker.split("=")
     with open(log_path, "w") as log:
         proc = subprocess.Popen(argv, cwd=cwd, env={**os.environ, **env, key: value}, stdout=log,
@@ -254,16 +256,12 @@ def interrupt_when(argv, cwd: Path, ready: str, log_path: Path, env: dict, timeo
             os.killpg(proc.pid, signal.SIGINT)
             proc.wait(timeout=120)
             exit_s = time.perf_counter() - sent
-            deadline = time.perf_counter() + 30
-            while marked_processes(marker) and time.perf_counter() < deadline:
-                time.sleep(0.5)
-            left = marked_processes(marker)
+            left = wait_for_exit(marker, 30)
         finally:
-            for pid in marked_processes(marker):
-                os.kill(pid, signal.SIGKILL)
+            kill_marked(marker, proc.pid)
             if proc.poll() is None:
                 proc.kill()
-                proc.wait()
+            proc.wait()
     return {"rc": proc.returncode, "exit_s": exit_s, "left": left}
 
 
@@ -272,7 +270,7 @@ def test_sigint_stops_train_rm_cleanly(workdir):
     argv = [*openrlhf(), "train_rm", *host_args(workdir, "sigint"), *FAIR]
     outcome = interrupt_when(argv, workdir, "Train step", workdir / "sigint.log", ENV)
     print(f"train_rm SIGINT: {outcome}")
-    assert outcome["rc"] != 0 and outcome["left"] == [], outcome
+    assert outcome["rc"] != 0 and outcome["left"] == {}, outcome
     assert not (workdir / "sigint" / "model.safetensors").exists()
 
 
@@ -287,4 +285,4 @@ def test_sigint_stops_train_ppo_ray_cleanly(tmp_path, tiny_llama):
                                            "--algo.advantage.estimator", "group_norm", "--fair_coef", "0.5"])
     outcome = interrupt_when(argv, tmp_path, "Episode [1/", tmp_path / "sigint_ppo.log", PPO_ENV)
     print(f"train_ppo_ray SIGINT: {outcome}")
-    assert outcome["rc"] != 0 and outcome["left"] == [], outcome
+    assert outcome["rc"] != 0 and outcome["left"] == {}, outcome

@@ -197,6 +197,17 @@ def test_supported_args_pass_and_flash_attention_becomes_sdpa(capsys):
     assert eager.ds.attn_implementation == "eager"
 
 
+@pytest.mark.parametrize(
+    "flag, refused, served",
+    [("packing_samples", True, False), ("ring_attn_size", 2, 1), ("load_in_4bit", True, False),
+     ("tensor_parallel_size", 2, 1)],
+)
+def test_each_unsupported_flag_alone_is_refused(flag, refused, served):
+    with pytest.raises(cli_args.UnsupportedOnCpu, match=f"--ds.{flag} {refused}: "):
+        cli_args.check_args(host_args(**{flag: refused}))
+    cli_args.check_args(host_args(**{flag: served}))
+
+
 def test_every_unsupported_flag_is_named(capsys):
     with pytest.raises(cli_args.UnsupportedOnCpu) as error:
         cli_args.check_args(host_args(packing_samples=True, ring_attn_size=2, load_in_4bit=True))

@@ -18,12 +18,6 @@ CPU_ENV = {"OPENRLHF_FAIR_CPU": "1"}
 BF16_LOSS_TOLERANCE = 0.01  # bf16 keeps 8 significant bits: ~0.004 between neighbouring values near 0.7
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def scalars(tensorboard_dir: Path) -> dict[str, list[float]]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -99,10 +93,10 @@ def test_train_rm_saves_a_loadable_reward_model(rm_single, preference_jsonl):
 
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("launcher", ["torchrun", "deepspeed"])
-def test_two_ranks_match_one_rank(launcher, rm_single, run_cli, tiny_llama, preference_jsonl, tmp_path):
+def test_two_ranks_match_one_rank(launcher, rm_single, run_cli, tiny_llama, preference_jsonl, tmp_path, free_port):
     """Same global batch (8 = 1 rank x 4 x 2 accumulation = 2 ranks x 4): same losses up to bf16 rounding."""
     single_out, _ = rm_single
-    port = str(free_port())
+    port = str(free_port)
     module = "openrlhf_fair.cli.train_rm"
     launch = {
         "torchrun": [BIN / "torchrun", "--nproc_per_node", "2", "--master_port", port, "-m", module],
@@ -146,16 +140,19 @@ def test_train_sft_completes(run_cli, tiny_llama, preference_jsonl, tmp_path):
     assert changed_weights(tiny_llama, tmp_path / "model"), "SFT saved the initial weights"
 
 
+@pytest.mark.quick
 @pytest.mark.timeout(120)
-def test_unsupported_flag_fails_before_training(run_cli, tiny_llama, preference_jsonl, tmp_path):
-    args = trainer_args(tiny_llama, preference_jsonl, tmp_path, "--ds.packing_samples")
-    result = run_cli(BIN / "openrlhf", "--cpu", "train_rm", *args, label="openrlhf train_rm --ds.packing_samples")
+@pytest.mark.parametrize("flag", [["--ds.packing_samples"], ["--ds.tensor_parallel_size", "2"]], ids=lambda f: f[0])
+def test_unsupported_flag_fails_before_training(run_cli, tiny_llama, preference_jsonl, tmp_path, flag):
+    args = trainer_args(tiny_llama, preference_jsonl, tmp_path, *flag)
+    result = run_cli(BIN / "openrlhf", "--cpu", "train_rm", *args, label=f"openrlhf train_rm {' '.join(flag)}")
     assert result.returncode == 2
-    assert "CPU backend: cannot run with" in result.stderr and "--ds.packing_samples" in result.stderr
+    assert "CPU backend: cannot run with" in result.stderr and " ".join(flag) in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "model").exists()  # failed before train() created its output folder
 
 
+@pytest.mark.quick
 @pytest.mark.timeout(120)
 def test_port_in_use_is_reported(run_cli, tiny_llama, preference_jsonl, tmp_path):
     with socket.socket() as busy:
@@ -171,14 +168,8 @@ def test_port_in_use_is_reported(run_cli, tiny_llama, preference_jsonl, tmp_path
 
 @pytest.mark.timeout(300)
 def test_smollm2_fixture_is_the_pretrained_model(request):
-    """The GGUF conversion keeps the pretrained weights and a working chat tokenizer (greedy answer is right)."""
-    import os
-
-    from openrlhf_fair import fixtures
-
-    cached = fixtures.default_cache_dir() / "smollm2_135m_instruct"
-    if not (cached / fixtures.MARKER).exists() and os.environ.get("OPENRLHF_FAIR_SLOW_FIXTURES") != "1":
-        pytest.skip("SmolLM2 is not converted yet (about 50 s): set OPENRLHF_FAIR_SLOW_FIXTURES=1 to convert it")
+    """The GGUF conversion keeps the pretrained weights and a working chat tokenizer (greedy answer is right).
+    Runs on a fresh clone too (the conversion takes about 50 s once, then it is cached)."""
     path = request.getfixturevalue("smollm2")
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

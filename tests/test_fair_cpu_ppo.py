@@ -6,17 +6,16 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
 import threading
 import time
-import uuid
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from fair_processes import kill_marked, marked_processes, new_marker, wait_for_exit
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -275,18 +274,17 @@ def test_engine_rejects_what_it_cannot_serve(vllm_stand_in, tiny_llama):
         engine.worker.init_process_group("127.0.0.1", 1, 1, 2, "openrlhf", "gloo", True)
 
 
-def test_weights_broadcast_by_openrlhf_reach_the_engine(vllm_stand_in, tiny_llama):
+def test_weights_broadcast_by_openrlhf_reach_the_engine(vllm_stand_in, tiny_llama, free_port):
     """OpenRLHF's own trainer-side group (`stateless_init_process_group`) -> the engine, over gloo."""
     import asyncio
 
     import torch
     from openrlhf.utils.distributed_util import stateless_init_process_group
 
-    from openrlhf_fair.cpu_backend.launch import free_port
     from openrlhf_fair.cpu_backend.rollout_engine import weights_fingerprint
 
     engine = make_engine(vllm_stand_in, tiny_llama)
-    port = free_port()
+    port = free_port
     new_weights = {name: torch.randn_like(p) for name, p in engine.parameters.items()}
     before = weights_fingerprint(engine.parameters.items())
     errors = []
@@ -342,21 +340,6 @@ STEPS = 3
 ROLLOUT_BATCH = 4
 
 
-def marked_processes(marker: str) -> list[int]:
-    """Pids of live processes whose environment carries ``marker`` (the run's driver, Ray and its workers)."""
-    needle = marker.encode()
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if needle in (entry / "environ").read_bytes():
-                pids.append(int(entry.name))
-        except OSError:
-            continue
-    return pids
-
-
 def memory_mb(pids: list[int]) -> tuple[float, float]:
     """Summed RSS and PSS (MB) of ``pids``."""
     rss = pss = 0.0
@@ -385,7 +368,7 @@ def cpu_seconds(pids: list[int], seen: dict) -> None:
 
 def run_measured(argv: list[str], env: dict, timeout: float, log_path: Path) -> dict:
     """Run ``argv``; sample the memory of every process of the run; then make sure none is left behind."""
-    marker = f"OPENRLHF_FAIR_TEST_RUN={uuid.uuid4().hex}"
+    marker = new_marker()
     key, value = marker.split("=")
     full_env = {**os.environ, **env, key: value}
     started = time.perf_counter()
@@ -409,15 +392,8 @@ def run_measured(argv: list[str], env: dict, timeout: float, log_path: Path) -> 
                 proc.kill()
                 proc.wait()
             # Ray's workers exit once they notice their raylet is gone; wait for that, then stop any straggler.
-            deadline = time.perf_counter() + 30
-            while marked_processes(marker) and time.perf_counter() < deadline:
-                time.sleep(0.5)
-            leftovers = marked_processes(marker)
-            for pid in leftovers:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except OSError:
-                    pass
+            leftovers = wait_for_exit(marker, 30)
+            kill_marked(marker)
     stats = {"rc": proc.returncode, "wall_s": round(wall, 1), "peak_rss_mb": round(peak_rss),
              "peak_pss_mb": round(peak_pss), "peak_processes": peak_procs, "cpu_s": round(sum(cpu.values()), 1),
              "leftover_processes": len(leftovers)}

@@ -131,6 +131,16 @@ def test_prompt_unit_groups_by_index_and_uses_the_mean_allocation():
     assert len(set(w[ids == 0].tolist())) == 1 and w[ids == 0][0] > 1 > w[ids == 1][0]
 
 
+def test_prompt_agent_ids_edge_cases():
+    """One sample per prompt is allowed (each sample its own agent); 0 is refused; ids are int64 whatever
+    integer type the index comes in (the scatter/index_add in fairness_weights need int64)."""
+    assert prompt_agent_ids([3, 0, 2], 1).tolist() == [3, 0, 2]
+    with pytest.raises(FairnessInputError, match="n_samples_per_prompt must be >= 1"):
+        prompt_agent_ids([0, 1], 0)
+    ids = prompt_agent_ids(torch.tensor([5, 2, 7], dtype=torch.int32), 2)
+    assert ids.dtype == torch.int64 and ids.tolist() == [2, 1, 3]
+
+
 def test_label_unit_and_unequal_group_sizes():
     labels = ["harmless", "helpful", "helpful", "helpful", "code", "harmless"]
     ids, names = label_agent_ids(labels)

@@ -24,7 +24,7 @@ DRIVER = textwrap.dedent(
     for name in ("flash_attn", "vllm"):  # this CPU machine lacks them; OpenRLHF's PPO modules import them
         stand_ins.install(name)
     import ray
-    from openrlhf.utils.config import hierarchize
+    from openrlhf.utils import config as host_config  # the CLI looks hierarchize up when it runs, after our hook
     from openrlhf_fair.cpu_backend.ray_support import stop_local_ray
     from openrlhf_fair.host import experience_maker as hm
     from openrlhf_fair.ppo_config import PPOFairnessConfig
@@ -57,16 +57,17 @@ DRIVER = textwrap.dedent(
 
     config = PPOFairnessConfig(coef=0.5, unit="prompt")
     undo = hm.apply_fairness(config)  # what `openrlhf train_ppo_ray --fair_coef 0.5 --fair_unit prompt` does first
-    carried = hierarchize(argparse.Namespace(**{"algo.advantage.estimator": "gae"}))  # what the host CLI does next
+    carried = host_config.hierarchize(argparse.Namespace(**{"algo.advantage.estimator": "gae"}))  # the CLI, next
     undo()
-    plain = hierarchize(argparse.Namespace(**{"algo.advantage.estimator": "gae"}))
+    plain = host_config.hierarchize(argparse.Namespace(**{"algo.advantage.estimator": "gae"}))
     ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
     try:
         results = {name: ray.get(Probe.remote(args).check.remote()) for name, args in
                    (("carried", carried), ("plain", plain))}
     finally:
         stop_local_ray()
-    print("RESULT " + json.dumps({"driver_pid": os.getpid(), "expected": config.to_payload(), **results}))
+    print("RESULT " + json.dumps({"driver_pid": os.getpid(), "expected": config.to_payload(),
+                                  "carried_setup": repr(getattr(carried, "openrlhf_fair_worker_setup", None)), **results}))
     """
 )
 
@@ -79,6 +80,7 @@ def test_the_single_bootstrap_path_into_a_ray_actor():
     line = next(line for line in run.stdout.splitlines() if line.startswith("RESULT "))
     result = json.loads(line[len("RESULT "):])
     carried, plain = result["carried"], result["plain"]
+    assert result["carried_setup"] == "WorkerSetup(openrlhf_fair.host.experience_maker:apply_in_worker)"
     assert carried["pid"] != result["driver_pid"] and plain["pid"] != result["driver_pid"]  # real actor processes
     assert carried["host_imported_at_init"] is False  # lazy: the setup did not import the experience maker
     assert carried["patched"] is True and carried["config"] == result["expected"]
