@@ -18,12 +18,11 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 
-from test_fair_cpu_ppo import marked_processes
+from fair_processes import MARKER, marked_processes, new_marker
 from test_fair_ppo_e2e import REWARD_FN, check_fairness_logged, logged_steps
 
 pytestmark = pytest.mark.e2e
@@ -88,10 +87,10 @@ class TwoNodeCluster:
     """A head without GPUs or CPUs (the driver's node) and a node with 8 logical GPUs, all marked for cleanup."""
 
     def __init__(self, tmp: Path):
-        self.marker = f"openrlhf-fair-multinode-{uuid.uuid4().hex}"
+        self.marker = new_marker()  # "OPENRLHF_FAIR_TEST_RUN=<id>"
         self.tmp = tmp
-        self._saved_env = {k: os.environ.get(k) for k in ("OPENRLHF_FAIR_TEST_RUN", "PYTHONPATH", *RAY_ENV)}
-        os.environ["OPENRLHF_FAIR_TEST_RUN"] = self.marker  # inherited by every process Ray starts
+        self._saved_env = {k: os.environ.get(k) for k in (MARKER, "PYTHONPATH", *RAY_ENV)}
+        os.environ[MARKER] = self.marker.split("=", 1)[1]  # inherited by every process Ray starts
         os.environ.update(RAY_ENV)
         from ray._common.utils import reset_ray_address
         from ray.cluster_utils import Cluster
@@ -129,13 +128,13 @@ class TwoNodeCluster:
     def shutdown(self) -> list[int]:
         """Stop every node; return the pids of the cluster's processes still alive 30 s later."""
         self.cluster.shutdown()
-        self._restore("OPENRLHF_FAIR_TEST_RUN")
+        self._restore(MARKER)
         for key in RAY_ENV:
             self._restore(key)
         deadline = time.monotonic() + 30
         while marked_processes(self.marker) and time.monotonic() < deadline:
             time.sleep(0.5)
-        return marked_processes(self.marker)
+        return list(marked_processes(self.marker))
 
 
 @pytest.fixture(scope="module")
