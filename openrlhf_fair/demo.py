@@ -179,6 +179,13 @@ def prepare_data(args, tokenizer, data_dir: Path) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- training
+def training_runs(methods: list[Method], seeds: list[int]) -> list[tuple[Method, int, str]]:
+    """(method, training seed, model folder name) per train_rm run: `LABEL` for one seed, `LABEL_sSEED` for several."""
+    if len(seeds) == 1:
+        return [(m, seeds[0], m.label) for m in methods]
+    return [(m, s, f"{m.label}_s{s}") for s in seeds for m in methods]
+
+
 def openrlhf_command(override: str | None) -> list[str]:
     """How to call the `openrlhf` CLI: --openrlhf, else the console script beside this Python, else -m."""
     if override:
@@ -189,7 +196,7 @@ def openrlhf_command(override: str | None) -> list[str]:
     return [sys.executable, "-m", "openrlhf_fair.cli.main"]
 
 
-def train_command(args, method: Method, backbone: Path, data_dir: Path, out_dir: Path) -> list[str]:
+def train_command(args, method: Method, backbone: Path, data_dir: Path, out_dir: Path, seed: int | None = None) -> list[str]:
     """The `openrlhf train_rm ...` command line for one method (what examples/*.sh spell out)."""
     cmd = openrlhf_command(args.openrlhf) + [
         "train_rm",
@@ -203,7 +210,7 @@ def train_command(args, method: Method, backbone: Path, data_dir: Path, out_dir:
         "--train.micro_batch_size", str(args.micro_batch_size),
         "--train.batch_size", str(args.batch_size),
         "--train.max_epochs", str(args.epochs),
-        "--train.seed", str(args.seed),
+        "--train.seed", str(args.seed if seed is None else seed),
         "--adam.lr", str(args.lr),
         "--lr_warmup_ratio", str(args.warmup_ratio),
         "--ds.zero_stage", "2",
@@ -316,7 +323,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16, help="pairs per optimizer step")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--warmup-ratio", type=float, default=0.05)
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--seed", type=int, default=42, help="seed of the data sample and of the first training run")
+    p.add_argument("--seeds", type=int, default=1,
+                   help="train every method with N training seeds (--seed, --seed+1, ...) on the same data; the "
+                        "report then gives mean and 95%% intervals over seeds and test pairs")
     p.add_argument("--openrlhf", default=None, help="command that runs the openrlhf CLI (default: the installed one)")
     p.add_argument("--extra-train-args", default=None, help="extra flags for every train_rm, one shell-quoted string")
     p.add_argument("--report-batch-size", type=int, default=32)
@@ -366,6 +376,9 @@ def run_demo(args) -> dict:
     defaults = {"alpha": args.alpha, "gamma": args.gamma, "form": args.form, "tau": args.tau,
                 "temperature": args.temperature, "group_key": args.fair_group_key}
     methods = parse_methods(SWEEP if args.sweep else args.methods, defaults)
+    if args.seeds < 1:
+        raise DemoError(f"--seeds must be >= 1, got {args.seeds}")
+    seeds = [args.seed + k for k in range(args.seeds)]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     backbone = _backbone(args.backbone, out)
     _say(f"backbone {backbone}; device {device}; {len(methods)} reward models: {', '.join(m.label for m in methods)}")
@@ -388,18 +401,18 @@ def run_demo(args) -> dict:
         return {"_prepared": data_summary}
 
     timings, commands = {}, {}
-    for i, method in enumerate(methods, 1):
-        model_dir = out / "models" / method.label
-        cmd = train_command(args, method, backbone, out / "data", model_dir)
-        commands[method.label] = shlex.join(cmd)
+    runs = training_runs(methods, seeds)
+    for i, (method, seed, name) in enumerate(runs, 1):
+        model_dir = out / "models" / name
+        cmd = train_command(args, method, backbone, out / "data", model_dir, seed)
+        commands[name] = shlex.join(cmd)
         if args.reuse and (model_dir / "config.json").is_file():
-            _say(f"[{i}/{len(methods)}] {method.label}: reusing {model_dir}")
+            _say(f"[{i}/{len(runs)}] {name}: reusing {model_dir}")
             continue
-        _say(f"[{i}/{len(methods)}] training {method.label}: {' '.join(method.fairness_flags()) or 'plain Bradley-Terry'}"
-             f" (log: {out / 'logs' / (method.label + '.log')})")
-        timings[method.label] = run_training(cmd, out / "logs" / f"{method.label}.log",
-                                             f"train {method.label}", args.quiet)
-        _say(f"    done in {timings[method.label]:.0f} s")
+        _say(f"[{i}/{len(runs)}] training {name}: {' '.join(method.fairness_flags()) or 'plain Bradley-Terry'}"
+             f" (seed {seed}; log: {out / 'logs' / (name + '.log')})")
+        timings[name] = run_training(cmd, out / "logs" / f"{name}.log", f"train {name}", args.quiet)
+        _say(f"    done in {timings[name]:.0f} s")
 
     if args.skip_report:
         _say(f"trained {', '.join(timings)}; --skip-report: no report")
@@ -409,7 +422,7 @@ def run_demo(args) -> dict:
     rargs = report.build_parser().parse_args([
         "--data", str(out / "data" / "test.jsonl"), "--group-key", args.group_key, "--out", str(out / "report"),
         "--max-len", str(args.max_len), "--batch-size", str(args.report_batch_size), "--device", device,
-        *sum((["--model", str(out / "models" / m.label), "--label", m.label] for m in methods), []),
+        *sum((["--model", str(out / "models" / name), "--label", m.label] for m, _, name in runs), []),
     ])
     doc = report.run_report(rargs)
     timings["report"] = time.time() - t_report
@@ -423,6 +436,7 @@ def run_demo(args) -> dict:
         "data": data_summary,
         "settings": {k: getattr(args, k) for k in ("epochs", "train_pairs", "test_pairs", "max_len",
                                                     "micro_batch_size", "batch_size", "lr", "warmup_ratio", "seed")},
+        "training_seeds": seeds,
         "wall_seconds": {k: round(v, 1) for k, v in timings.items()},
         "train_commands": commands,
     }
