@@ -330,6 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--openrlhf", default=None, help="command that runs the openrlhf CLI (default: the installed one)")
     p.add_argument("--extra-train-args", default=None, help="extra flags for every train_rm, one shell-quoted string")
     p.add_argument("--report-batch-size", type=int, default=32)
+    p.add_argument("--best-of-n", type=int, default=0, metavar="N",
+                   help="add the report's best-of-N selection audit (N samples per prompt; 0: off)")
+    p.add_argument("--generator", default="smollm2", help="generator for --best-of-n (see openrlhf-fair report)")
     p.add_argument("--prepare-only", action="store_true",
                    help="only write the backbone and the filtered train/eval/test files (for examples/*.sh)")
     p.add_argument("--skip-report", action="store_true", help="train only (run `openrlhf-fair report` yourself)")
@@ -359,7 +362,29 @@ def _say(msg: str) -> None:
     print(f"[openrlhf-fair demo] {msg}", file=sys.stderr, flush=True)
 
 
-def run_demo(args) -> dict:
+@dataclass
+class DemoResult:
+    """What the demo did: `summary` (demo.json's content) and, unless it stopped before, the report."""
+
+    summary: dict
+    report: object = None  # openrlhf_fair.report.Report
+
+
+def _check_pair_counts(args) -> None:
+    """Refuse pair counts the balanced sampling cannot meet, before any model or tokenizer is loaded."""
+    from openrlhf_fair.report import load_pairs
+
+    for flag, n in (("--train-pairs", args.train_pairs), ("--test-pairs", args.test_pairs)):
+        if n < 1:
+            raise DemoError(f"{flag} must be >= 1, got {n}")
+    groups = sorted({r[args.group_key] for r in load_pairs(args.data, group_key=args.group_key, split="train")})
+    for flag, n in (("--train-pairs", args.train_pairs), ("--test-pairs", args.test_pairs)):
+        if n < len(groups):
+            raise DemoError(f"{flag} {n} is below the number of {args.group_key} groups ({len(groups)}: "
+                            f"{', '.join(groups)}): pairs are balanced across groups, give at least {len(groups)}")
+
+
+def run_demo(args) -> DemoResult:
     import torch
 
     from openrlhf_fair import report
@@ -373,6 +398,7 @@ def run_demo(args) -> dict:
         raise DemoError(f"data file not found: {args.data}{hint}")
     if args.micro_batch_size < 2:
         raise DemoError("--micro-batch-size must be >= 2: fairness over one pair is constant (zero gradient)")
+    _check_pair_counts(args)
     defaults = {"alpha": args.alpha, "gamma": args.gamma, "form": args.form, "tau": args.tau,
                 "temperature": args.temperature, "group_key": args.fair_group_key}
     methods = parse_methods(SWEEP if args.sweep else args.methods, defaults)
@@ -398,7 +424,7 @@ def run_demo(args) -> dict:
     if args.prepare_only:
         (out / "data" / "backbone.txt").write_text(str(backbone) + "\n")
         _say(f"data prepared; backbone path written to {out / 'data' / 'backbone.txt'}")
-        return {"_prepared": data_summary}
+        return DemoResult(data_summary)
 
     timings, commands = {}, {}
     runs = training_runs(methods, seeds)
@@ -416,15 +442,16 @@ def run_demo(args) -> dict:
 
     if args.skip_report:
         _say(f"trained {', '.join(timings)}; --skip-report: no report")
-        return {"_prepared": {"wall_seconds": {k: round(v, 1) for k, v in timings.items()}}}
+        return DemoResult({"wall_seconds": {k: round(v, 1) for k, v in timings.items()}})
     _say("scoring the held-out test pairs")
     t_report = time.time()
     rargs = report.build_parser().parse_args([
         "--data", str(out / "data" / "test.jsonl"), "--group-key", args.group_key, "--out", str(out / "report"),
         "--max-len", str(args.max_len), "--batch-size", str(args.report_batch_size), "--device", device,
+        "--best-of-n", str(args.best_of_n), "--generator", args.generator,
         *sum((["--model", str(out / "models" / name), "--label", m.label] for m, _, name in runs), []),
     ])
-    doc = report.run_report(rargs)
+    result = report.run_report(rargs)
     timings["report"] = time.time() - t_report
     timings["total"] = time.time() - t0
     summary = {
@@ -441,28 +468,24 @@ def run_demo(args) -> dict:
         "train_commands": commands,
     }
     (out / "demo.json").write_text(json.dumps(summary, indent=2))
-    doc["_demo"] = summary
-    return doc
+    return DemoResult(summary, result)
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from openrlhf_fair.report import ReportError, pareto_table, summary_table
+    from openrlhf_fair.report import ReportError
+    from openrlhf_fair.report.cli import print_summary
 
     try:
-        doc = run_demo(args)
+        result = run_demo(args)
     except (DemoError, ReportError) as e:
         print(f"openrlhf-fair demo: error: {e}", file=sys.stderr)
         return 2
-    if "_prepared" in doc:
-        print(json.dumps(doc["_prepared"], indent=2))
+    if result.report is None:
+        print(json.dumps(result.summary, indent=2))
         return 0
-    results = doc["_results"]
-    print(summary_table(results))
-    if len(results) >= 3:
-        print("\nPareto view (accuracy up, group gap down, Jain up):\n")
-        print(pareto_table(results))
-    s = doc["_demo"]
+    print_summary(result.report)
+    s = result.summary
     print(f"\n{s['device']}, {s['cpu_count']} CPU cores; wall time {s['wall_seconds']['total']:.0f} s "
           f"(" + ", ".join(f"{k} {v:.0f} s" for k, v in s["wall_seconds"].items() if k != "total") + ")")
     print(f"report: {Path(args.out).resolve() / 'report' / 'report.md'}")

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from openrlhf_fair import report
+from openrlhf_fair.report.metrics import pair_metrics, pearson
 
 PAIRS = [
     # (prompt, chosen, rejected, category)
@@ -92,28 +93,37 @@ def report_run(tiny_reward_models, pairs_file, tmp_path_factory):
     return out, json.loads((out / "report.json").read_text())
 
 
-def _hand_rewards(model_path: Path) -> list[tuple[float, float, bool]]:
-    """(chosen reward, rejected reward, identical tokens) per pair, one unpadded sequence at a time."""
+def _hand_scores(model_path: Path, texts: list[tuple[str, str]]) -> list[float]:
+    """Reward of each (prompt, response), one unpadded sequence at a time."""
     from openrlhf.models import get_llm_for_sequence_regression
     from transformers import AutoTokenizer
 
     model = get_llm_for_sequence_regression(str(model_path), "reward", attn_implementation="eager").float().eval()
     tok = AutoTokenizer.from_pretrained(str(model_path))
-
-    def ids(prompt, response):
-        text = (prompt + response).rstrip("\n") + " " + tok.eos_token
-        t = tok(text, max_length=MAX_LEN, truncation=True, add_special_tokens=False)["input_ids"]
-        t[-1] = tok.eos_token_id
-        return torch.tensor([t])
-
     out = []
     with torch.no_grad():
-        for prompt, chosen, rejected, _ in PAIRS:
-            c, r = ids(prompt, chosen), ids(prompt, rejected)
-            rc = float(model(c, attention_mask=torch.ones_like(c)))
-            rr = float(model(r, attention_mask=torch.ones_like(r)))
-            out.append((rc, rr, torch.equal(c, r)))
+        for prompt, response in texts:
+            ids = _hand_ids(tok, prompt, response)
+            out.append(float(model(ids, attention_mask=torch.ones_like(ids))))
     return out
+
+
+def _hand_ids(tok, prompt, response):
+    text = (prompt + response).rstrip("\n") + " " + tok.eos_token
+    t = tok(text, max_length=MAX_LEN, truncation=True, add_special_tokens=False)["input_ids"]
+    t[-1] = tok.eos_token_id
+    return torch.tensor([t])
+
+
+def _hand_rewards(model_path: Path) -> list[tuple[float, float, bool]]:
+    """(chosen reward, rejected reward, identical tokens) per pair, one unpadded sequence at a time."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(model_path))
+    chosen = _hand_scores(model_path, [(p[0], p[1]) for p in PAIRS])
+    rejected = _hand_scores(model_path, [(p[0], p[2]) for p in PAIRS])
+    same = [torch.equal(_hand_ids(tok, p[0], p[1]), _hand_ids(tok, p[0], p[2])) for p in PAIRS]
+    return list(zip(chosen, rejected, same))
 
 
 def _gini(xs):
@@ -127,7 +137,8 @@ def test_every_metric_matches_a_hand_computation(tiny_reward_models, report_run)
     _, paths = tiny_reward_models
     out, doc = report_run
     assert [m["label"] for m in doc["models"]] == ["rm1", "rm2"]
-    for path, got in zip(paths, doc["models"]):
+    for path, model in zip(paths, doc["models"]):
+        got = model["metrics"]
         hand = _hand_rewards(path)
         chosen = [h[0] for h in hand]
         rejected = [h[1] for h in hand]
@@ -135,45 +146,59 @@ def test_every_metric_matches_a_hand_computation(tiny_reward_models, report_run)
         clen = [len(p[1]) for p in PAIRS]
         rlen = [len(p[2]) for p in PAIRS]
         n = len(PAIRS)
-        assert got["n_pairs"] == n
-        assert got["pairs_identical_after_truncation"] == sum(h[2] for h in hand) == 1
-        assert got["accuracy"] == pytest.approx(sum(c > r for c, r in zip(chosen, rejected)) / n)
-        assert got["mean_margin"] == pytest.approx(statistics.fmean(c - r for c, r in zip(chosen, rejected)), abs=1e-4)
+        assert model["n_pairs"] == n
+        assert model["runs"][0]["pairs_identical_after_truncation"] == sum(h[2] for h in hand) == 1
+        assert got["fairness/acc"] == pytest.approx(sum(c > r for c, r in zip(chosen, rejected)) / n)
+        assert got["fairness/mean_margin"] == pytest.approx(statistics.fmean(c - r for c, r in zip(chosen, rejected)),
+                                                            abs=1e-4)
         x = [1 / (1 + math.exp(-(c - r))) for c, r in zip(chosen, rejected)]
-        assert got["jain_sigmoid_margin"] == pytest.approx(sum(x) ** 2 / (n * sum(v * v for v in x)), abs=1e-5)
-        assert got["gini_sigmoid_margin"] == pytest.approx(_gini(x), abs=1e-5)
+        assert got["fairness/jain"] == pytest.approx(sum(x) ** 2 / (n * sum(v * v for v in x)), abs=1e-5)
+        assert got["fairness/gini"] == pytest.approx(_gini(x), abs=1e-5)
         rewards, lengths = chosen + rejected, clen + rlen
-        assert got["length_corr"] == pytest.approx(statistics.correlation(rewards, lengths), abs=1e-4)
-        assert got["reward_std"] == pytest.approx(statistics.pstdev(rewards), abs=1e-4)
+        assert got["fairness/length_corr"] == pytest.approx(statistics.correlation(rewards, lengths), abs=1e-4)
+        assert got["fairness/reward_std"] == pytest.approx(statistics.pstdev(rewards), abs=1e-4)
 
         mean_reward, acc = {}, {}
         for g in ("harmless", "helpful"):
             idx = [i for i in range(n) if groups[i] == g]
-            gg = got["groups"][g]
-            assert gg["n_pairs"] == len(idx)
+            assert doc["group_pairs"][g] == len(idx)
             acc[g] = sum(chosen[i] > rejected[i] for i in idx) / len(idx)
-            assert gg["accuracy"] == pytest.approx(acc[g])
-            assert gg["mean_chosen_reward"] == pytest.approx(statistics.fmean(chosen[i] for i in idx), abs=1e-4)
-            assert gg["mean_rejected_reward"] == pytest.approx(statistics.fmean(rejected[i] for i in idx), abs=1e-4)
-            assert gg["mean_margin"] == pytest.approx(statistics.fmean(chosen[i] - rejected[i] for i in idx), abs=1e-4)
+            assert got[f"fairness/acc/{g}"] == pytest.approx(acc[g])
+            assert got[f"fairness/chosen_reward/{g}"] == pytest.approx(statistics.fmean(chosen[i] for i in idx), abs=1e-4)
+            assert got[f"fairness/rejected_reward/{g}"] == pytest.approx(statistics.fmean(rejected[i] for i in idx),
+                                                                         abs=1e-4)
+            assert got[f"fairness/margin/{g}"] == pytest.approx(statistics.fmean(chosen[i] - rejected[i] for i in idx),
+                                                                abs=1e-4)
             g_rewards = [chosen[i] for i in idx] + [rejected[i] for i in idx]
             mean_reward[g] = statistics.fmean(g_rewards)
-            assert gg["mean_reward"] == pytest.approx(mean_reward[g], abs=1e-4)
+            assert got[f"fairness/reward/{g}"] == pytest.approx(mean_reward[g], abs=1e-4)
             g_lengths = [clen[i] for i in idx] + [rlen[i] for i in idx]
-            assert gg["length_corr"] == pytest.approx(statistics.correlation(g_rewards, g_lengths), abs=1e-4)
-        margin = {g: got["groups"][g]["mean_margin"] for g in ("harmless", "helpful")}
-        assert got["margin_gap"] == pytest.approx(abs(margin["harmless"] - margin["helpful"]))
+            assert got[f"fairness/length_corr/{g}"] == pytest.approx(statistics.correlation(g_rewards, g_lengths),
+                                                                     abs=1e-4)
+        margin = {g: got[f"fairness/margin/{g}"] for g in ("harmless", "helpful")}
+        assert got["fairness/margin_gap"] == pytest.approx(abs(margin["harmless"] - margin["helpful"]))
         worst = min(acc, key=acc.get)
-        assert got["worst_group_accuracy"] == pytest.approx(acc[worst])
+        assert got["fairness/worst_group_acc"] == pytest.approx(acc[worst])
+        assert got["fairness/acc_gap"] == pytest.approx(abs(acc["harmless"] - acc["helpful"]))
         if acc["harmless"] != acc["helpful"]:
-            assert got["worst_group"] == worst
+            assert model["worst_group"] == worst
         gap = abs(mean_reward["harmless"] - mean_reward["helpful"])
-        assert got["reward_gap"] == pytest.approx(gap, abs=1e-4)
-        assert got["reward_gap_over_std"] == pytest.approx(gap / statistics.pstdev(rewards), abs=1e-4)
-        assert got["highest_reward_group"] == max(mean_reward, key=mean_reward.get)
+        assert got["fairness/reward_gap"] == pytest.approx(gap, abs=1e-4)
+        assert got["fairness/reward_gap_over_std"] == pytest.approx(gap / statistics.pstdev(rewards), abs=1e-4)
+        assert model["highest_reward_group"] == max(mean_reward, key=mean_reward.get)
+        for key in ("fairness/acc", "fairness/mean_margin"):  # a mean lies inside its bootstrap interval
+            lo, hi = model["intervals"][key]
+            assert lo <= got[key] <= hi, key
 
     # the two models really differ (a report that scored one model twice would fail above or here)
-    assert doc["models"][0]["mean_margin"] != pytest.approx(doc["models"][1]["mean_margin"])
+    assert doc["models"][0]["metrics"]["fairness/mean_margin"] != pytest.approx(
+        doc["models"][1]["metrics"]["fairness/mean_margin"])
+    # the second model is compared with the first (the default baseline), paired over the same pairs
+    assert doc["baseline"] == "rm1" and doc["models"][0]["vs_baseline"] == {}
+    diff = doc["models"][1]["vs_baseline"]["fairness/acc"]
+    assert diff["value"] == pytest.approx(doc["models"][1]["metrics"]["fairness/acc"]
+                                          - doc["models"][0]["metrics"]["fairness/acc"])
+    assert diff["lo"] <= diff["value"] <= diff["hi"]
 
 
 @pytest.mark.e2e
@@ -184,16 +209,19 @@ def test_files_and_plots_are_written(report_run):
         data = (out / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, name
     md = (out / "report.md").read_text()
-    assert "| rm1 |" in md and "| rm2 |" in md and "worst-group acc" in md
+    assert "| rm1 |" in md and "| rm2 |" in md and "worst-group acc" in md and "Difference to `rm1`" in md
     lines = (out / "pair_rewards.jsonl").read_text().splitlines()
     assert len(lines) == 2 * len(PAIRS)
     rows = [json.loads(line) for line in lines]
     for model in doc["models"]:
         mine = [r for r in rows if r["model"] == model["label"]]
         assert len(mine) == len(PAIRS)
-        assert statistics.fmean(r["chosen"] for r in mine) == pytest.approx(model["mean_chosen_reward"])
-        assert statistics.fmean(r["rejected"] for r in mine) == pytest.approx(model["mean_rejected_reward"])
+        assert statistics.fmean(r["chosen"] for r in mine) == pytest.approx(model["metrics"]["fairness/mean_chosen_reward"])
+        assert statistics.fmean(r["rejected"] for r in mine) == pytest.approx(
+            model["metrics"]["fairness/mean_rejected_reward"])
     assert sum(r["identical_after_truncation"] for r in rows) == 2
+    # the small groups (4 pairs each) are warned about
+    assert any("fewer than 10 pairs" in w and "harmless (4 pairs)" in w for w in doc["warnings"])
 
 
 @pytest.mark.e2e
@@ -227,33 +255,24 @@ def test_unreadable_model_is_a_clear_error(tiny_reward_models, pairs_file, tmp_p
 
 def test_compute_metrics_small_example():
     # pairs: a: (2 > 1 right), (0 < 1 wrong); b: (1 = 1 tie, wrong), (3 > 0 right), (2 > 1 right)
-    m = report.compute_metrics([2, 0, 1, 3, 2], [1, 1, 1, 0, 1], ["a", "a", "b", "b", "b"],
-                               [10, 20, 30, 40, 50], [15, 25, 35, 45, 55])
-    assert m["accuracy"] == pytest.approx(3 / 5)
-    assert m["groups"]["a"]["accuracy"] == pytest.approx(0.5)
-    assert m["groups"]["b"]["accuracy"] == pytest.approx(2 / 3)
-    assert (m["worst_group"], m["worst_group_accuracy"]) == ("a", pytest.approx(0.5))
-    assert m["groups"]["a"]["mean_reward"] == pytest.approx((2 + 0 + 1 + 1) / 4)
-    assert m["groups"]["b"]["mean_reward"] == pytest.approx((1 + 3 + 2 + 1 + 0 + 1) / 6)
-    assert m["reward_gap"] == pytest.approx(4 / 3 - 1)
-    assert m["highest_reward_group"] == "b" and m["lowest_reward_group"] == "a"
-    assert m["groups"]["b"]["mean_margin"] == pytest.approx((0 + 3 + 1) / 3)
-    assert m["margin_gap"] == pytest.approx(4 / 3 - 0)
+    m = {k: float(v[0]) for k, v in pair_metrics([2, 0, 1, 3, 2], [1, 1, 1, 0, 1], [0, 0, 1, 1, 1], ["a", "b"],
+                                                 [10, 20, 30, 40, 50], [15, 25, 35, 45, 55]).items()}
+    assert m["fairness/acc"] == pytest.approx(3 / 5)
+    assert m["fairness/acc/a"] == pytest.approx(0.5)
+    assert m["fairness/acc/b"] == pytest.approx(2 / 3)
+    assert m["fairness/worst_group_acc"] == pytest.approx(0.5)
+    assert m["fairness/acc_gap"] == pytest.approx(2 / 3 - 0.5)
+    assert m["fairness/reward/a"] == pytest.approx((2 + 0 + 1 + 1) / 4)
+    assert m["fairness/reward/b"] == pytest.approx((1 + 3 + 2 + 1 + 0 + 1) / 6)
+    assert m["fairness/reward_gap"] == pytest.approx(4 / 3 - 1)
+    assert m["fairness/margin/b"] == pytest.approx((0 + 3 + 1) / 3)
+    assert m["fairness/margin_gap"] == pytest.approx(4 / 3 - 0)
 
 
-def test_pearson_and_pareto():
-    assert report.pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
-    assert report.pearson([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
-    assert math.isnan(report.pearson([1, 1, 1], [1, 2, 3]))
-
-    def r(label, acc, gap, jain):
-        return {"label": label, "metrics": {"accuracy": acc, "reward_gap_over_std": gap, "jain_sigmoid_margin": jain,
-                                            "worst_group_accuracy": acc}}
-
-    results = [r("a", 0.70, 0.5, 0.90), r("b", 0.69, 0.2, 0.95), r("c", 0.68, 0.6, 0.89), r("d", 0.70, 0.5, 0.90)]
-    # c is dominated by a; a and d tie (neither dominates); b trades accuracy for fairness
-    assert report.pareto_front(results) == [True, True, False, True]
-    assert "| c |" in report.pareto_table(results)
+def test_pearson():
+    assert pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
+    assert pearson([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert math.isnan(pearson([1, 1, 1], [1, 2, 3]))
 
 
 @pytest.mark.e2e
@@ -265,9 +284,11 @@ def test_report_from_saved_rewards_reproduces_the_numbers(report_run, tmp_path):
     redo = json.loads((again / "report.json").read_text())
     assert [m["label"] for m in redo["models"]] == ["rm1", "rm2"]
     for a, b in zip(doc["models"], redo["models"]):
-        for key in ("accuracy", "reward_gap", "margin_gap", "jain_sigmoid_margin", "gini_sigmoid_margin",
-                    "length_corr", "worst_group_accuracy", "pairs_identical_after_truncation"):
-            assert b[key] == pytest.approx(a[key], rel=1e-6), key
+        for key in ("fairness/acc", "fairness/reward_gap", "fairness/margin_gap", "fairness/jain", "fairness/gini",
+                    "fairness/length_corr", "fairness/worst_group_acc"):
+            assert b["metrics"][key] == pytest.approx(a["metrics"][key], rel=1e-6), key
+            assert b["intervals"][key] == pytest.approx(a["intervals"][key], rel=1e-6), key
+        assert b["runs"][0]["pairs_identical_after_truncation"] == a["runs"][0]["pairs_identical_after_truncation"]
     assert (again / "reward_distributions.png").is_file()
 
 
@@ -276,3 +297,61 @@ def test_model_without_data_is_a_clear_error(tmp_path, capsys):
     assert "--model needs --data" in capsys.readouterr().err
     assert report.main(["--out", str(tmp_path / "o")]) == 2
     assert "nothing to report" in capsys.readouterr().err
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+def test_seeds_and_best_of_n_against_a_hand_computation(tiny_reward_models, pairs_file, tmp_path):
+    """Two models under one label are two runs (seeds) of one method; --best-of-n with the tiny generator: the
+    selections, lengths and per-group rewards recomputed by hand from the cached candidates."""
+    _, paths = tiny_reward_models
+    out = tmp_path / "out"
+    argv = ["--data", str(pairs_file), "--out", str(out), "--max-len", str(MAX_LEN), "--batch-size", "3",
+            "--device", "cpu", "--model", str(paths[0]), "--label", "one", "--model", str(paths[1]), "--label",
+            "both", "--model", str(paths[0]), "--label", "both", "--best-of-n", "3", "--generator", "tiny",
+            "--bon-prompts", "4", "--bon-max-new-tokens", "6", "--bon-cache", str(tmp_path / "cache"),
+            "--resamples", "200"]
+    assert report.main(argv) == 0
+    doc = json.loads((out / "report.json").read_text())
+    one, both = doc["models"]
+    assert (one["label"], both["label"], len(both["runs"])) == ("one", "both", 2)
+    # the two-run method is the mean of its runs; its difference to "one" is the second run's difference / 2
+    for key in ("fairness/acc", "fairness/margin_gap", "fairness/jain"):
+        runs = [r["metrics"][key] for r in both["runs"]]
+        assert both["metrics"][key] == pytest.approx(sum(runs) / 2)
+        assert both["vs_baseline"][key]["value"] == pytest.approx((runs[0] - one["metrics"][key]) / 2)
+
+    bon = doc["best_of_n"]
+    cache = json.loads(Path(bon["candidates_cache"]).read_text())
+    prompts, groups, responses = cache["prompts"], cache["groups"], cache["responses"]
+    assert bon["prompts"] == len(prompts) == 4 and sorted(set(groups)) == ["harmless", "helpful"]
+    assert all(len(r) == 3 for r in responses)
+
+    def hand_selection(path):
+        flat = [(p, t) for p, resp in zip(prompts, responses) for t in resp]
+        scores = _hand_scores(path, flat)
+        picks = [max(range(3), key=lambda j: scores[3 * i + j]) for i in range(len(prompts))]
+        sel_len = [len(responses[i][j]) for i, j in enumerate(picks)]
+        longest = [sel_len[i] == max(len(t) for t in responses[i]) for i in range(len(prompts))]
+        by_group = {g: statistics.fmean(scores[3 * i + picks[i]] for i in range(len(prompts)) if groups[i] == g)
+                    for g in set(groups)}
+        return {"fairness/bon_selected_len": statistics.fmean(sel_len),
+                "fairness/bon_longest_wins": statistics.fmean(longest),
+                "fairness/bon_reward/harmless": by_group["harmless"], "fairness/bon_reward/helpful": by_group["helpful"],
+                "fairness/bon_reward_gap": abs(by_group["harmless"] - by_group["helpful"])}
+
+    hand_one, hand_two = hand_selection(paths[0]), hand_selection(paths[1])
+    for key, value in hand_one.items():
+        assert bon["models"]["one"]["metrics"][key] == pytest.approx(value, abs=1e-4), key
+        assert bon["models"]["both"]["metrics"][key] == pytest.approx((value + hand_two[key]) / 2, abs=1e-4), key
+    candidate_len = statistics.fmean(statistics.fmean(len(t) for t in resp) for resp in responses)
+    assert bon["models"]["one"]["metrics"]["fairness/bon_candidate_len"] == pytest.approx(candidate_len)
+    md = (out / "report.md").read_text()
+    assert "Best-of-3 selection audit" in md and "come back in selection" in md
+
+    # a second run takes the candidates from the cache (no new sampling), same numbers
+    again = tmp_path / "again"
+    assert report.main([a if a != str(out) else str(again) for a in argv]) == 0
+    redo = json.loads((again / "report.json").read_text())["best_of_n"]
+    assert redo["candidates_cache"] == bon["candidates_cache"]
+    assert redo["models"]["one"]["metrics"] == pytest.approx(bon["models"]["one"]["metrics"])

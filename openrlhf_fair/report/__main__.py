@@ -1,0 +1,5 @@
+import sys
+
+from openrlhf_fair.report.cli import main
+
+sys.exit(main())
