@@ -165,3 +165,21 @@ def test_difference_is_paired():
     a = torch.tensor([1.0, 2.0, 3.0, 4.0])
     d = difference(2.5, 1.5, a, a - 1.0)  # a constant shift: the paired interval has no width
     assert (d.value, d.lo, d.hi) == (1.0, 1.0, 1.0) and d.excludes_zero
+
+
+def test_resampled_metrics_are_the_shared_eval_metrics():
+    """The intervals are intervals of the same numbers training's eval logs report (metrics.pairwise_eval_metrics):
+    at the identity resample the report's batched metrics equal the shared ones on every shared key."""
+    from openrlhf_fair.metrics import pairwise_eval_metrics
+
+    g = torch.Generator().manual_seed(1)
+    c, r = torch.randn(40, generator=g, dtype=torch.float64), torch.randn(40, generator=g, dtype=torch.float64)
+    gid = torch.randint(0, 3, (40,), generator=g)
+    names = ["a b", "c", "d"]
+    mine = pair_metrics(c, r, gid, names, torch.ones(40), torch.ones(40))
+    shared = pairwise_eval_metrics(c, r, tau=-1.0, temperature=1.0, group_ids=gid, group_names=names)
+    common = set(mine) & set(shared)
+    assert {"fairness/jain", "fairness/gini", "fairness/acc_gap", "fairness/reward_gap", "fairness/margin_gap",
+            "fairness/worst_group_acc", "fairness/acc/a_b", "fairness/reward/c", "fairness/margin/d"} <= common
+    for key in common:
+        assert float(mine[key][0]) == pytest.approx(shared[key], rel=1e-12, abs=1e-12), key

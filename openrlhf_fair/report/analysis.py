@@ -63,6 +63,19 @@ def _run_metrics(pairs: PairSet, run: ScoredRun, pair_idx: torch.Tensor | None) 
     return pair_metrics(c, r, gid, pairs.group_names, clen, rlen)
 
 
+def _point_metrics(pairs: PairSet, run: ScoredRun) -> dict[str, float]:
+    """A run's value of every metric on all pairs. The metrics that training's eval logs also report come from
+    the one shared definition, `metrics.pairwise_eval_metrics` (allocations sigmoid(margin), T = 1); the
+    resampled values behind the intervals come from `pair_metrics`, which tests check against it."""
+    from openrlhf_fair.metrics import pairwise_eval_metrics
+
+    values = {k: float(v[0]) for k, v in _run_metrics(pairs, run, None).items()}
+    shared = pairwise_eval_metrics(run.chosen, run.rejected, tau=-1.0, temperature=1.0, group_ids=pairs.group_ids,
+                                   group_names=pairs.group_names)
+    values.update({k: v for k, v in shared.items() if k in values})
+    return values
+
+
 def analyse(pairs: PairSet, runs: list[ScoredRun], *, baseline: str | None = None, resamples: int = 1000,
             seed: int = 0) -> list[MethodResult]:
     """Typed results per method (runs sharing a label are one method's seeds); baseline: a label (default the
@@ -80,7 +93,7 @@ def analyse(pairs: PairSet, runs: list[ScoredRun], *, baseline: str | None = Non
     plan = draw_indices(len(pairs.groups), [len(v) for v in by_label.values()], resamples, seed)
     draws, results = {}, []
     for label, method_runs in by_label.items():
-        per_run = [{k: float(v[0]) for k, v in _run_metrics(pairs, run, None).items()} for run in method_runs]
+        per_run = [_point_metrics(pairs, run) for run in method_runs]
         draws[label] = method_draws([_run_metrics(pairs, run, plan.pairs) for run in method_runs],
                                     plan.runs[len(method_runs)])
         points = {k: sum(p[k] for p in per_run) / len(per_run) for k in per_run[0]}
