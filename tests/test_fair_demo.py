@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import shlex
+from pathlib import Path
 
 import pytest
 
@@ -60,9 +61,10 @@ def test_one_pair_micro_batches_are_refused(tmp_path, capsys):
 
 
 @pytest.mark.e2e
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(900)
 def test_reduced_demo_end_to_end(tmp_path, capsys):
-    """Three real train_rm runs (bt, fr, fc inverse) on a tiny Llama, then the report on the test split."""
+    """Six real train_rm runs (bt, fr, fc inverse, two seeds each) on a tiny Llama, then the report on the test
+    split with intervals over pairs and seeds and a best-of-2 audit with the tiny generator."""
     rows = [json.loads(line) for line in gzip.open(demo.PACKAGE_DATA, "rt")][:600]
     small = tmp_path / "pairs.jsonl"
     small.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -70,39 +72,45 @@ def test_reduced_demo_end_to_end(tmp_path, capsys):
     rc = demo.main([
         "--data", str(small), "--backbone", "tiny", "--out", str(out), "--quiet",
         "--train-pairs", "32", "--test-pairs", "16", "--max-len", "128",
-        "--micro-batch-size", "4", "--batch-size", "4",
+        "--micro-batch-size", "4", "--batch-size", "4", "--seeds", "2",
         "--methods", "bt,fr:alpha=1,fc:gamma=0.5:form=inverse",
+        "--best-of-n", "2", "--generator", "tiny",
     ])
     printed = capsys.readouterr()
     assert rc == 0, printed.err[-3000:]
     assert "dropped pairs whose chosen == rejected" in printed.err
     for label in ("bt", "fr_a1", "fc_inverse_g0.5"):
         assert f"| {label} |" in printed.out
-    assert "Pareto view" in printed.out
+    assert "Pareto view" in printed.out and "Difference to bt" in printed.out and "Best-of-2" in printed.out
 
     doc = json.loads((out / "report" / "report.json").read_text())
     assert [m["label"] for m in doc["models"]] == ["bt", "fr_a1", "fc_inverse_g0.5"]
+    assert doc["group_pairs"] == {"harmless": 8, "helpful": 8}
     for m in doc["models"]:
-        assert m["n_pairs"] == 16
-        assert set(m["groups"]) == {"harmless", "helpful"}
-        assert m["groups"]["harmless"]["n_pairs"] == m["groups"]["helpful"]["n_pairs"] == 8
-        assert m["pairs_identical_after_truncation"] == 0  # the demo filtered them out
+        assert m["n_pairs"] == 16 and len(m["runs"]) == 2
+        assert [Path(r["path"]).name for r in m["runs"]] == [f"{m['label']}_s42", f"{m['label']}_s43"]
+        assert all(r["pairs_identical_after_truncation"] == 0 for r in m["runs"])  # the demo filtered them out
+        lo, hi = m["intervals"]["fairness/acc"]
+        assert lo <= m["metrics"]["fairness/acc"] <= hi
+    assert set(doc["best_of_n"]["models"]) == {"bt", "fr_a1", "fc_inverse_g0.5"}
     summary = json.loads((out / "demo.json").read_text())
     assert summary["data"]["train_pairs"] == 32 and summary["data"]["test_pairs"] == 16
+    assert summary["training_seeds"] == [42, 43]
     test_rows = [json.loads(line) for line in (out / "data" / "test.jsonl").read_text().splitlines()]
     train_prompts = {json.loads(line)["prompt"] for line in (out / "data" / "train.jsonl").read_text().splitlines()}
     assert all(r["split"] == "test" for r in test_rows) and not train_prompts & {r["prompt"] for r in test_rows}
 
-    # the fairness methods really trained with the add-on's loss, the plain one did not
-    fr_log = (out / "logs" / "fr_a1.log").read_text()
-    fc_log = (out / "logs" / "fc_inverse_g0.5.log").read_text()
-    bt_log = (out / "logs" / "bt.log").read_text()
-    assert "--fairness_reg 1.0" in fr_log and "fairness/F=" in fr_log
-    assert "--fairness_coef_form inverse" in fc_log and "fairness/F=" in fc_log
-    assert "fairness/F=" not in bt_log
-    # three different models came out (fairness changed the weights)
-    margins = [m["mean_margin"] for m in doc["models"]]
-    assert len(set(margins)) == 3
+    # the fairness methods really trained with the add-on's loss, the plain one did not; the seeds differ
+    for seed in (42, 43):
+        fr_log = (out / "logs" / f"fr_a1_s{seed}.log").read_text()
+        fc_log = (out / "logs" / f"fc_inverse_g0.5_s{seed}.log").read_text()
+        bt_log = (out / "logs" / f"bt_s{seed}.log").read_text()
+        assert "--fairness_reg 1.0" in fr_log and "fairness/F=" in fr_log and f"--train.seed {seed}" in fr_log
+        assert "--fairness_coef_form inverse" in fc_log and "fairness/F=" in fc_log
+        assert "fairness/F=" not in bt_log
+    # six different models came out (fairness and the seed changed the weights)
+    margins = [r["metrics"]["fairness/mean_margin"] for m in doc["models"] for r in m["runs"]]
+    assert len(set(margins)) == 6
     assert (out / "report" / "reward_distributions.png").stat().st_size > 5000
 
 
