@@ -9,9 +9,11 @@ With no arguments it
    (`--fairness_reg ALPHA`) and Fairness Coefficient (`--fairness_coef GAMMA`);
 3. runs `openrlhf-fair report` on the held-out test pairs and prints the table.
 
-Sized to finish in under 15 minutes on 2 CPU cores; uses the GPU when there is one. `--sweep` trains a small
-grid (including the `inverse` coefficient form) and adds a Pareto table (accuracy vs group gap vs Jain).
-Every step's full log is kept under OUT/logs/.
+Sized to finish in under 10 minutes on 2 quiet CPU cores; uses the GPU when there is one. `--seeds N` trains
+every method with N training seeds on the same data (models LABEL_sSEED); the report then gives every metric as
+mean and 95% interval over test pairs and seeds, and each method's paired difference to Bradley-Terry.
+`--sweep` trains a small grid (including the `inverse` coefficient form). `--best-of-n N` adds the report's
+best-of-N selection audit. Every step's full log is kept under OUT/logs/.
 """
 
 from __future__ import annotations

@@ -53,7 +53,7 @@ def generator_path(name: str, scratch: Path) -> Path:
 
     try:
         if name == "smollm2":
-            return fixtures.smollm2_hf(fixtures.default_cache_dir() / "smollm2_hf")
+            return fixtures.smollm2_hf(fixtures.default_cache_dir() / "smollm2_135m_instruct")  # the tests' cache name
         if name == "tiny":
             return fixtures.build_tiny_llama(scratch / "tiny_generator")
     except fixtures.FixtureUnavailable as e:
