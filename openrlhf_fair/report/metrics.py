@@ -57,18 +57,19 @@ def pearson(x, y) -> float:
     y = torch.as_tensor(y, dtype=torch.float64).reshape(1, -1)
     if x.shape != y.shape:
         raise ValueError(f"pearson: lengths differ ({x.numel()} vs {y.numel()})")
-    return float(_weighted_corr(x, y, torch.ones_like(x))[0])
+    return float(_weighted_corr(x, y, torch.ones_like(x).unsqueeze(-1))[0, 0])
 
 
 def _weighted_corr(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """Row-wise Pearson correlation over the items with weight 1 (w is 0/1); NaN for < 2 items or no spread."""
-    n = w.sum(-1)
-    safe_n = n.clamp(min=1)
-    dx = (x - (w * x).sum(-1, keepdim=True) / safe_n.unsqueeze(-1)) * w
-    dy = (y - (w * y).sum(-1, keepdim=True) / safe_n.unsqueeze(-1)) * w
-    denom = torch.sqrt((dx * dx).sum(-1) * (dy * dy).sum(-1))
+    """Row-wise Pearson correlation of x and y (B, m) over the items of each subset k with w[b, :, k] = 1
+    (w: (B, m, K) of 0/1), all subsets at once; NaN for < 2 items or no spread. Returns (B, K)."""
+    n = w.sum(1)
+    x, y = x.unsqueeze(-1), y.unsqueeze(-1)
+    dx = (x - (w * x).sum(1, keepdim=True) / n.clamp(min=1).unsqueeze(1)) * w
+    dy = (y - (w * y).sum(1, keepdim=True) / n.clamp(min=1).unsqueeze(1)) * w
+    denom = torch.sqrt((dx * dx).sum(1) * (dy * dy).sum(1))
     ok = (n >= 2) & (denom > 0)
-    return torch.where(ok, (dx * dy).sum(-1) / torch.where(ok, denom, torch.ones_like(denom)), math.nan)
+    return torch.where(ok, (dx * dy).sum(1) / torch.where(ok, denom, torch.ones_like(denom)), math.nan)
 
 
 def _gap(means: torch.Tensor) -> torch.Tensor:
@@ -117,19 +118,19 @@ def pair_metrics(chosen, rejected, group_ids, group_names: list[str], chosen_len
         "fairness/margin_gap": _gap(margin_g),
         "fairness/jain": alloc.sum(-1) ** 2 / (n * (alloc**2).sum(-1)),
         "fairness/gini": 2.0 * (ranks * sorted_alloc).sum(-1) / (n * sorted_alloc.sum(-1)) - (n + 1.0) / n,
-        "fairness/length_corr": _weighted_corr(rewards, lengths, torch.ones_like(rewards)),
+        "fairness/length_corr": _weighted_corr(rewards, lengths, torch.ones_like(rewards).unsqueeze(-1))[:, 0],
         "fairness/reward_std": std,
         "fairness/mean_margin": margin.mean(-1),
         "fairness/mean_chosen_reward": c.mean(-1),
         "fairness/mean_rejected_reward": r.mean(-1),
     }
     chosen_g, rejected_g = per_group(c), per_group(r)
+    length_corr_g = _weighted_corr(rewards, lengths, torch.cat([onehot, onehot], 1))
     for j, name in enumerate(group_names):
-        member = torch.cat([onehot[..., j], onehot[..., j]], -1)
         out[group_metric("acc", name)] = acc_g[:, j]
         out[group_metric("reward", name)] = reward_g[:, j]
         out[group_metric("margin", name)] = margin_g[:, j]
         out[group_metric("chosen_reward", name)] = chosen_g[:, j]
         out[group_metric("rejected_reward", name)] = rejected_g[:, j]
-        out[group_metric("length_corr", name)] = _weighted_corr(rewards, lengths, member)
+        out[group_metric("length_corr", name)] = length_corr_g[:, j]
     return out
