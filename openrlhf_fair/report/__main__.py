@@ -1,5 +1,8 @@
+"""`python -m openrlhf_fair.report ...` = `openrlhf-fair report ...`."""
+
 import sys
 
 from openrlhf_fair.report.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())
