@@ -5,16 +5,14 @@ Imports torch only (no openrlhf).
 
 from __future__ import annotations
 
-import gzip
 import json
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-__all__ = ["PairSet", "ReportError", "ScoredRun", "load_pair_rewards", "load_pairs", "open_text",
-           "small_groups", "write_pair_rewards"]
+__all__ = ["PairSet", "ReportError", "ScoredRun", "load_pair_rewards", "load_pairs", "small_groups",
+           "write_pair_rewards"]
 
 # A group with fewer pairs than this gets a warning: its accuracy and correlation are noise.
 SMALL_GROUP = 10
@@ -22,22 +20,6 @@ SMALL_GROUP = 10
 
 class ReportError(RuntimeError):
     """A problem with the user's input (data file, model folder, options): printed without a traceback."""
-
-
-def open_text(path: Path):
-    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
-
-
-def _read_rows(path: Path) -> list:
-    try:
-        with open_text(path) as f:
-            if path.name.endswith((".json", ".json.gz")):
-                return json.load(f)
-            return [json.loads(line) for line in f if line.strip()]
-    except EOFError as e:  # gzip raises it for a truncated file
-        raise ReportError(f"{path} is truncated (the compressed stream ends early): {e}; copy the file again") from e
-    except (OSError, ValueError, UnicodeDecodeError, zlib.error) as e:
-        raise ReportError(f"cannot read {path} as JSON lines: {e}") from e
 
 
 def load_pairs(
@@ -53,31 +35,39 @@ def load_pairs(
 ) -> list[dict]:
     """Rows of a .jsonl / .jsonl.gz / .json (list) file, checked for the needed columns, optionally one split.
 
-    `prompt_key=None` means the responses carry the whole conversation (OpenRLHF's --data.prompt_key unset).
+    File, row and group-label rules are the ones training's pre-run check applies (`openrlhf_fair.data_checks`):
+    a null, missing or empty group label, bytes that are not UTF-8, a truncated .gz and labels that would share
+    one metric name are refused, naming the file and rows. `prompt_key=None` means the responses carry the
+    whole conversation (OpenRLHF's --data.prompt_key unset). Group labels come back as strings.
     """
+    from openrlhf_fair.data_checks import DataError, check_group_names, checked_rows, group_label
+
     path = Path(path)
     if max_pairs is not None and max_pairs < 1:
         raise ReportError(f"--max-pairs must be >= 1, got {max_pairs}")
     if not path.is_file():
         raise ReportError(f"data file not found: {path}")
-    rows = _read_rows(path)
-    if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
-        raise ReportError(f"{path}: expected a non-empty list of JSON objects (one preference pair each)")
-    needed = [k for k in (prompt_key, chosen_key, rejected_key, group_key) if k]
-    if split is not None:
-        needed.append(split_key)
-    for i, row in enumerate(rows):
-        missing = [k for k in needed if k not in row]
-        if missing:
-            raise ReportError(
-                f"{path}: row {i + 1} has no column(s) {missing} (columns present: {sorted(row)}); "
-                f"needed: {needed} (see --group-key / --prompt-key / --chosen-key / --rejected-key / --split)"
-            )
-        bad = [k for k in needed if not isinstance(row[k], str)]
-        if bad:
-            raise ReportError(f"{path}: row {i + 1}: column(s) {bad} must be strings")
-        if not row[group_key].strip():
-            raise ReportError(f"{path}: row {i + 1}: column {group_key!r} is empty (every pair needs a group)")
+    text_keys = [k for k in (prompt_key, chosen_key, rejected_key) if k] + ([split_key] if split is not None else [])
+    needed = text_keys + [group_key]
+    rows = []
+    try:
+        for row_no, row in checked_rows(path, required=text_keys, group_key=group_key,
+                                        group_flag=f"--group-key {group_key}"):
+            missing = [k for k in needed if k not in row]
+            if missing:
+                raise ReportError(
+                    f"{path}: row {row_no} has no column(s) {missing} (columns present: {sorted(row)}); "
+                    f"needed: {needed} (see --group-key / --prompt-key / --chosen-key / --rejected-key / --split)")
+            bad = [k for k in text_keys if not isinstance(row[k], str)]
+            if bad:
+                raise ReportError(f"{path}: row {row_no}: column(s) {bad} must be strings")
+            rows.append(row)
+        labels = [group_label(row[group_key]) for row in rows]
+        check_group_names(set(labels), column=group_key, where=str(path))
+    except DataError as e:
+        raise ReportError(str(e)) from None
+    for row, label in zip(rows, labels):
+        row[group_key] = label
     if split is not None:
         rows = [r for r in rows if r[split_key] == split]
         if not rows:
