@@ -47,10 +47,10 @@ MAX_LEN = 48
 @pytest.fixture(scope="module")
 def tiny_reward_models(tmp_path_factory):
     """Two random tiny Llama reward models saved like train_rm saves them (value head 'score')."""
-    from openrlhf_fair.cpu_backend.stand_ins import install
+    from openrlhf_fair.cpu_backend.stand_ins import install, uninstall
     from openrlhf_fair.fixtures import build_tiny_llama
 
-    install("flash_attn")
+    installed = install("flash_attn")
     from openrlhf.models import get_llm_for_sequence_regression
     from openrlhf.utils import get_tokenizer
 
@@ -68,7 +68,9 @@ def tiny_reward_models(tmp_path_factory):
         model.save_pretrained(path)
         tokenizer.save_pretrained(path)
         paths.append(path)
-    return base, paths
+    yield base, paths
+    if installed:
+        uninstall("flash_attn")
 
 
 @pytest.fixture(scope="module")
