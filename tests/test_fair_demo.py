@@ -60,9 +60,20 @@ def test_one_pair_micro_batches_are_refused(tmp_path, capsys):
     assert rc == 2 and ">= 2" in capsys.readouterr().err
 
 
+@pytest.fixture
+def host_imports():
+    """What the CLI front does for `demo` / `report`: serve the flash_attn stand-in where it is missing."""
+    from openrlhf_fair.cpu_backend import stand_ins
+
+    installed = stand_ins.install("flash_attn")
+    yield
+    if installed:
+        stand_ins.uninstall("flash_attn")
+
+
 @pytest.mark.e2e
 @pytest.mark.timeout(900)
-def test_reduced_demo_end_to_end(tmp_path, capsys):
+def test_reduced_demo_end_to_end(tmp_path, capsys, host_imports):
     """Six real train_rm runs (bt, fr, fc inverse, two seeds each) on a tiny Llama, then the report on the test
     split with intervals over pairs and seeds and a best-of-2 audit with the tiny generator."""
     rows = [json.loads(line) for line in gzip.open(demo.PACKAGE_DATA, "rt")][:600]

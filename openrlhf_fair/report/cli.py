@@ -119,9 +119,6 @@ def _check_options(args) -> None:
 
 
 def _score_models(args, rows, labels, max_len: int, device: str) -> list[ScoredRun]:
-    from openrlhf_fair.cpu_backend.stand_ins import install
-
-    install("flash_attn")  # openrlhf.models imports it at module top; a no-op when the real package is there
     runs = []
     for label, path in zip(labels, args.model):
         model, tokenizer = scoring.load_reward_model(path, device=device, dtype=args.dtype,

@@ -60,8 +60,12 @@ def load_reward_model(path, *, device: str = "cpu", dtype: str = "float32", attn
     """(model, tokenizer) of a saved OpenRLHF reward model, loaded with OpenRLHF's own loader, in eval mode."""
     path = Path(path)
     check_reward_checkpoint(path)
-    from openrlhf.models import get_llm_for_sequence_regression
-    from openrlhf.utils import get_tokenizer
+    try:
+        from openrlhf.models import get_llm_for_sequence_regression
+        from openrlhf.utils import get_tokenizer
+    except ImportError as e:  # flash_attn is served by the CLI front (`openrlhf-fair report`), not by this module
+        raise ReportError(f"cannot import OpenRLHF's model loader ({e}); run `openrlhf-fair report` (it serves "
+                          "OpenRLHF's CUDA-only imports where they are missing)") from e
 
     try:
         model = get_llm_for_sequence_regression(
