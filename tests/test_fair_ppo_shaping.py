@@ -141,6 +141,16 @@ def test_prompt_agent_ids_edge_cases():
     assert ids.dtype == torch.int64 and ids.tolist() == [2, 1, 3]
 
 
+def test_label_agent_ids_edge_cases():
+    """One label is one agent; no label at all is refused; labels of mixed types sort by their text."""
+    ids, names = label_agent_ids(["only"])
+    assert ids.tolist() == [0] and names == ["only"]
+    with pytest.raises(FairnessInputError, match="no labels"):
+        label_agent_ids([])
+    ids, names = label_agent_ids([2, "a", 10, 2])
+    assert names == [10, 2, "a"] and ids.tolist() == [1, 2, 0, 1]
+
+
 def test_label_unit_and_unequal_group_sizes():
     labels = ["harmless", "helpful", "helpful", "helpful", "code", "harmless"]
     ids, names = label_agent_ids(labels)
