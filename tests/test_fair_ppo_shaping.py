@@ -151,6 +151,17 @@ def test_label_agent_ids_edge_cases():
     assert names == [10, 2, "a"] and ids.tolist() == [1, 2, 0, 1]
 
 
+def test_metrics_of_rewards_far_below_zero_use_the_scale_free_allocation():
+    """x = sigmoid(r) underflows to 0 for r around -800, but Jain and Gini are scale invariant: computed from
+    exp(log x - max log x) they are those of exp(r) (sigmoid(r) ~ exp(r) there): here (1, e, e^2)."""
+    metrics = fairness_weights(torch.tensor([-801.0, -800.0, -799.0], dtype=torch.float64), torch.arange(3),
+                               PPOFairnessConfig(reg=0.1)).metrics()
+    x = [math.exp(k) for k in (0, 1, 2)]
+    assert metrics["jain"] == pytest.approx(sum(x) ** 2 / (3 * sum(v * v for v in x)), rel=1e-9)
+    gini = sum(abs(a - b) for a in x for b in x) / (2 * 9 * (sum(x) / 3))
+    assert metrics["gini"] == pytest.approx(gini, rel=1e-9)
+
+
 def test_label_unit_and_unequal_group_sizes():
     labels = ["harmless", "helpful", "helpful", "helpful", "code", "harmless"]
     ids, names = label_agent_ids(labels)
