@@ -14,6 +14,8 @@ Methods (Ouyang et al., ACL 2025, "Towards Reward Fairness in RLHF"), F = f_tau(
   (form ``paper``, its gradient lowers F), or base_loss * F**(-GAMMA) (form ``inverse``, raises F).
 - Neither given but another fairness flag (e.g. only ``--fairness_group_key``): the loss is the host's own
   (Bradley-Terry) and fairness is only measured and logged: a baseline to compare FR/FC against.
+- train_rm only, added to any of the above (`openrlhf_fair.reward_terms`): reward-level fairness
+  (``--fairness_level_reg``) and two baselines on reward levels, ``--reward_centering`` and ``--batch_sum_reg``.
 """
 
 from __future__ import annotations
@@ -46,16 +48,17 @@ def _finite(name: str, value: float) -> float:
 
 
 def setting(default, help: str, *, metavar=None, choices=None, flag=None, deprecation_note: str = "",
-            counterpart: str = ""):
+            counterpart: str = "", commands=None):
     """A config field with everything its command-line flag needs (TRL style: the field is the one definition).
 
     help: what it does, the paper it comes from and a sensible value (`openrlhf_fair.cli.flags` appends the
     default). flag: the flag's full name when it is not ``--<FLAG_PREFIX><field name>`` (such a flag has no
     deprecated alias). deprecation_note: added to the one-time message printed when the deprecated alias is used.
     counterpart: what to pass instead when the flag is given to a subcommand that does not have it.
+    commands: the subcommands that have the flag (None: all that use the config class).
     """
     metadata = {"help": help, "metavar": metavar, "choices": choices, "flag": flag, "deprecation_note": deprecation_note,
-                "counterpart": counterpart}
+                "counterpart": counterpart, "commands": commands}
     return field(default=default, metadata=metadata)
 
 
@@ -94,6 +97,20 @@ class RewardFairnessConfig:
         None, "Dataset column (e.g. category): F over per-group mean allocations instead of per pair, and per-group "
               "accuracy / mean reward / best-minus-worst gap at evaluation. Not with --ds.packing_samples.",
         metavar="KEY", counterpart="--fair_unit label:KEY (agents = the prompts sharing a value of that column)")
+    level_reg: Optional[float] = setting(
+        None, "Reward-level fairness (the add-on's, after the paper's allocation view): loss += -LAMBDA * F_L, F_L = "
+              "f_tau(sigmoid((l - mean l) / T)) / n over the pairs' reward levels l = (r_chosen + r_rejected) / 2, or "
+              "over per-group mean allocations with --fairness_group_key (the intended use: it pulls the groups' "
+              "reward levels together; margins are not touched directly). Alone or with --fairness_reg/--fairness_coef. "
+              "Try 1.0 with a group key.", metavar="LAMBDA", flag="--fairness_level_reg", commands=("train_rm",))
+    reward_centering: Optional[float] = setting(
+        None, "Reward centering (Eisenstein et al. 2023; TRL's center_rewards_coefficient): loss += COEF * "
+              "mean((r_chosen + r_rejected)^2) over the micro-batch. TRL suggests 0.01.",
+        metavar="COEF", flag="--reward_centering", commands=("train_rm",))
+    batch_sum_reg: Optional[float] = setting(
+        None, "Batch-sum regularisation (BSR, Hong et al., ICML 2025): loss += LAMBDA * B * mean(all 2B rewards of "
+              "the micro-batch's B pairs)^2, pushing each batch's reward sum to zero. Start around 0.01 (not a value from the paper).",
+        metavar="LAMBDA", flag="--batch_sum_reg", commands=("train_rm",))
 
     def __post_init__(self) -> None:
         if self.reg is not None and self.coef is not None:
@@ -127,6 +144,11 @@ class RewardFairnessConfig:
             raise FairnessConfigError(f"--fairness_temperature must be > 0, got {temperature}")
         if self.scope not in SCOPES:
             raise FairnessConfigError(f"--fairness_scope must be one of {SCOPES}, got {self.scope!r}")
+        for name, flag in (("level_reg", "--fairness_level_reg"), ("reward_centering", "--reward_centering"),
+                           ("batch_sum_reg", "--batch_sum_reg")):
+            value = getattr(self, name)
+            if value is not None and _finite(flag, value) < 0:
+                raise FairnessConfigError(f"{flag} must be >= 0 (a penalty weight), got {value}")
         if self.group_key is not None and not str(self.group_key).strip():
             raise FairnessConfigError("--fairness_group_key must name a dataset column, got an empty string")
 
@@ -159,7 +181,10 @@ class RewardFairnessConfig:
         else:
             what = "no fairness term (host loss), fairness logged only"
         over = f"per-group mean allocations by '{self.group_key}'" if self.group_key else "pairs"
+        extras = [f"{name} {value}" for name, value in (
+            ("- level_reg * F_L, level_reg =", self.level_reg), ("+ reward_centering", self.reward_centering),
+            ("+ batch_sum_reg", self.batch_sum_reg)) if value is not None]
         return (
-            f"{what}; F = f_tau(sigmoid(m / {self.temperature})) / n with tau = {self.tau}, over the {over} "
-            f"of the {'micro-batch' if self.scope == 'micro' else 'data-parallel global micro-batch'}"
+            f"{what}{''.join(' ' + e for e in extras)}; F = f_tau(sigmoid(m / {self.temperature})) / n with tau = "
+            f"{self.tau}, over the {over} of the {'micro-batch' if self.scope == 'micro' else 'data-parallel global micro-batch'}"
         )

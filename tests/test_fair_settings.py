@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 
 from openrlhf_fair.cli import flags
-from openrlhf_fair.cli.flags import FLAG_SETS, fairness_help, flag_name, parse_fairness_args
+from openrlhf_fair.cli.flags import FLAG_SETS, fairness_help, fields_of, flag_name, parse_fairness_args
 from openrlhf_fair.config import RewardFairnessConfig
 from openrlhf_fair.ppo_config import PPOFairnessConfig
 
@@ -34,7 +34,7 @@ def _argv(config_class, values):
 def test_every_field_is_one_flag_with_its_help_and_default(command):
     config_class = FLAG_SETS[command][0]
     text = "".join(fairness_help(command).split())  # argparse wraps lines (also after hyphens)
-    for field in dataclasses.fields(config_class):
+    for field in fields_of(command):
         assert flag_name(config_class, field) in text
         assert "".join(field.metadata["help"].split()) in text
         if isinstance(field.default, float):
@@ -81,6 +81,18 @@ def test_deprecation_message_comes_from_rank_0_only(capsys, monkeypatch):
     monkeypatch.setenv("RANK", "1")
     assert parse_fairness_args("train_rm", ["--fair_reg", "0.1"])[0] == RewardFairnessConfig(reg=0.1)
     assert capsys.readouterr().err == ""
+
+
+def test_train_rm_only_settings_are_not_flags_of_train_dpo(capsys):
+    rm_only = {f.name for f in fields_of("train_rm")} - {f.name for f in fields_of("train_dpo")}
+    assert rm_only == {"level_reg", "reward_centering", "batch_sum_reg"}
+    with pytest.raises(SystemExit):
+        parse_fairness_args("train_dpo", ["--reward_centering", "0.01"])
+    assert "--reward_centering is a flag of train_rm, not of train_dpo" in capsys.readouterr().err
+    config, _ = parse_fairness_args("train_rm", ["--reward_centering", "0.01", "--batch_sum_reg", "0.02",
+                                                 "--fairness_level_reg", "1"])
+    assert config == RewardFairnessConfig(reward_centering=0.01, batch_sum_reg=0.02, level_reg=1.0)
+    assert capsys.readouterr().err == ""  # new flags have no deprecated spelling
 
 
 def test_saved_settings_use_the_shared_vocabulary():

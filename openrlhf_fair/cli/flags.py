@@ -79,6 +79,11 @@ def _flag_type(hint) -> tuple[type, Optional[int]]:
     return (args[0] if args else hint), None
 
 
+def fields_of(command: str) -> list[dataclasses.Field]:
+    """The settings of the command's config class that the command has as flags."""
+    return [f for f in dataclasses.fields(FLAG_SETS[command][0]) if command in (f.metadata["commands"] or (command,))]
+
+
 def flag_name(config_class: type, field: dataclasses.Field) -> str:
     """The flag of a setting: its own ``flag`` or ``--<FLAG_PREFIX><field name>``."""
     return field.metadata["flag"] or f"--{config_class.FLAG_PREFIX}{field.name}"
@@ -90,7 +95,7 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> argparse.Arg
     old = f"--{config_class.DEPRECATED_PREFIX}*"
     group = parser.add_argument_group(title, f"{description} The {old} spellings are deprecated (one more release).")
     hints = typing.get_type_hints(config_class)
-    for field in dataclasses.fields(config_class):
+    for field in fields_of(command):
         meta, name = field.metadata, flag_name(config_class, field)
         names = [name] if meta["flag"] else [name, f"--{config_class.DEPRECATED_PREFIX}{field.name}"]
         flag_type, nargs = _flag_type(hints[field.name])
@@ -118,16 +123,15 @@ def _parser(command: str) -> Optional[_Parser]:
 
 def config_from_namespace(command: str, ns: argparse.Namespace):
     """The command's validated config, or None when none of its flags was given (the rest keep their defaults)."""
-    config_class = FLAG_SETS[command][0]
-    given = {f.name: getattr(ns, f.name) for f in dataclasses.fields(config_class) if getattr(ns, f.name) is not None}
-    return config_class(**given) if given else None
+    given = {f.name: getattr(ns, f.name) for f in fields_of(command) if getattr(ns, f.name) is not None}
+    return FLAG_SETS[command][0](**given) if given else None
 
 
 def spellings(command: str) -> dict[str, dataclasses.Field]:
     """Every accepted spelling of the command's add-on flags (current and deprecated) -> its setting."""
     config_class = FLAG_SETS[command][0]
     names = {}
-    for field in dataclasses.fields(config_class):
+    for field in fields_of(command):
         names[flag_name(config_class, field)] = field
         if not field.metadata["flag"]:
             names[f"--{config_class.DEPRECATED_PREFIX}{field.name}"] = field

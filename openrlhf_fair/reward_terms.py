@@ -1,0 +1,118 @@
+"""Reward-level terms of the reward-model loss: level fairness, reward centering, batch-sum regularisation.
+
+Pairwise losses (Bradley-Terry and the paper's FR / FC) only see the margin m_i = c_i - r_i of each pair (c_i,
+r_i: the rewards of its chosen and rejected response), so each prompt's reward *level* is left free, and groups
+(e.g. helpful vs harmless) can end up at different levels. These terms act on the levels; each is added to the
+pairwise loss (`extra_terms`) and is off by default. Plain torch; never imports openrlhf.
+
+Level fairness (``--fairness_level_reg LAMBDA``), the paper's resource-allocation view applied to levels:
+    l_i = (c_i + r_i) / 2                      the pair's reward level
+    y_i = sigmoid((l_i - mean_j l_j) / T)      its allocation, relative to the batch's mean level
+    F_L = f_tau(y) / n                         Lan et al.'s fairness (tau = -1: Jain's index), or, with
+                                               --fairness_group_key, over the per-group mean allocations
+    loss += -LAMBDA * sign(1 - tau) * F_L
+The batch mean is subtracted because a reward model's levels have no anchor: with sigmoid(l / T) alone the
+cheapest way to raise F_L is to shift every reward up until all y_i saturate at 1 (F_L -> 1 while the gap between
+groups stays). Centred, F_L is invariant to that shift, so its gradient can only move levels relative to each
+other. Gradient (Jain, items y_k): dF_L/dy_k = (2 S1 / (n S2)) (1 - y_k S1 / S2), S1 = sum y, S2 = sum y^2, and
+dy_i/dl_j = y_i (1 - y_i) / T (delta_ij - 1/n); dl_j/dc_j = dl_j/dr_j = 1/2. So descent raises the items below
+S2 / S1 and lowers those above it, the pushes on the levels sum to zero (no drift), and a pair's chosen and
+rejected reward get the same push: the term never changes a margin directly.
+
+Reward centering (``--reward_centering COEF``; Eisenstein et al. 2023, TRL's ``center_rewards_coefficient``):
+    loss += COEF * mean_i (c_i + r_i)^2,   d/dc_i = d/dr_i = 2 COEF (c_i + r_i) / n
+Batch-sum regularisation (``--batch_sum_reg LAMBDA``; BSR, Hong et al., ICML 2025):
+    loss += LAMBDA * B * mean(all 2B rewards)^2 = LAMBDA (sum of rewards)^2 / (4B),   d/d(each reward) = LAMBDA * mean
+Both are computed over the rank's micro-batch (as TRL and the BSR authors do); level fairness follows
+``--fairness_scope`` like F (the caller passes its gather).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+
+from openrlhf_fair.config import RewardFairnessConfig
+from openrlhf_fair.fairness import exp_or_inf, fairness_sign, log_fairness
+
+__all__ = ["level_allocations", "level_log_fairness", "reward_centering_term", "batch_sum_term", "extra_terms",
+           "group_mean_allocations"]
+
+
+def group_mean_allocations(x: torch.Tensor, group_ids: Optional[torch.Tensor]) -> torch.Tensor:
+    """Per-group mean of the allocations ``x`` over the groups present (differentiable); ``x`` itself without ids."""
+    if group_ids is None:
+        return x
+    groups, inverse = torch.unique(group_ids.reshape(-1).to(x.device), return_inverse=True)
+    counts = torch.bincount(inverse, minlength=groups.numel()).to(x.dtype)
+    sums = torch.zeros(groups.numel(), dtype=x.dtype, device=x.device).index_add(0, inverse, x)
+    return sums / counts
+
+
+def level_allocations(chosen: torch.Tensor, reject: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """y_i = sigmoid((l_i - mean l) / T) of each pair's level l_i = (c_i + r_i) / 2, in float64."""
+    levels = (chosen.reshape(-1).to(torch.float64) + reject.reshape(-1).to(torch.float64)) / 2
+    return torch.sigmoid((levels - levels.mean()) / temperature)
+
+
+def level_log_fairness(chosen, reject, *, tau: float = -1.0, temperature: float = 1.0,
+                       group_ids: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, int]:
+    """(log|F_L| as a float64 scalar, number of items): F_L over the pairs' level allocations, or over the
+    per-group mean allocations with ``group_ids``."""
+    items = group_mean_allocations(level_allocations(chosen, reject, temperature), group_ids)
+    return log_fairness(items, tau, normalize=True), items.numel()
+
+
+def reward_centering_term(chosen: torch.Tensor, reject: torch.Tensor, coef: float) -> torch.Tensor:
+    """COEF * mean((c + r)^2) (TRL's center_rewards_coefficient), float64 scalar."""
+    total = chosen.reshape(-1).to(torch.float64) + reject.reshape(-1).to(torch.float64)
+    return coef * (total**2).mean()
+
+
+def batch_sum_term(chosen: torch.Tensor, reject: torch.Tensor, lam: float) -> torch.Tensor:
+    """LAMBDA * B * mean(all rewards of the B pairs)^2 (BSR), float64 scalar."""
+    rewards = torch.cat([chosen.reshape(-1), reject.reshape(-1)]).to(torch.float64)
+    return lam * chosen.numel() * rewards.mean() ** 2
+
+
+def extra_terms(
+    chosen: torch.Tensor,
+    reject: torch.Tensor,
+    config: RewardFairnessConfig,
+    *,
+    group_ids: Optional[torch.Tensor] = None,
+    gather: Optional[Callable] = None,
+) -> tuple[Optional[torch.Tensor], dict[str, float]]:
+    """The sum of the enabled terms (a float64 scalar to add to the loss) and their step metrics.
+
+    (None, {}) when all three are off, so the caller's loss stays exactly what it was. ``gather(chosen, reject,
+    group_ids) -> (chosen, reject, group_ids)``: the caller's data-parallel gather for ``--fairness_scope global``
+    (level fairness only). Metrics: fairness/level_F and fairness/level_term, fairness/reward_centering,
+    fairness/batch_sum_reg (each term's value).
+    """
+    total, metrics = None, {}
+
+    def add(term: torch.Tensor) -> None:
+        nonlocal total
+        total = term if total is None else total + term
+
+    if config.level_reg is not None:
+        level_chosen, level_reject, level_ids = chosen, reject, group_ids
+        if gather is not None:
+            level_chosen, level_reject, level_ids = gather(chosen, reject, group_ids)
+        log_f, _ = level_log_fairness(level_chosen, level_reject, tau=config.tau, temperature=config.temperature,
+                                      group_ids=level_ids)
+        term = -config.level_reg * fairness_sign(config.tau) * log_f.exp()
+        add(term)
+        metrics["fairness/level_F"] = fairness_sign(config.tau) * exp_or_inf(float(log_f.detach()))
+        metrics["fairness/level_term"] = float(term.detach())
+    if config.reward_centering is not None:
+        term = reward_centering_term(chosen, reject, config.reward_centering)
+        add(term)
+        metrics["fairness/reward_centering"] = float(term.detach())
+    if config.batch_sum_reg is not None:
+        term = batch_sum_term(chosen, reject, config.batch_sum_reg)
+        add(term)
+        metrics["fairness/batch_sum_reg"] = float(term.detach())
+    return total, metrics

@@ -1,0 +1,208 @@
+"""Reward-level terms (`openrlhf_fair.reward_terms`): level fairness, reward centering, batch-sum regularisation.
+
+Checked against float64 references written from the definitions (f_tau from Lan et al.'s formula, group means by
+loops), with gradient-direction tests, and bit-identity to the plain loss when a strength is 0.
+"""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from openrlhf_fair.config import FairnessConfigError, RewardFairnessConfig
+from openrlhf_fair.reward_terms import (
+    batch_sum_term,
+    extra_terms,
+    level_allocations,
+    level_log_fairness,
+    reward_centering_term,
+)
+
+
+def reference_level_fairness(chosen, reject, tau, temperature, group_ids=None) -> float:
+    """F_L from the definitions, in python floats: levels, centred sigmoid, per-group means, Lan et al.'s f_tau / n."""
+    levels = [(c + r) / 2 for c, r in zip(chosen, reject)]
+    mean = sum(levels) / len(levels)
+    y = [1 / (1 + math.exp(-(l - mean) / temperature)) for l in levels]
+    if group_ids is not None:
+        groups = sorted(set(group_ids))
+        y = [sum(v for v, g in zip(y, group_ids) if g == k) / group_ids.count(k) for k in groups]
+    total = sum(y)
+    p = [v / total for v in y]
+    if tau == 0:
+        f = math.exp(-sum(q * math.log(q) for q in p))
+    else:
+        f = math.copysign(1.0, 1 - tau) * sum(q ** (1 - tau) for q in p) ** (1 / tau)
+    return f / len(y)
+
+
+def rewards(n, seed, scale=1.5):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(n, generator=g, dtype=torch.float64) * scale,
+            torch.randn(n, generator=g, dtype=torch.float64) * scale)
+
+
+@pytest.mark.parametrize("tau", [-1.0, -3.0, 0.0, 0.5, 2.0])
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 3.0])
+@pytest.mark.parametrize("grouped", [False, True])
+def test_level_fairness_matches_the_float64_reference(tau, temperature, grouped):
+    chosen, reject = rewards(12, seed=int(10 * temperature) + (1 if grouped else 0))
+    ids = [0, 1, 2, 0, 1, 2, 0, 0, 1, 2, 2, 0] if grouped else None
+    log_f, n_items = level_log_fairness(chosen, reject, tau=tau, temperature=temperature,
+                                        group_ids=None if ids is None else torch.tensor(ids))
+    F = math.copysign(1.0, 1 - tau) * math.exp(float(log_f))
+    assert n_items == (3 if grouped else 12)
+    assert F == pytest.approx(reference_level_fairness(chosen.tolist(), reject.tolist(), tau, temperature, ids),
+                              rel=1e-12)
+
+
+def test_jain_case_is_jains_index_of_the_centred_levels():
+    chosen, reject = torch.tensor([2.0, 0.0, -1.0]), torch.tensor([0.0, 0.0, -3.0])
+    y = torch.sigmoid(torch.tensor([1.0, 0.0, -2.0], dtype=torch.float64) - (-1 / 3))
+    log_f, _ = level_log_fairness(chosen, reject)
+    assert math.exp(float(log_f)) == pytest.approx(float(y.sum() ** 2 / (3 * (y**2).sum())), rel=1e-14)
+    assert torch.equal(level_allocations(chosen, reject), y)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(-20, 20), min_size=2, max_size=16), st.floats(-50, 50), st.integers(0, 2**31))
+def test_level_fairness_ignores_a_common_shift_of_every_reward(levels, shift, seed):
+    """The reason levels are centred: moving every reward by the same amount (free for a pairwise loss) cannot
+    raise F_L, so the term cannot be satisfied by saturating the sigmoid."""
+    chosen = torch.tensor(levels, dtype=torch.float64)
+    reject = chosen - torch.rand(len(levels), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    base, _ = level_log_fairness(chosen, reject)
+    shifted, _ = level_log_fairness(chosen + shift, reject + shift)
+    assert float(shifted) == pytest.approx(float(base), abs=1e-9)
+
+
+def level_gradients(chosen, reject, ids=None, tau=-1.0, level_reg=1.0):
+    c, r = chosen.clone().requires_grad_(True), reject.clone().requires_grad_(True)
+    config = RewardFairnessConfig(level_reg=level_reg, tau=tau, group_key="g" if ids is not None else None)
+    total, _ = extra_terms(c, r, config, group_ids=ids)
+    total.backward()
+    return c.grad, r.grad
+
+
+@pytest.mark.parametrize("tau", [-1.0, -2.0, 0.0, 0.5, 3.0])
+def test_descent_pulls_the_group_levels_together(tau):
+    """Group 0 sits low, group 1 high: a gradient step raises group 0's rewards and lowers group 1's."""
+    chosen = torch.tensor([-1.0, -0.5, -1.5, 1.0, 2.0, 1.5], dtype=torch.float64)
+    reject = chosen - torch.tensor([0.5, 1.0, 0.2, 0.7, 0.1, 1.2], dtype=torch.float64)
+    ids = torch.tensor([0, 0, 0, 1, 1, 1])
+    grad_c, grad_r = level_gradients(chosen, reject, ids, tau=tau)
+    assert (grad_c[:3] < 0).all() and (grad_c[3:] > 0).all()  # loss gradient: descent moves against it
+    step = 0.1
+    before = reference_level_fairness(chosen.tolist(), reject.tolist(), tau, 1.0, ids.tolist())
+    after = reference_level_fairness((chosen - step * grad_c).tolist(), (reject - step * grad_r).tolist(), tau, 1.0,
+                                     ids.tolist())
+    assert after > before  # F_L (signed, as the term -LAMBDA * F_L maximises it) rose
+
+
+def test_level_term_never_touches_a_margin_and_does_not_drift():
+    chosen, reject = rewards(10, seed=3)
+    grad_c, grad_r = level_gradients(chosen, reject)
+    assert torch.equal(grad_c, grad_r)  # d/dc = d/dr for each pair: its margin gets no push
+    assert float(grad_c.sum() + grad_r.sum()) == pytest.approx(0.0, abs=1e-15)  # pushes on the levels sum to 0
+    y = level_allocations(chosen, reject)
+    below = y < (y**2).sum() / y.sum()  # the Jain threshold S2 / S1 of the module docstring
+    assert (grad_c[below] < 0).all() and (grad_c[~below] > 0).all()
+
+
+def test_level_gradient_matches_finite_differences():
+    chosen, reject = rewards(6, seed=5)
+    ids = torch.tensor([0, 1, 0, 1, 2, 2])
+    config = RewardFairnessConfig(level_reg=0.7, tau=-2.0, temperature=0.8, group_key="g")
+    assert torch.autograd.gradcheck(
+        lambda c, r: extra_terms(c, r, config, group_ids=ids)[0],
+        (chosen.clone().requires_grad_(True), reject.clone().requires_grad_(True)),
+    )
+
+
+def test_reward_centering_is_trls_term_with_its_gradient():
+    chosen, reject = rewards(8, seed=7)
+    c, r = chosen.clone().requires_grad_(True), reject.clone().requires_grad_(True)
+    term = reward_centering_term(c, r, 0.01)
+    term.backward()
+    assert float(term.detach()) == pytest.approx(0.01 * sum((a + b) ** 2 for a, b in zip(chosen.tolist(), reject.tolist())) / 8,
+                                        rel=1e-14)
+    assert torch.allclose(c.grad, 2 * 0.01 * (chosen + reject) / 8, rtol=1e-13, atol=0)
+    assert torch.equal(c.grad, r.grad)
+
+
+def test_batch_sum_reg_is_b_times_the_squared_mean_reward():
+    chosen, reject = rewards(5, seed=11)
+    c, r = chosen.clone().requires_grad_(True), reject.clone().requires_grad_(True)
+    term = batch_sum_term(c, r, 0.3)
+    term.backward()
+    everything = chosen.tolist() + reject.tolist()
+    mean = sum(everything) / 10
+    assert float(term.detach()) == pytest.approx(0.3 * 5 * mean**2, rel=1e-13)
+    assert float(term.detach()) == pytest.approx(0.3 * sum(everything) ** 2 / (4 * 5), rel=1e-13)
+    assert torch.allclose(c.grad, torch.full_like(chosen, 0.3 * mean), rtol=1e-12, atol=0)  # d/dr_j = LAMBDA * mean
+    assert torch.allclose(r.grad, c.grad, rtol=1e-12, atol=0)
+
+
+def test_off_adds_nothing_and_each_term_reports_its_metric():
+    chosen, reject = rewards(4, seed=1)
+    assert extra_terms(chosen, reject, RewardFairnessConfig(reg=0.1)) == (None, {})
+    config = RewardFairnessConfig(level_reg=0.5, reward_centering=0.01, batch_sum_reg=0.02)
+    total, metrics = extra_terms(chosen, reject, config)
+    assert set(metrics) == {"fairness/level_F", "fairness/level_term", "fairness/reward_centering",
+                            "fairness/batch_sum_reg"}
+    expected = metrics["fairness/level_term"] + metrics["fairness/reward_centering"] + metrics["fairness/batch_sum_reg"]
+    assert float(total) == pytest.approx(expected, rel=1e-14)
+    log_f, _ = level_log_fairness(chosen, reject)
+    assert metrics["fairness/level_F"] == pytest.approx(math.exp(float(log_f)), rel=1e-14)
+    assert metrics["fairness/level_term"] == pytest.approx(-0.5 * math.exp(float(log_f)), rel=1e-14)
+
+
+def test_gather_is_used_for_level_fairness_only():
+    chosen, reject = rewards(4, seed=2)
+    other_c, other_r = rewards(4, seed=9)
+    calls = []
+
+    def gather(c, r, ids):
+        calls.append(1)
+        return torch.cat([c, other_c]), torch.cat([r, other_r]), ids
+
+    config = RewardFairnessConfig(level_reg=1.0, reward_centering=0.1)
+    _, metrics = extra_terms(chosen, reject, config, gather=gather)
+    log_f, _ = level_log_fairness(torch.cat([chosen, other_c]), torch.cat([reject, other_r]))
+    assert calls == [1] and metrics["fairness/level_F"] == pytest.approx(math.exp(float(log_f)), rel=1e-14)
+    assert metrics["fairness/reward_centering"] == pytest.approx(float(reward_centering_term(chosen, reject, 0.1)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("field", ["level_reg", "reward_centering", "batch_sum_reg"])
+def test_strength_zero_is_bit_identical_to_bradley_terry(dtype, field):
+    """Loss and every parameter gradient of BT + the term at strength 0 equal plain BT's, bit for bit."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(6, 1).to(dtype)
+    x_chosen, x_reject = torch.randn(8, 6, dtype=dtype), torch.randn(8, 6, dtype=dtype)
+    ids = torch.tensor([0, 1] * 4)
+
+    def run(config):
+        model.zero_grad()
+        chosen, reject = model(x_chosen).squeeze(-1), model(x_reject).squeeze(-1)
+        loss = -torch.nn.functional.logsigmoid(chosen - reject).mean()
+        if config is not None:
+            total, _ = extra_terms(chosen, reject, config, group_ids=ids)
+            loss = (loss + total).to(loss.dtype)
+        loss.backward()
+        return loss.detach().clone(), [p.grad.clone() for p in model.parameters()]
+
+    plain_loss, plain_grads = run(None)
+    loss, grads = run(RewardFairnessConfig(group_key="g", **{field: 0.0}))
+    assert torch.equal(loss, plain_loss) and loss.dtype == dtype
+    assert all(torch.equal(a, b) for a, b in zip(grads, plain_grads))
+
+
+@pytest.mark.parametrize("field, flag", [("level_reg", "--fairness_level_reg"), ("reward_centering", "--reward_centering"),
+                                         ("batch_sum_reg", "--batch_sum_reg")])
+@pytest.mark.parametrize("value", [-0.1, float("inf")])
+def test_config_refuses_negative_or_infinite_strengths(field, flag, value):
+    with pytest.raises(FairnessConfigError, match=flag):
+        RewardFairnessConfig(**{field: value})
