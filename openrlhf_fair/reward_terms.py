@@ -36,7 +36,7 @@ import torch
 from openrlhf_fair.config import RewardFairnessConfig
 from openrlhf_fair.fairness import exp_or_inf, fairness_sign, log_fairness
 
-__all__ = ["level_allocations", "level_log_fairness", "reward_centering_term", "batch_sum_term", "extra_terms",
+__all__ = ["pair_levels", "level_allocations", "level_log_fairness", "reward_centering_term", "batch_sum_term", "extra_terms",
            "group_mean_allocations"]
 
 
@@ -50,17 +50,21 @@ def group_mean_allocations(x: torch.Tensor, group_ids: Optional[torch.Tensor]) -
     return sums / counts
 
 
-def level_allocations(chosen: torch.Tensor, reject: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """y_i = sigmoid((l_i - mean l) / T) of each pair's level l_i = (c_i + r_i) / 2, in float64."""
-    levels = (chosen.reshape(-1).to(torch.float64) + reject.reshape(-1).to(torch.float64)) / 2
+def pair_levels(chosen: torch.Tensor, reject: torch.Tensor) -> torch.Tensor:
+    """Each pair's reward level l_i = (c_i + r_i) / 2, flattened, in float64."""
+    return (chosen.reshape(-1).to(torch.float64) + reject.reshape(-1).to(torch.float64)) / 2
+
+
+def level_allocations(levels: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """y_i = sigmoid((l_i - mean l) / T): each pair's allocation, relative to the batch's mean level."""
     return torch.sigmoid((levels - levels.mean()) / temperature)
 
 
-def level_log_fairness(chosen, reject, *, tau: float = -1.0, temperature: float = 1.0,
+def level_log_fairness(levels: torch.Tensor, *, tau: float = -1.0, temperature: float = 1.0,
                        group_ids: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, int]:
     """(log|F_L| as a float64 scalar, number of items): F_L over the pairs' level allocations, or over the
     per-group mean allocations with ``group_ids``."""
-    items = group_mean_allocations(level_allocations(chosen, reject, temperature), group_ids)
+    items = group_mean_allocations(level_allocations(levels, temperature), group_ids)
     return log_fairness(items, tau, normalize=True), items.numel()
 
 
@@ -80,15 +84,14 @@ def extra_terms(
     chosen: torch.Tensor,
     reject: torch.Tensor,
     config: RewardFairnessConfig,
-    *,
     group_ids: Optional[torch.Tensor] = None,
     gather: Optional[Callable] = None,
 ) -> tuple[Optional[torch.Tensor], dict[str, float]]:
     """The sum of the enabled terms (a float64 scalar to add to the loss) and their step metrics.
 
-    (None, {}) when all three are off, so the caller's loss stays exactly what it was. ``gather(chosen, reject,
-    group_ids) -> (chosen, reject, group_ids)``: the caller's data-parallel gather for ``--fairness_scope global``
-    (level fairness only). Metrics: fairness/level_F and fairness/level_term, fairness/reward_centering,
+    (None, {}) when all three are off, so the caller's loss stays exactly what it was. ``group_ids``: one per pair
+    of this call. ``gather(values, group_ids) -> (values, group_ids)``: the caller's data-parallel gather (with
+    gradients) for ``--fairness_scope global``, applied to the levels (level fairness only). Metrics: fairness/level_F and fairness/level_term, fairness/reward_centering,
     fairness/batch_sum_reg (each term's value).
     """
     total, metrics = None, {}
@@ -98,11 +101,10 @@ def extra_terms(
         total = term if total is None else total + term
 
     if config.level_reg is not None:
-        level_chosen, level_reject, level_ids = chosen, reject, group_ids
+        levels, level_ids = pair_levels(chosen, reject), group_ids
         if gather is not None:
-            level_chosen, level_reject, level_ids = gather(chosen, reject, group_ids)
-        log_f, _ = level_log_fairness(level_chosen, level_reject, tau=config.tau, temperature=config.temperature,
-                                      group_ids=level_ids)
+            levels, level_ids = gather(levels, group_ids)
+        log_f, _ = level_log_fairness(levels, tau=config.tau, temperature=config.temperature, group_ids=level_ids)
         term = -config.level_reg * fairness_sign(config.tau) * log_f.exp()
         add(term)
         metrics["fairness/level_F"] = fairness_sign(config.tau) * exp_or_inf(float(log_f.detach()))

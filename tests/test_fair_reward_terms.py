@@ -17,6 +17,7 @@ from openrlhf_fair.reward_terms import (
     extra_terms,
     level_allocations,
     level_log_fairness,
+    pair_levels,
     reward_centering_term,
 )
 
@@ -50,7 +51,7 @@ def rewards(n, seed, scale=1.5):
 def test_level_fairness_matches_the_float64_reference(tau, temperature, grouped):
     chosen, reject = rewards(12, seed=int(10 * temperature) + (1 if grouped else 0))
     ids = [0, 1, 2, 0, 1, 2, 0, 0, 1, 2, 2, 0] if grouped else None
-    log_f, n_items = level_log_fairness(chosen, reject, tau=tau, temperature=temperature,
+    log_f, n_items = level_log_fairness(pair_levels(chosen, reject), tau=tau, temperature=temperature,
                                         group_ids=None if ids is None else torch.tensor(ids))
     F = math.copysign(1.0, 1 - tau) * math.exp(float(log_f))
     assert n_items == (3 if grouped else 12)
@@ -61,9 +62,9 @@ def test_level_fairness_matches_the_float64_reference(tau, temperature, grouped)
 def test_jain_case_is_jains_index_of_the_centred_levels():
     chosen, reject = torch.tensor([2.0, 0.0, -1.0]), torch.tensor([0.0, 0.0, -3.0])
     y = torch.sigmoid(torch.tensor([1.0, 0.0, -2.0], dtype=torch.float64) - (-1 / 3))
-    log_f, _ = level_log_fairness(chosen, reject)
+    log_f, _ = level_log_fairness(pair_levels(chosen, reject))
     assert math.exp(float(log_f)) == pytest.approx(float(y.sum() ** 2 / (3 * (y**2).sum())), rel=1e-14)
-    assert torch.equal(level_allocations(chosen, reject), y)
+    assert torch.allclose(level_allocations(pair_levels(chosen, reject)), y, rtol=1e-15, atol=0)
 
 
 @settings(max_examples=60, deadline=None)
@@ -73,8 +74,8 @@ def test_level_fairness_ignores_a_common_shift_of_every_reward(levels, shift, se
     raise F_L, so the term cannot be satisfied by saturating the sigmoid."""
     chosen = torch.tensor(levels, dtype=torch.float64)
     reject = chosen - torch.rand(len(levels), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    base, _ = level_log_fairness(chosen, reject)
-    shifted, _ = level_log_fairness(chosen + shift, reject + shift)
+    base, _ = level_log_fairness(pair_levels(chosen, reject))
+    shifted, _ = level_log_fairness(pair_levels(chosen + shift, reject + shift))
     assert float(shifted) == pytest.approx(float(base), abs=1e-9)
 
 
@@ -106,7 +107,7 @@ def test_level_term_never_touches_a_margin_and_does_not_drift():
     grad_c, grad_r = level_gradients(chosen, reject)
     assert torch.equal(grad_c, grad_r)  # d/dc = d/dr for each pair: its margin gets no push
     assert float(grad_c.sum() + grad_r.sum()) == pytest.approx(0.0, abs=1e-15)  # pushes on the levels sum to 0
-    y = level_allocations(chosen, reject)
+    y = level_allocations(pair_levels(chosen, reject))
     below = y < (y**2).sum() / y.sum()  # the Jain threshold S2 / S1 of the module docstring
     assert (grad_c[below] < 0).all() and (grad_c[~below] > 0).all()
 
@@ -154,7 +155,7 @@ def test_off_adds_nothing_and_each_term_reports_its_metric():
                             "fairness/batch_sum_reg"}
     expected = metrics["fairness/level_term"] + metrics["fairness/reward_centering"] + metrics["fairness/batch_sum_reg"]
     assert float(total) == pytest.approx(expected, rel=1e-14)
-    log_f, _ = level_log_fairness(chosen, reject)
+    log_f, _ = level_log_fairness(pair_levels(chosen, reject))
     assert metrics["fairness/level_F"] == pytest.approx(math.exp(float(log_f)), rel=1e-14)
     assert metrics["fairness/level_term"] == pytest.approx(-0.5 * math.exp(float(log_f)), rel=1e-14)
 
@@ -164,13 +165,13 @@ def test_gather_is_used_for_level_fairness_only():
     other_c, other_r = rewards(4, seed=9)
     calls = []
 
-    def gather(c, r, ids):
+    def gather(levels, ids):
         calls.append(1)
-        return torch.cat([c, other_c]), torch.cat([r, other_r]), ids
+        return torch.cat([levels, pair_levels(other_c, other_r)]), ids
 
     config = RewardFairnessConfig(level_reg=1.0, reward_centering=0.1)
     _, metrics = extra_terms(chosen, reject, config, gather=gather)
-    log_f, _ = level_log_fairness(torch.cat([chosen, other_c]), torch.cat([reject, other_r]))
+    log_f, _ = level_log_fairness(pair_levels(torch.cat([chosen, other_c]), torch.cat([reject, other_r])))
     assert calls == [1] and metrics["fairness/level_F"] == pytest.approx(math.exp(float(log_f)), rel=1e-14)
     assert metrics["fairness/reward_centering"] == pytest.approx(float(reward_centering_term(chosen, reject, 0.1)))
 
