@@ -179,12 +179,15 @@ class RewardFairnessConfig:
             sign = "" if self.coef_form == "paper" else "-"
             what = f"FC ({self.coef_form}): loss = base * F**({sign}{self.coef})"
         else:
+            what = "loss = base (the host's)"
+        extras = [text for text, value in (
+            (f" - {self.level_reg} * F_L (reward-level fairness)", self.level_reg),
+            (f" + {self.reward_centering} * mean((r_c + r_r)^2) (reward centering)", self.reward_centering),
+            (f" + {self.batch_sum_reg} * B * mean(r)^2 (batch-sum regularisation)", self.batch_sum_reg)) if value is not None]
+        if self.method == "none" and not extras:
             what = "no fairness term (host loss), fairness logged only"
         over = f"per-group mean allocations by '{self.group_key}'" if self.group_key else "pairs"
-        extras = [f"{name} {value}" for name, value in (
-            ("- level_reg * F_L, level_reg =", self.level_reg), ("+ reward_centering", self.reward_centering),
-            ("+ batch_sum_reg", self.batch_sum_reg)) if value is not None]
         return (
-            f"{what}{''.join(' ' + e for e in extras)}; F = f_tau(sigmoid(m / {self.temperature})) / n with tau = "
-            f"{self.tau}, over the {over} of the {'micro-batch' if self.scope == 'micro' else 'data-parallel global micro-batch'}"
+            f"{what}{''.join(extras)}; F = f_tau(sigmoid(m / {self.temperature})) / n with tau = {self.tau}, over the "
+            f"{over} of the {'micro-batch' if self.scope == 'micro' else 'data-parallel global micro-batch'}"
         )
