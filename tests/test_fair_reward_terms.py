@@ -207,3 +207,41 @@ def test_strength_zero_is_bit_identical_to_bradley_terry(dtype, field):
 def test_config_refuses_negative_or_infinite_strengths(field, flag, value):
     with pytest.raises(FairnessConfigError, match=flag):
         RewardFairnessConfig(**{field: value})
+
+
+@pytest.mark.parametrize("config", [
+    RewardFairnessConfig(level_reg=2.0, group_key="g"),
+    RewardFairnessConfig(reg=0.5, reward_centering=0.1, batch_sum_reg=0.2),
+    RewardFairnessConfig(coef=0.5, coef_form="inverse", level_reg=1.0),
+], ids=["level", "fr+baselines", "fc+level"])
+def test_fair_pairwise_loss_adds_the_terms_and_logs_them(config):
+    """Through the reward-model loss (`FairPairWiseLoss`, the host hook's loss): loss = its pairwise loss + the
+    terms, and the step metrics carry them."""
+    from openrlhf_fair.losses import FairPairWiseLoss
+
+    base_loss = lambda c, r, m: -torch.nn.functional.logsigmoid(c - r).mean()  # noqa: E731
+    chosen, reject = (t.float().requires_grad_(True) for t in rewards(8, seed=4))
+    ids = torch.tensor([0, 1] * 4)
+    without = RewardFairnessConfig(**{k: v for k, v in vars(config).items()
+                                      if k not in ("level_reg", "reward_centering", "batch_sum_reg")})
+    plain = FairPairWiseLoss(base_loss, without)(chosen, reject, None, group_ids=ids)
+    loss_fn = FairPairWiseLoss(base_loss, config)
+    loss = loss_fn(chosen, reject, None, group_ids=ids)
+    extra, metrics = extra_terms(chosen, reject, config, ids)
+    assert float(loss) == pytest.approx(float(plain) + float(extra), rel=1e-6)
+    assert metrics and all(loss_fn.last_metrics[k] == pytest.approx(v, rel=1e-12) for k, v in metrics.items())
+
+
+def test_fair_pairwise_loss_with_strength_zero_is_the_host_loss_bit_for_bit():
+    from openrlhf_fair.losses import FairPairWiseLoss
+
+    base_loss = lambda c, r, m: -torch.nn.functional.logsigmoid(c - r).mean()  # noqa: E731
+    ids = torch.tensor([0, 1, 1, 0])
+    grads = []
+    for config in (None, RewardFairnessConfig(group_key="g", level_reg=0.0, reward_centering=0.0, batch_sum_reg=0.0)):
+        chosen, reject = (t.float().requires_grad_(True) for t in rewards(4, seed=6))
+        loss = base_loss(chosen, reject, None) if config is None else FairPairWiseLoss(base_loss, config)(
+            chosen, reject, None, group_ids=ids)
+        loss.backward()
+        grads.append((loss.detach(), chosen.grad, reject.grad))
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
