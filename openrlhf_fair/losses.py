@@ -33,6 +33,7 @@ from torch import nn
 from openrlhf_fair.config import RewardFairnessConfig
 from openrlhf_fair.fairness import FairnessInputError, exp_or_inf, fairness_sign, log_fairness, log_fairness_of_margins
 from openrlhf_fair.metrics import gini_coefficient, jain_index, pairwise_eval_metrics
+from openrlhf_fair.reward_terms import extra_terms
 
 __all__ = ["FairPairWiseLoss", "FairnessTrainingError", "RewardFairnessConfig"]
 
@@ -148,6 +149,7 @@ class FairPairWiseLoss(nn.Module):
                 f"{self._where(step)}: --fairness_group_key {self.config.group_key} is set but the batch carries "
                 "no group labels (the dataset patch openrlhf_fair.host.reward_dataset is not applied)"
             )
+        extra, extra_metrics = extra_terms(chosen_reward, reject_reward, self.config, ids, gather=self._gather)
         margins, ids = self._gather((chosen_reward - reject_reward).reshape(-1), ids)
         method = self.config.method
         if method == "none":
@@ -163,6 +165,8 @@ class FairPairWiseLoss(nn.Module):
                 exponent = self.config.coef if self.config.coef_form == "paper" else -self.config.coef
                 term = (exponent * log_f).exp()
                 loss = (base * term).to(base.dtype)
+        if extra is not None:  # issue 12's reward-level terms (openrlhf_fair.reward_terms); None when all are off
+            loss = (loss + extra).to(base.dtype)
         log_f, term = float(log_f.detach()), float(term.detach())
         F = fairness_sign(self.config.tau) * exp_or_inf(log_f)
         if not (math.isfinite(F) and math.isfinite(term)):
@@ -179,6 +183,7 @@ class FairPairWiseLoss(nn.Module):
             "fairness/jain": jain_index(x),
             "fairness/gini": gini_coefficient(x),
             "fairness/items": float(n_items),
+            **extra_metrics,
         }
         return loss, metrics
 
