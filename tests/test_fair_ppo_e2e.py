@@ -40,7 +40,9 @@ def ppo_command(model, data, out, estimator, *extra):
         "--actor.model_name_or_path", model,
         "--reward.remote_url", data / "reward.py",
         "--data.prompt_dataset", data / "prompts.jsonl", "--data.input_key", "input",
-        "--data.max_samples", "12", "--train.num_episodes", "1",
+        # The first 4 prompts (2 easy, 2 hard: the dataset is read in order) make every rollout batch, once per
+        # episode, so each of the 3 steps holds both labels whatever order the prompt loader shuffles them in.
+        "--data.max_samples", "4", "--train.num_episodes", "3",
         "--rollout.batch_size", "4", "--rollout.n_samples_per_prompt", "2", "--rollout.micro_batch_size", "4",
         "--train.batch_size", "8", "--train.micro_batch_size", "4",
         "--rollout.max_new_tokens", "8", "--data.max_len", "64",
