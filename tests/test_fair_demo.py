@@ -12,11 +12,12 @@ import pytest
 
 from openrlhf_fair import demo
 
-DEFAULTS = {"alpha": 1.0, "gamma": 0.5, "form": "paper", "tau": -1.0, "temperature": 1.0, "group_key": None}
+DEFAULTS = {"fr": 1.0, "fc": 0.5, "level": 2.0, "rc": 0.01, "bsr": 0.03, "form": "paper", "tau": -1.0,
+            "temperature": 1.0, "group_key": None}
 
 
 def test_parse_methods_labels_and_flags():
-    methods = demo.parse_methods("bt,fr,fc:gamma=1:form=inverse,fr:alpha=0.1:tau=-2:T=0.5,fr:group_key=category",
+    methods = demo.parse_methods("bt,fr,fc:coef=1:form=inverse,fr:reg=0.1:tau=-2:T=0.5,fr:group_key=category",
                                  DEFAULTS)
     assert [m.label for m in methods] == ["bt", "fr_a1", "fc_inverse_g1", "fr_a0.1_tau-2_T0.5", "fr_a1_group"]
     assert methods[0].fairness_flags() == []
@@ -30,12 +31,29 @@ def test_parse_methods_labels_and_flags():
     assert "fc_inverse_g0.5" in [m.label for m in demo.parse_methods(demo.SWEEP, DEFAULTS)]
 
 
+def test_reward_level_kinds_and_the_first_release_names():
+    level, rc, bsr, old = demo.parse_methods("level:T=0.1:group_key=category,rc,bsr:coef=0.1,fr:alpha=3", DEFAULTS)
+    assert level.label == "level_r2_T0.1_group"
+    assert level.fairness_flags() == ["--fairness_level_reg", "2.0", "--fairness_tau", "-1.0",
+                                      "--fairness_temperature", "0.1", "--fairness_group_key", "category"]
+    assert (rc.label, rc.fairness_flags()) == ("rc_c0.01", ["--reward_centering", "0.01"])
+    assert (bsr.label, bsr.fairness_flags()) == ("bsr_c0.1", ["--batch_sum_reg", "0.1"])
+    assert (old.label, old.fairness_flags()[:2]) == ("fr_a3", ["--fairness_reg", "3.0"])  # alpha= is reg=
+
+
+def test_demo_flags_fill_each_kinds_strength(monkeypatch, tmp_path):
+    args = demo.build_parser().parse_args(["--alpha", "0.3", "--coef", "2", "--level-reg", "4", "--baseline-coef", "0.2"])
+    assert (args.reg, args.coef, args.level_reg, args.baseline_coef) == (0.3, 2.0, 4.0, 0.2)
+
+
 @pytest.mark.parametrize("spec, message", [
     ("bt,xx", "unknown method"),
-    ("fr:alpha", "key=value"),
+    ("fr:reg", "key=value"),
     ("fr:beta=1", "unknown parameter"),
-    ("fr:alpha=abc", "bad value"),
-    ("bt:alpha=1", "no fairness parameters"),
+    ("fr:reg=abc", "bad value"),
+    ("bt:reg=1", "no fairness parameters"),
+    ("fr:coef=1", "fr takes only tau, temperature, group_key, reg, not 'coef'"),
+    ("rc:T=0.5", "rc takes only coef, not 'temperature'"),
     ("fr,fr", "same label"),
 ])
 def test_parse_methods_errors(spec, message):
@@ -84,7 +102,7 @@ def test_reduced_demo_end_to_end(tmp_path, capsys, host_imports):
         "--data", str(small), "--backbone", "tiny", "--out", str(out), "--quiet",
         "--train-pairs", "32", "--test-pairs", "16", "--max-len", "128",
         "--micro-batch-size", "4", "--batch-size", "4", "--seeds", "2",
-        "--methods", "bt,fr:alpha=1,fc:gamma=0.5:form=inverse",
+        "--methods", "bt,fr:reg=1,fc:coef=0.5:form=inverse",
         "--best-of-n", "2", "--generator", "tiny",
     ])
     printed = capsys.readouterr()
@@ -129,18 +147,23 @@ def test_demo_flags_are_the_add_ons_flags():
     """Every fairness flag the demo passes is parsed by the one flag definition (cli/flags.py) as intended."""
     from openrlhf_fair.cli.flags import parse_fairness_args
 
-    for method in demo.parse_methods(demo.SWEEP, DEFAULTS):
+    strength_field = {"fr": "reg", "fc": "coef", "level": "level_reg", "rc": "reward_centering", "bsr": "batch_sum_reg"}
+    spec = demo.SWEEP + ",level:group_key=category:T=0.1,rc,bsr"
+    for method in demo.parse_methods(spec, DEFAULTS):
         config, rest = parse_fairness_args("train_rm", ["--data.max_len", "8"] + method.fairness_flags())
         assert rest == ["--data.max_len", "8"]
         if method.kind == "bt":
             assert config is None
             continue
-        assert config.tau == method.params["tau"] and config.temperature == method.params["temperature"]
-        assert config.group_key == method.params.get("group_key")
-        if method.kind == "fr":
-            assert config.reg == method.params["alpha"] and config.coef is None
-        else:
-            assert config.coef == method.params["gamma"] and config.coef_form == method.params["form"]
+        kind = demo.METHOD_KINDS[method.kind]
+        set_fields = {name for name in strength_field.values() if getattr(config, name) is not None}
+        assert set_fields == {strength_field[method.kind]}
+        assert getattr(config, strength_field[method.kind]) == method.params[kind.strength]
+        if kind.fairness:
+            assert config.tau == method.params["tau"] and config.temperature == method.params["temperature"]
+            assert config.group_key == method.params.get("group_key")
+        if method.kind == "fc":
+            assert config.coef_form == method.params["form"]
 
 
 def test_example_scripts_are_valid_shell():
