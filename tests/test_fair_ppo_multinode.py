@@ -1,12 +1,14 @@
 """PPO with `--fair_coef` on a Ray cluster of several nodes on this machine (ray.cluster_utils.Cluster).
 
-The head node, which the driver connects to, has no logical GPUs and no CPUs, so every OpenRLHF actor (the
-PPOTrainer actor that runs the experience maker included) is placed on another node. The run's logged step
-metrics carry fairness/*, the "[Fairness shaping]" line of each step is printed by the PPOTrainer process, and
-Ray's state API records that actor on the other node; `openrlhf-fair ppo-report` draws the run's curves from its
-TensorBoard logs. Then that node is replaced by one where `import openrlhf_fair` fails (a sitecustomize on that node only hides the add-on, as on a node where it is not
-installed): the run must fail at once naming openrlhf_fair, never train without fairness. Every process of the
-cluster (raylets, GCS, dashboard, workers, drivers) is gone afterwards.
+The head node has no logical GPUs and no CPUs, so every OpenRLHF actor (the PPOTrainer actor that runs the
+experience maker included) is placed on another node. The run is submitted with `ray job submit`, as a
+multi-node user does, so its driver runs on the head: the job's logged step metrics carry fairness/*, the
+"[Fairness shaping]" line of each step is printed by the PPOTrainer process, and Ray's state API records that
+actor on the other node and the job's driver on the head; `openrlhf-fair ppo-report` draws the run's curves from
+its TensorBoard logs. Then that node is replaced by one where `import openrlhf_fair` fails (a sitecustomize on
+that node only hides the add-on, as on a node where it is not installed) and the command is run by a driver that
+joins the cluster with RAY_ADDRESS: the run must fail at once naming openrlhf_fair, never train without fairness.
+Every process of the cluster (raylets, GCS, dashboard, workers, drivers) is gone afterwards.
 """
 
 from __future__ import annotations
@@ -167,7 +169,7 @@ def ppo_argv(model, data: Path, out: Path) -> list[str]:
             "--actor.model_name_or_path", str(model), "--actor.num_gpus_per_node", "1",
             "--reward.remote_url", str(data / "reward.py"),
             "--data.prompt_dataset", str(data / "prompts.jsonl"), "--data.input_key", "input",
-            "--data.max_samples", "12", "--train.num_episodes", "1",
+            "--data.max_samples", "4", "--train.num_episodes", "3",  # 3 steps, each over 2 easy + 2 hard prompts
             "--rollout.batch_size", "4", "--rollout.n_samples_per_prompt", "2", "--rollout.micro_batch_size", "4",
             "--train.batch_size", "8", "--train.micro_batch_size", "4",
             "--rollout.max_new_tokens", "8", "--data.max_len", "64",
@@ -187,9 +189,12 @@ import json, sys
 from ray.util.state import list_actors, list_jobs
 actors = list_actors(address=sys.argv[1], filters=[("class_name", "=", "PPOTrainer")], detail=True,
                      raise_on_missing_output=False)
+supervisors = list_actors(address=sys.argv[1], filters=[("class_name", "=", "JobSupervisor")], detail=True,
+                          raise_on_missing_output=False)
 jobs = list_jobs(address=sys.argv[1])
 print(json.dumps({"actors": [{"pid": a.pid, "node_id": a.node_id, "job_id": a.job_id} for a in actors],
-                  "jobs": [{"job_id": j.job_id, "driver_node_id": j.driver_node_id} for j in jobs]}))
+                  "supervisors": [{"name": a.name, "node_id": a.node_id} for a in supervisors],
+                  "jobs": [{"job_id": j.job_id, "submission_id": j.submission_id} for j in jobs]}))
 """
 
 
@@ -204,7 +209,7 @@ def ray_state(cluster: TwoNodeCluster) -> dict:
 
 def check_shaping_ran_on_the_gpu_node(cluster: TwoNodeCluster, output: str, steps: list[dict]) -> None:
     """Ray's own records: the PPOTrainer that printed the shaping lines lived on the GPU node, its driver on the head."""
-    assert any(step["fairness/num_agents"] == 2.0 for step in steps)  # a batch of 4 prompts may hold one label
+    assert all(step["fairness/num_agents"] == 2.0 for step in steps)  # every rollout batch holds both labels
     trainer_pids = {int(pid) for pid in re.findall(r"\(PPOTrainer pid=(\d+)[,)][^\n]*\[Fairness shaping\]", output)}
     assert len(trainer_pids) == 1, trainer_pids
     state = ray_state(cluster)
@@ -213,13 +218,26 @@ def check_shaping_ran_on_the_gpu_node(cluster: TwoNodeCluster, output: str, step
     (actor,) = actors
     assert actor["node_id"] == cluster.gpu_node.node_id != cluster.head.node_id
     (job,) = [j for j in state["jobs"] if j["job_id"] == actor["job_id"]]
-    assert job["driver_node_id"] in (None, cluster.head.node_id), job  # Ray records it for submitted jobs only
+    assert job["submission_id"], job  # the trainer belongs to the submitted job
+    # the job's driver is a subprocess of its JobSupervisor actor, which Ray placed on the head
+    (supervisor,) = [a for a in state["supervisors"] if a["name"].endswith(job["submission_id"])]
+    assert supervisor["node_id"] == cluster.head.node_id != cluster.gpu_node.node_id, state
+
+
+def submit_job(cluster: TwoNodeCluster, argv: list[str], timeout: int) -> subprocess.CompletedProcess:
+    """`ray job submit` of `argv` to the cluster's job server (on the head), waiting for it and tailing its logs."""
+    # Keys the driver's own ray.init sets (OpenRLHF: TOKENIZERS_PARALLELISM, NCCL_DEBUG; the CPU backend also
+    # TORCHDYNAMO_DISABLE, ...) must not be in the job's env_vars: Ray refuses to merge the same key twice.
+    env_vars = {k: v for k, v in run_env(cluster).items() if k in ("RAY_DEDUP_LOGS", "PATH", MARKER)}
+    submit = [str(BIN / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{cluster.dashboard_port}",
+              "--runtime-env-json", json.dumps({"env_vars": env_vars}), "--", *argv]
+    return subprocess.run(submit, capture_output=True, text=True, timeout=timeout, env=run_env(cluster))
 
 
 @pytest.mark.timeout(600)
-def test_ppo_fairness_runs_on_the_other_node(cluster, tiny_llama, ppo_data, tmp_path):
+def test_ppo_fairness_job_runs_on_the_other_node(cluster, tiny_llama, ppo_data, tmp_path):
     argv = ppo_argv(tiny_llama, ppo_data, tmp_path) + ["--logger.tensorboard_dir", str(tmp_path / "tb")]
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=420, env=run_env(cluster), cwd=tmp_path)
+    result = submit_job(cluster, argv, timeout=420)
     steps = check_fairness_logged(result)  # fairness/* in every logged step; shaping lines from the PPOTrainer
     check_shaping_ran_on_the_gpu_node(cluster, result.stdout + result.stderr, steps)
     # `openrlhf-fair ppo-report` on this real run's TensorBoard logs: the per-group curves are the logged steps
