@@ -58,6 +58,7 @@ def plain_run(tiny_llama, dpo_data, tmp_path_factory, run_cli):
     return out
 
 
+@pytest.mark.host_matrix
 @pytest.mark.e2e
 @pytest.mark.timeout(300)
 def test_flags_off_is_bit_identical_to_plain_openrlhf(tiny_llama, dpo_data, plain_run, run_cli, tmp_path):
@@ -85,6 +86,7 @@ def fr_run(tiny_llama, dpo_data, tmp_path_factory, run_cli):
     return out, board, log
 
 
+@pytest.mark.host_matrix
 @pytest.mark.e2e
 @pytest.mark.timeout(300)
 def test_fairness_reg_trains_logs_and_records_settings(fr_run, plain_run):

@@ -79,6 +79,7 @@ def check_fairness_logged(result, expect_steps=3):
     return steps
 
 
+@pytest.mark.host_matrix
 @pytest.mark.timeout(240)
 def test_group_norm_with_label_unit_runs_and_logs_fairness(run_cli, tiny_llama, ppo_data, tmp_path):
     result = run_cli(

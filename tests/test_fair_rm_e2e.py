@@ -122,6 +122,7 @@ def fc_global(workdir):
     return run(cmd, workdir, "fc_global") and "fc_global"
 
 
+@pytest.mark.host_matrix
 @pytest.mark.timeout(600)
 def test_flags_off_is_bit_identical_to_plain_openrlhf(workdir, plain, ours_flags_off):
     ours, theirs = weights(workdir, ours_flags_off), weights(workdir, plain)
@@ -132,6 +133,7 @@ def test_flags_off_is_bit_identical_to_plain_openrlhf(workdir, plain, ours_flags
     assert not any(tag.startswith("train/fairness/") for tag in scalars(workdir, ours_flags_off))
 
 
+@pytest.mark.host_matrix
 @pytest.mark.timeout(600)
 def test_fr_with_group_key_trains_logs_and_records(workdir, plain, fr_groups):
     fr, bt = scalars(workdir, fr_groups), scalars(workdir, plain)

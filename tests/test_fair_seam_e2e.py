@@ -58,6 +58,7 @@ def runtime_on_patched_run(workdir, patched_site):  # noqa: F811
     return train_rm(workdir, "seam_runtime_patched", *FAIR, site=patched_site, mode="runtime")[1]
 
 
+@pytest.mark.host_matrix
 @pytest.mark.timeout(900)
 def test_native_and_runtime_modes_give_the_same_weights_and_metrics(workdir, runtime_run, native_run,  # noqa: F811
                                                                     runtime_on_patched_run):
