@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Time `openrlhf-fair report`'s scoring (pairs/s) against a bare forward pass of the same model on the same
-batches, and print the ratio (target: at least 0.9).
+batches, and print the ratios (target: at least 0.9).
 
     python examples/benchmark_report_scoring.py                          # MiniLM reward model, 256 pairs (CPU)
     python examples/benchmark_report_scoring.py --backbone tiny          # tiny random Llama (quick)
@@ -8,9 +8,10 @@ batches, and print the ratio (target: at least 0.9).
 
 - report: `report.scoring.score_pairs` as the report calls it: OpenRLHF's RewardDataset tokenisation, sorting by
   length, collation, the forward passes of chosen and rejected, the float64 copy-out;
+- report_shared: the same for a further model that shares the tokenizer (the report tokenises the pairs once per
+  tokenizer: `scoring.tokenize_pairs`), i.e. everything above but the tokenisation;
 - bare: only `model(ids, attention_mask=mask)` for the same collated batches, tokenised beforehand.
-Both run under torch.no_grad in the same process, alternating (report, bare, bare, report, ...), median of
---repeats each. The model is the backbone with a value head saved the way train_rm saves it (its head is
+All run under torch.no_grad in the same process, in rotating order, median of --repeats each. The model is the backbone with a value head saved the way train_rm saves it (its head is
 untrained: speed does not depend on the weights' values).
 """
 
@@ -80,26 +81,36 @@ def main(argv=None) -> int:
             scoring.score_pairs(model, tokenizer, rows, max_len=args.max_len, batch_size=args.batch_size,
                                 desc="benchmark")
 
+        tokenized = scoring.tokenize_pairs(rows, tokenizer, args.max_len)
+
+        def report_shared_pass():
+            scoring.score_pairs(model, tokenizer, rows, max_len=args.max_len, batch_size=args.batch_size,
+                                desc="benchmark", tokenized=tokenized)
+
         @torch.no_grad()
         def bare_pass():
             for c_ids, c_mask, r_ids, r_mask, _ in batches:
                 model(c_ids.to(args.device), attention_mask=c_mask.to(args.device))
                 model(r_ids.to(args.device), attention_mask=r_mask.to(args.device))
 
-        report_pass(), bare_pass()  # warm-up
-        times = {"report": [], "bare": []}
+        passes = {"report": report_pass, "report_shared": report_shared_pass, "bare": bare_pass}
+        for run in passes.values():  # warm-up
+            run()
+        times = {name: [] for name in passes}
+        names = list(passes)
         for k in range(args.repeats):
-            for name in (("report", "bare") if k % 2 == 0 else ("bare", "report")):
+            for name in names[k % 3:] + names[: k % 3]:
                 start = time.perf_counter()
-                (report_pass if name == "report" else bare_pass)()
+                passes[name]()
                 if args.device.startswith("cuda"):
                     torch.cuda.synchronize()
                 times[name].append(time.perf_counter() - start)
     rate = {name: len(rows) / statistics.median(t) for name, t in times.items()}
     print(json.dumps({"backbone": args.backbone, "pairs": len(rows), "max_len": args.max_len,
                       "batch_size": args.batch_size, "device": args.device, "threads": torch.get_num_threads(),
-                      "report_pairs_per_s": round(rate["report"], 1), "bare_pairs_per_s": round(rate["bare"], 1),
+                      **{f"{name}_pairs_per_s": round(r, 1) for name, r in rate.items()},
                       "ratio": round(rate["report"] / rate["bare"], 3),
+                      "ratio_shared": round(rate["report_shared"] / rate["bare"], 3),
                       "seconds": {k: [round(x, 2) for x in v] for k, v in times.items()}}, indent=2))
     return 0
 

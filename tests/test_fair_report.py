@@ -357,3 +357,40 @@ def test_seeds_and_best_of_n_against_a_hand_computation(tiny_reward_models, pair
     redo = json.loads((again / "report.json").read_text())["best_of_n"]
     assert redo["candidates_cache"] == bon["candidates_cache"]
     assert redo["models"]["one"]["metrics"] == pytest.approx(bon["models"]["one"]["metrics"])
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(240)
+def test_models_sharing_a_tokenizer_tokenise_the_pairs_once(tiny_reward_models, pairs_file, report_run, tmp_path,
+                                                            monkeypatch):
+    """Both tiny models have the base model's tokenizer: the report tokenises the pairs once, and the second
+    model's rewards are still its own (the numbers of the shared run equal those of report_run, which the hand
+    computation checks)."""
+    from openrlhf_fair.report import scoring
+
+    _, paths = tiny_reward_models
+    calls = []
+    tokenize = scoring.tokenize_pairs
+    monkeypatch.setattr(scoring, "tokenize_pairs", lambda *a, **k: calls.append(a[1]) or tokenize(*a, **k))
+    argv = ["--data", str(pairs_file), "--out", str(tmp_path / "out"), "--max-len", str(MAX_LEN), "--batch-size", "3",
+            "--device", "cpu", "--model", str(paths[0]), "--model", str(paths[1])]
+    assert report.main(argv) == 0
+    assert len(calls) == 1
+    doc = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert [m["metrics"] for m in doc["models"]] == [m["metrics"] for m in report_run[1]["models"]]
+
+
+@pytest.mark.e2e
+def test_tokenizer_fingerprint_tells_tokenizers_apart(tiny_reward_models):
+    from transformers import AutoTokenizer
+
+    from openrlhf_fair.report.scoring import tokenizer_fingerprint
+
+    _, paths = tiny_reward_models
+    first, second = (AutoTokenizer.from_pretrained(str(p)) for p in paths)
+    assert tokenizer_fingerprint(first) == tokenizer_fingerprint(second) is not None
+    second.add_tokens(["<an_added_token>"])
+    assert tokenizer_fingerprint(first) != tokenizer_fingerprint(second)
+    third = AutoTokenizer.from_pretrained(str(paths[0]))
+    third.truncation_side = "left" if first.truncation_side == "right" else "right"
+    assert tokenizer_fingerprint(first) != tokenizer_fingerprint(third)

@@ -119,14 +119,22 @@ def _check_options(args) -> None:
 
 
 def _score_models(args, rows, labels, max_len: int, device: str) -> list[ScoredRun]:
-    runs = []
+    """Score every model on `rows`; models that share a tokenizer share one tokenisation of the pairs."""
+    runs, tokenized = [], {}
+    keys = dict(prompt_key=args.prompt_key or None, chosen_key=args.chosen_key, rejected_key=args.rejected_key,
+                input_template=args.input_template, apply_chat_template=args.apply_chat_template)
     for label, path in zip(labels, args.model):
         model, tokenizer = scoring.load_reward_model(path, device=device, dtype=args.dtype,
                                                      attn_implementation=args.attn_implementation)
+        fingerprint = scoring.tokenizer_fingerprint(tokenizer)
+        pairs = tokenized.get(fingerprint) if fingerprint else None
+        if pairs is None:
+            pairs = scoring.tokenize_pairs(rows, tokenizer, max_len, **keys)
+            if fingerprint:
+                tokenized[fingerprint] = pairs
         chosen, rejected, identical = scoring.score_pairs(
-            model, tokenizer, rows, max_len=max_len, batch_size=args.batch_size, prompt_key=args.prompt_key or None,
-            chosen_key=args.chosen_key, rejected_key=args.rejected_key, input_template=args.input_template,
-            apply_chat_template=args.apply_chat_template, desc=f"report {label}")
+            model, tokenizer, rows, max_len=max_len, batch_size=args.batch_size, desc=f"report {label}",
+            tokenized=pairs, **keys)
         del model
         runs.append(ScoredRun(label, str(path), chosen, rejected, identical))
     return runs

@@ -11,16 +11,19 @@ functions that load and run models.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from openrlhf_fair.report.data import ReportError
 
-__all__ = ["check_reward_checkpoint", "identical_after_truncation", "load_reward_model", "score_pairs",
-           "score_responses", "trained_max_len"]
+__all__ = ["TokenizedPairs", "check_reward_checkpoint", "identical_after_truncation", "load_reward_model",
+           "score_pairs", "score_responses", "tokenize_pairs", "tokenizer_fingerprint", "trained_max_len"]
 
 
 def check_reward_checkpoint(path: Path) -> str:
@@ -101,7 +104,18 @@ def _reward_dataset(rows, tokenizer, max_len, prompt_key, chosen_key, rejected_k
     return RewardDataset(dataset, tokenizer, max_len, strategy, input_template=input_template, num_processors=1)
 
 
-def identical_after_truncation(
+@dataclass
+class TokenizedPairs:
+    """Pairs as OpenRLHF's RewardDataset tokenises them: its items, its collate_fn, which pairs are identical
+    after truncation, and the pair order sorted by length (batches then need little padding)."""
+
+    items: list
+    collate_fn: Callable
+    identical: torch.Tensor  # bool, per pair
+    order: list[int]
+
+
+def tokenize_pairs(
     rows,
     tokenizer,
     max_len: int,
@@ -111,21 +125,41 @@ def identical_after_truncation(
     rejected_key: str = "rejected",
     input_template: str | None = None,
     apply_chat_template: bool = False,
-) -> list[bool]:
-    """Per pair: are chosen and rejected the same tokens once OpenRLHF's RewardDataset has truncated them?
-
-    Such a pair has margin exactly 0 whatever the model: no training signal, and a sure miss for accuracy.
-    """
+) -> TokenizedPairs:
+    """Tokenise `rows` once; `score_pairs` can then score any model that shares the tokenizer (see
+    `tokenizer_fingerprint`) without tokenising again."""
     dataset = _reward_dataset(
         rows, tokenizer, max_len, prompt_key, chosen_key, rejected_key, input_template, apply_chat_template
     )
     if len(dataset) != len(rows):
         raise ReportError(f"RewardDataset kept {len(dataset)} of {len(rows)} pairs; cannot align them with rows")
-    same = []
-    for i in range(len(dataset)):
-        item = dataset[i]
-        same.append(bool(torch.equal(item[0], item[2])))
-    return same
+    items = [dataset[i] for i in range(len(dataset))]
+    identical = torch.tensor([bool(torch.equal(it[0], it[2])) for it in items], dtype=torch.bool)
+    order = sorted(range(len(items)), key=lambda i: max(items[i][0].shape[-1], items[i][2].shape[-1]))
+    return TokenizedPairs(items, dataset.collate_fn, identical, order)
+
+
+def tokenizer_fingerprint(tokenizer) -> str | None:
+    """A digest equal for tokenizers that tokenise the same way (a fast tokenizer's full serialisation plus the
+    special tokens, sides and chat template OpenRLHF's RewardDataset uses); None for a tokenizer without a fast
+    backend, which is then never shared."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    digest = hashlib.sha256(backend.to_str().encode())
+    digest.update(repr((type(tokenizer).__name__, tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token,
+                        tokenizer.padding_side, tokenizer.truncation_side,
+                        getattr(tokenizer, "chat_template", None))).encode())
+    return digest.hexdigest()
+
+
+def identical_after_truncation(rows, tokenizer, max_len: int, **keys) -> list[bool]:
+    """Per pair: are chosen and rejected the same tokens once OpenRLHF's RewardDataset has truncated them?
+
+    Such a pair has margin exactly 0 whatever the model: no training signal, and a sure miss for accuracy.
+    `keys`: the keyword arguments of `tokenize_pairs`.
+    """
+    return tokenize_pairs(rows, tokenizer, max_len, **keys).identical.tolist()
 
 
 @torch.no_grad()
@@ -142,32 +176,33 @@ def score_pairs(
     input_template: str | None = None,
     apply_chat_template: bool = False,
     desc: str = "scoring",
+    tokenized: TokenizedPairs | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(chosen rewards, rejected rewards, identical after truncation) per pair, float64 / bool, in the order of
-    `rows`; batched, pairs sorted by length to limit padding."""
+    `rows`; batched, pairs sorted by length to limit padding. `tokenized`: `rows` already tokenised with this
+    model's tokenizer (`tokenize_pairs`)."""
     from tqdm import tqdm
 
-    dataset = _reward_dataset(
-        rows, tokenizer, max_len, prompt_key, chosen_key, rejected_key, input_template, apply_chat_template
-    )
-    if len(dataset) != len(rows):
-        raise ReportError(f"RewardDataset kept {len(dataset)} of {len(rows)} pairs; cannot align rewards with rows")
+    if tokenized is None:
+        tokenized = tokenize_pairs(rows, tokenizer, max_len, prompt_key=prompt_key, chosen_key=chosen_key,
+                                   rejected_key=rejected_key, input_template=input_template,
+                                   apply_chat_template=apply_chat_template)
+    items, order = tokenized.items, tokenized.order
+    if len(items) != len(rows):
+        raise ReportError(f"{desc}: {len(items)} tokenised pairs for {len(rows)} rows")
     device = next(model.parameters()).device
-    items = [dataset[i] for i in range(len(dataset))]
-    identical = torch.tensor([bool(torch.equal(it[0], it[2])) for it in items], dtype=torch.bool)
-    order = sorted(range(len(items)), key=lambda i: max(items[i][0].shape[-1], items[i][2].shape[-1]))
     chosen = torch.empty(len(items), dtype=torch.float64)
     rejected = torch.empty(len(items), dtype=torch.float64)
     for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", file=sys.stderr):
         idx = order[start : start + batch_size]
-        c_ids, c_mask, r_ids, r_mask, _ = dataset.collate_fn([items[i] for i in idx])
+        c_ids, c_mask, r_ids, r_mask, _ = tokenized.collate_fn([items[i] for i in idx])
         c = model(c_ids.to(device), attention_mask=c_mask.to(device))
         r = model(r_ids.to(device), attention_mask=r_mask.to(device))
         chosen[idx] = c.float().cpu().to(torch.float64)
         rejected[idx] = r.float().cpu().to(torch.float64)
     if not bool(torch.isfinite(chosen).all() and torch.isfinite(rejected).all()):
         raise ReportError(f"{desc}: the model produced NaN/Inf rewards")
-    return chosen, rejected, identical
+    return chosen, rejected, tokenized.identical
 
 
 def score_responses(model, tokenizer, prompts: list[str], responses: list[str], **kwargs) -> torch.Tensor:
