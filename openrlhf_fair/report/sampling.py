@@ -52,16 +52,9 @@ def generator_path(name: str, scratch: Path) -> Path:
     from openrlhf_fair import fixtures
 
     try:
-        if name == "smollm2":
-            return fixtures.smollm2_hf(fixtures.default_cache_dir() / "smollm2_135m_instruct")  # the tests' cache name
-        if name == "tiny":
-            return fixtures.build_tiny_llama(scratch / "tiny_generator")
+        return fixtures.resolve_model(name, scratch, allowed=("smollm2", "tiny"), option="--generator")
     except fixtures.FixtureUnavailable as e:
         raise ReportError(str(e)) from e
-    path = Path(name)
-    if not (path / "config.json").is_file():
-        raise ReportError(f"--generator {name}: not 'smollm2', 'tiny' or a model folder with config.json")
-    return path
 
 
 _TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):\s?")
