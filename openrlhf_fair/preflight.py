@@ -1,7 +1,8 @@
 """Pre-run checks of `openrlhf train_rm / train_dpo / train_ppo_ray` with a fairness flag, before any model loads.
 
 `check(command, host_argv, config)` reads the host's dataset flags from the command line (their names, types
-and defaults are read from the installed OpenRLHF CLI file, `host_flags`), streams the local data files with
+and defaults are read from the installed OpenRLHF CLI file, `host_flags`, in the installed release's spelling:
+``--data.max_len`` on 0.10.2+, ``--max_len`` on 0.9.3 - 0.10.1, `host.compat`), streams the local data files with
 `openrlhf_fair.data_checks` and loads only the tokenizer of a local model folder. It raises `PreflightError`
 (all problems in one message) for data that would fail mid-run or train silently wrong, and prints warnings a
 user needs. Runs only when a fairness flag is given: with every flag off, `openrlhf <command>` stays exactly
@@ -28,6 +29,7 @@ from typing import Optional
 
 from openrlhf_fair.config import AddonError
 from openrlhf_fair.data_checks import DataError, check_group_names, checked_rows, group_label, is_gzip
+from openrlhf_fair.host.compat import host_flag, in_host_spelling
 from openrlhf_fair.host.patching import HostMismatchError
 
 JSON_SUFFIXES = (".json", ".jsonl")  # what OpenRLHF's blending_datasets loads as JSON (lower-cased suffix)
@@ -35,7 +37,8 @@ SMALL_GROUP_PAIRS = 10  # an eval group with fewer pairs gets a warning: one pai
 TRUNCATION_SAMPLE = 256  # pairs checked for identical chosen / rejected tokens after truncation
 EVAL_SHARE = 0.01  # train_rm without --eval.dataset evaluates on the first 1% of the training set
 
-# The host flags each check reads (dotted names as OpenRLHF 0.11.2 spells them).
+# The host flags each check reads (by their nested names, as OpenRLHF 0.10.2+ spells them; `host.compat` spells
+# them for the installed release, and messages are written with these names and then spelled the same way).
 PAIR_FLAGS = ("data.dataset", "data.dataset_probs", "eval.dataset", "data.max_samples", "data.prompt_key",
               "data.chosen_key", "data.rejected_key", "data.max_len", "data.input_template",
               "data.apply_chat_template", "data.tokenizer_chat_template", "data.disable_fast_tokenizer",
@@ -62,14 +65,16 @@ def _literal(node):
 
 
 def host_flags(command: str, wanted) -> dict[str, dict]:
-    """``{flag: add_argument kwargs}`` of the ``wanted`` dotted flags, read from openrlhf/cli/<command>.py."""
+    """``{dotted name: add_argument kwargs}`` of the ``wanted`` host flags (nested names), read from the installed
+    openrlhf/cli/<command>.py where they are spelled as that release does."""
     spec = importlib.util.find_spec(f"openrlhf.cli.{command}")
     if spec is None or not spec.origin:
         raise HostMismatchError(f"openrlhf-fair: cannot find OpenRLHF's openrlhf.cli.{command}")
+    spelled = {host_flag(flag): flag for flag in wanted}
     found: dict[str, dict] = {}
     for node in ast.walk(ast.parse(Path(spec.origin).read_text(encoding="utf-8"))):
         if not (isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "add_argument" and node.args
-                and isinstance(node.args[0], ast.Constant) and str(node.args[0].value)[2:] in wanted):
+                and isinstance(node.args[0], ast.Constant) and node.args[0].value in spelled):
             continue
         kwargs = {}
         for kw in node.keywords:
@@ -77,11 +82,11 @@ def host_flags(command: str, wanted) -> dict[str, dict]:
                 kwargs["type"] = {"int": int, "float": float, "str": str}[kw.value.id]
             elif kw.arg in ("default", "action"):
                 kwargs[kw.arg] = _literal(kw.value)
-        found[node.args[0].value[2:]] = kwargs
+        found[spelled[node.args[0].value]] = kwargs
     missing = [flag for flag in wanted if flag not in found]
     if missing:
         raise HostMismatchError(
-            f"openrlhf-fair: {spec.origin} has no flag(s) {', '.join('--' + f for f in missing)}; the pre-run data "
+            f"openrlhf-fair: {spec.origin} has no flag(s) {', '.join(host_flag(f) for f in missing)}; the pre-run data "
             "checks (openrlhf_fair/preflight.py) need updating for this OpenRLHF version"
         )
     return found
@@ -96,7 +101,7 @@ def read_host_args(command: str, argv: list[str]) -> Optional[dict]:
     """``{dotted flag: value}`` as OpenRLHF would parse ``argv``, or None where its parser would fail."""
     parser = _Parser(add_help=False, allow_abbrev=False)
     for flag, kwargs in host_flags(command, HOST_FLAGS[command]).items():
-        parser.add_argument(f"--{flag}", dest=flag, **kwargs)
+        parser.add_argument(host_flag(flag), dest=flag, **kwargs)
     try:
         namespace, _ = parser.parse_known_args(argv)
     except ValueError:
@@ -294,7 +299,7 @@ def check(command: str, host_argv: list[str], config) -> Findings:
         check_pairs(command, args, config, findings)
     if findings.warnings and os.environ.get("RANK", "0") in ("", "0"):
         for warning in findings.warnings:
-            print(f"openrlhf-fair: warning: {warning}", file=sys.stderr, flush=True)
+            print(in_host_spelling(f"openrlhf-fair: warning: {warning}"), file=sys.stderr, flush=True)
     if findings.errors:
         raise PreflightError("openrlhf-fair: the run cannot start:\n- " + "\n- ".join(findings.errors))
     return findings

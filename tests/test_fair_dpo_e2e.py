@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import make_preference_rows
-from openrlhf_fair.host.version import installed_openrlhf_version
+from openrlhf_fair.host.compat import installed_openrlhf_version
 
 PLAIN_HOST = (
     "import runpy, sys\n"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from openrlhf_fair.host.version import SUPPORTED_OPENRLHF, installed_openrlhf_version
+from openrlhf_fair.host.compat import TESTED_RELEASES, installed_openrlhf_version
 
 REPO = Path(__file__).resolve().parents[1]
 PATCHES = REPO / "patches"
@@ -133,7 +133,7 @@ def patched_copy(tmp_path_factory) -> Path:
 
 
 def test_every_supported_release_has_its_hook_diff():
-    for version in SUPPORTED_OPENRLHF:
+    for version in TESTED_RELEASES:
         assert (PATCHES / f"openrlhf-{version}" / HOOK_DIFF).is_file(), f"patches/openrlhf-{version}/{HOOK_DIFF}"
     assert (PATCHES / "README.md").is_file()
 

@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from openrlhf_fair.host.version import installed_openrlhf_version
+from openrlhf_fair.host.compat import installed_openrlhf_version
 from test_fair_patches import apply_diff, copy_openrlhf, diffs_for
 from test_fair_rm_e2e import BIN, RUN_TIMEOUT, host_args, scalars, weights, workdir  # noqa: F401  (fixture)
 

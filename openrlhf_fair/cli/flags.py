@@ -142,14 +142,17 @@ def unknown_addon_flag(command: str, host_argv: list[str]) -> Optional[str]:
     """An error for the first host argument that is a near miss of the add-on's flags, else None.
 
     Near miss: a flag of another subcommand (with its counterpart here, if any), any unknown ``--fair*`` (the
-    add-on's prefix, which OpenRLHF does not use), or an undotted flag within a typo of one of ours (OpenRLHF's
-    own flags are dotted, e.g. ``--train.micro_batch_size``, or few and far from ours, e.g. ``--local_rank``).
+    add-on's prefix, which OpenRLHF does not use), or an undotted flag within a typo of one of ours. The installed
+    OpenRLHF's own flags are never near misses: dotted on 0.10.2+ (``--train.micro_batch_size``), and on the flat
+    releases 0.9.3 - 0.10.1 read from its CLI file (``--temperature`` is train_ppo_ray's, not ``--fair_temperature``).
     """
+    from openrlhf_fair.host.compat import is_host_flag
+
     ours, config_class = spellings(command), FLAG_SETS[command][0]
     current = list(dict.fromkeys(flag_name(config_class, field) for field in ours.values()))
     for token in host_argv:
         name = token.split("=", 1)[0]
-        if not name.startswith("--") or "." in name:
+        if not name.startswith("--") or "." in name or is_host_flag(command, name):
             continue
         elsewhere = {other: spellings(other)[name] for other in FLAG_SETS if name in spellings(other)}
         if elsewhere:

@@ -56,7 +56,7 @@ def build_parser(host_commands: list[str]) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from openrlhf_fair import __version__
     from openrlhf_fair.cli.runner import DEBUG_ENV, host_commands, run_host_cli
-    from openrlhf_fair.host.version import describe_host
+    from openrlhf_fair.host.compat import describe_host
 
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = host_commands()

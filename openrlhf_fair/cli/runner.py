@@ -50,6 +50,7 @@ def wants_help(argv: list[str]) -> bool:
 def run_host_cli(command: str, argv: list[str], cpu: bool | None = None) -> int:
     """Run ``openrlhf.cli.<command>`` with ``argv`` and the add-on's flags applied; return its exit code."""
     from openrlhf_fair.config import AddonError
+    from openrlhf_fair.host.compat import in_host_spelling
 
     try:
         return _run_host_cli(command, argv, cpu)
@@ -57,23 +58,25 @@ def run_host_cli(command: str, argv: list[str], cpu: bool | None = None) -> int:
         if os.environ.get(DEBUG_ENV) == "1":
             raise
         cause = getattr(err, "cause", None)  # a Ray actor's error arrives as a RayTaskError that is also its class
-        message = str(cause if isinstance(cause, AddonError) else err).removeprefix("openrlhf-fair: ")
+        message = in_host_spelling(str(cause if isinstance(cause, AddonError) else err).removeprefix("openrlhf-fair: "))
         print(f"openrlhf {command}: error: {message}\n(traceback: {DEBUG_ENV}=1)", file=sys.stderr, flush=True)
         return 2
 
 
 def _run_host_cli(command: str, argv: list[str], cpu: bool | None) -> int:
     from openrlhf_fair.cli import flags
+    from openrlhf_fair.host import compat
 
     config, rest = flags.parse_fairness_args(command, argv)
     if wants_help(argv):
         text = flags.fairness_help(command)
         if text:
-            print(text + "\n\nOpenRLHF's own flags follow.\n", flush=True)
+            print(compat.in_host_spelling(text) + "\n\nOpenRLHF's own flags follow.\n", flush=True)
 
     if config is not None and not wants_help(argv):  # pre-run data checks only with a fairness flag
         from openrlhf_fair import preflight
 
+        compat.require_family()  # an OpenRLHF outside the supported range: refused, naming version and range
         preflight.check(command, rest, config)  # raises PreflightError (an AddonError): one message, exit 2
 
     from openrlhf_fair import cpu_backend

@@ -92,8 +92,11 @@ def activate(command: str) -> Callable[[], None]:
     global _undo
     if _undo is not None:
         return _undo
+    from openrlhf_fair.host.compat import require_family
+
     from . import cli_args, launch, stand_ins, strategy, torch_cuda
 
+    require_family()  # refuses an OpenRLHF outside the supported range before anything is patched
     saved_env = dict(os.environ)
     undos: list[Callable[[], None]] = [lambda: _restore_environment(saved_env)]
 

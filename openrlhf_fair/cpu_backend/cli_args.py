@@ -1,9 +1,9 @@
 """Check and adjust a host CLI's parsed arguments for the CPU backend.
 
-Every OpenRLHF trainer CLI runs ``args = hierarchize(parser.parse_args())`` before it builds anything; a hook
-on those args (`host.parsed_args`, the one owner of ``hierarchize``) sees the real parser's result: flags
-the CPU cannot serve fail there with a message, before any model is loaded, and a requested flash
-attention becomes torch's sdpa.
+A hook on the args every OpenRLHF trainer CLI parses (`host.parsed_args`: after ``hierarchize`` on nested
+releases, before ``get_strategy`` on flat ones) sees the real parser's result: flags the CPU cannot serve fail
+there with a message naming them as the installed release spells them, before any model is loaded, and a
+requested flash attention becomes torch's sdpa. Host arguments are read through `host.compat.host_arg`.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import sys
 from typing import Callable
 
 from openrlhf_fair.host import parsed_args
+from openrlhf_fair.host.compat import host_arg, host_flag, in_host_spelling, set_host_arg
 
 PATCH_ID = "openrlhf_fair.cpu_backend.cli_args"
 CPU_ATTENTION = "sdpa"
@@ -27,7 +28,7 @@ class CpuBackendExit(SystemExit):
 
     def __init__(self, message: str):
         super().__init__(2)
-        self.message = message
+        self.message = message = in_host_spelling(message)
         print(message, file=sys.stderr, flush=True)
 
     def __str__(self) -> str:
@@ -38,16 +39,7 @@ class UnsupportedOnCpu(CpuBackendExit):
     """A flag the CPU backend cannot serve; raised before any model is loaded."""
 
 
-def dotted_get(args, dotted: str, default=None):
-    """``args.a.b`` for ``dotted='a.b'`` on OpenRLHF's hierarchized args; ``default`` when absent or None."""
-    node = args
-    for part in dotted.split("."):
-        node = getattr(node, part, None)
-        if node is None:
-            return default
-    return node
-
-
+# (host argument, by its nested name; predicate on its value; why the CPU cannot serve it)
 # (dotted flag, predicate on its value, why the CPU cannot serve it)
 UNSUPPORTED = [
     ("ds.packing_samples", bool, "packed samples need flash-attn's variable-length CUDA kernels"),
@@ -73,9 +65,9 @@ def is_rank_zero() -> bool:
 def check_args(args) -> None:
     """Raise `UnsupportedOnCpu` naming every flag the CPU backend cannot serve."""
     problems = [
-        f"--{flag} {dotted_get(args, flag)!s}: {why}"
+        f"{host_flag(flag)} {host_arg(args, flag)!s}: {why}"
         for flag, bad, why in UNSUPPORTED
-        if dotted_get(args, flag) is not None and bad(dotted_get(args, flag))
+        if host_arg(args, flag) is not None and bad(host_arg(args, flag))
     ]
     if problems:
         raise UnsupportedOnCpu(
@@ -86,13 +78,13 @@ def check_args(args) -> None:
 
 def adjust_attention(args) -> None:
     """flash_attention_2/3 (OpenRLHF's default) has no CPU kernel: use torch's sdpa and say so once."""
-    ds = getattr(args, "ds", None)
-    requested = getattr(ds, "attn_implementation", None)
+    requested = host_arg(args, "ds.attn_implementation")
     if requested is None or requested in ("sdpa", "eager"):
         return
-    ds.attn_implementation = CPU_ATTENTION
+    set_host_arg(args, "ds.attn_implementation", CPU_ATTENTION)
     if is_rank_zero():
-        print(f"[openrlhf-fair] CPU backend: --ds.attn_implementation {requested} -> {CPU_ATTENTION}", file=sys.stderr)
+        print(f"[openrlhf-fair] CPU backend: {host_flag('ds.attn_implementation')} {requested} -> {CPU_ATTENTION}",
+              file=sys.stderr)
 
 
 def check_parsed_args(args) -> None:

@@ -34,7 +34,8 @@ import time
 from typing import Any, Callable, Dict
 
 from openrlhf_fair.cpu_backend import torch_cuda
-from openrlhf_fair.cpu_backend.cli_args import UnsupportedOnCpu, dotted_get
+from openrlhf_fair.cpu_backend.cli_args import UnsupportedOnCpu
+from openrlhf_fair.host.compat import host_arg, host_flag, set_host_arg
 from openrlhf_fair.host import import_hooks, parsed_args, ray_workers
 from openrlhf_fair.host.patching import patch_attribute, undo_all
 
@@ -65,18 +66,18 @@ class RayStartError(RuntimeError):
 def check_ppo_args(args) -> None:
     """Raise `UnsupportedPpoOnCpu` naming every PPO flag the CPU backend cannot serve."""
     problems = []
-    if not dotted_get(args, "vllm.num_engines"):
+    if not host_arg(args, "vllm.num_engines"):
         problems.append("--vllm.num_engines missing or 0: OpenRLHF 0.11 has no rollout path without vLLM engines; "
                         "pass --vllm.num_engines 1 (the CPU rollout engine stands in for vLLM)")
-    if (dotted_get(args, "vllm.tensor_parallel_size") or 1) > 1:
-        problems.append(f"--vllm.tensor_parallel_size {dotted_get(args, 'vllm.tensor_parallel_size')}: the CPU rollout "
+    if (host_arg(args, "vllm.tensor_parallel_size") or 1) > 1:
+        problems.append(f"--vllm.tensor_parallel_size {host_arg(args, 'vllm.tensor_parallel_size')}: the CPU rollout "
                         f"engine runs one process per engine; use 1")
-    if dotted_get(args, "vllm.sync_with_ray"):
+    if host_arg(args, "vllm.sync_with_ray"):
         problems.append("--vllm.sync_with_ray: Ray collective weight sync is not supported; drop the flag "
                         "(weights go over gloo)")
-    if dotted_get(args, "vllm.sync_backend", "gloo") not in ("nccl", "gloo"):
-        problems.append(f"--vllm.sync_backend {dotted_get(args, 'vllm.sync_backend')}: weights go over gloo on CPU")
-    if (dotted_get(args, "data.max_images_per_prompt") or 0) > 0:
+    if host_arg(args, "vllm.sync_backend", "gloo") not in ("nccl", "gloo"):
+        problems.append(f"--vllm.sync_backend {host_arg(args, 'vllm.sync_backend')}: weights go over gloo on CPU")
+    if (host_arg(args, "data.max_images_per_prompt") or 0) > 0:
         problems.append("--data.max_images_per_prompt: multimodal rollouts are not supported on CPU")
     if problems:
         raise UnsupportedPpoOnCpu(
@@ -87,12 +88,12 @@ def check_ppo_args(args) -> None:
 
 def check_parsed_args(args) -> None:
     """The parsed-args hook (`host.parsed_args`): PPO flag checks, and weight sync over gloo."""
-    if hasattr(args, "vllm"):  # only train_ppo_ray's parser has the vllm group
+    if host_arg(args, "vllm.sync_backend") is not None:  # only train_ppo_ray's parser has it (default "nccl")
         check_ppo_args(args)
-        if dotted_get(args, "vllm.sync_backend") == "nccl":
+        if host_arg(args, "vllm.sync_backend") == "nccl":
             # NCCL (and, with --train.colocate_all, CUDA IPC) needs GPUs: the weight broadcast goes over gloo.
-            args.vllm.sync_backend = "gloo"
-            print("[openrlhf-fair] CPU backend: --vllm.sync_backend nccl -> gloo", file=sys.stderr)
+            set_host_arg(args, "vllm.sync_backend", "gloo")
+            print(f"[openrlhf-fair] CPU backend: {host_flag('vllm.sync_backend')} nccl -> gloo", file=sys.stderr)
 
 
 # --------------------------------------------------------------------------------------------------

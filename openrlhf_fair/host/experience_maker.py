@@ -24,6 +24,7 @@ import sys
 from typing import Callable, List
 
 from openrlhf_fair.host import extension_hooks, native_hooks, ray_workers
+from openrlhf_fair.host.compat import host_arg
 from openrlhf_fair.host.patching import HostMismatchError, patch_attribute, require_attribute, undo_all
 from openrlhf_fair.host.samples_generator import LABEL_INFO_KEY  # carried per sample; popped before logging
 from openrlhf_fair.ppo_config import PPOFairnessConfig
@@ -104,7 +105,7 @@ def shape_experiences(maker, experiences: List, config: PPOFairnessConfig) -> Li
         agent_ids, label_names = label_agent_ids(labels)
     elif config.unit == "prompt":
         index = [i for exp in experiences for i in exp.index]
-        agent_ids = prompt_agent_ids(index, maker.strategy.args.rollout.n_samples_per_prompt)
+        agent_ids = prompt_agent_ids(index, host_arg(maker.strategy.args, "rollout.n_samples_per_prompt"))
     else:
         agent_ids = torch.arange(rewards.numel())
 

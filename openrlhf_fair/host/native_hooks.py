@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 from openrlhf_fair.host import extension_hooks as runtime_registry
 from openrlhf_fair.host.patching import HostMismatchError, original_of
-from openrlhf_fair.host.version import installed_openrlhf_version
+from openrlhf_fair.host.compat import installed_openrlhf_version
 
 PATCH_MODE_ENV = "OPENRLHF_FAIR_PATCH_MODE"
 PATCH_MODES = ("auto", "native", "runtime")

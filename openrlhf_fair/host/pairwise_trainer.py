@@ -19,6 +19,7 @@ from typing import Callable
 
 from openrlhf_fair.config import FairnessConfigError, RewardFairnessConfig
 from openrlhf_fair.host import native_hooks, trainer_call_sites
+from openrlhf_fair.host.compat import host_arg
 from openrlhf_fair.host.patching import require_attribute, undo_all
 
 SAVED_CONFIG_KEY = "openrlhf_fair"
@@ -27,15 +28,15 @@ SAVED_CONFIG_KEY = "openrlhf_fair"
 # --------------------------------------------------------------------------------------------- checks
 def data_parallel_size(strategy) -> int:
     world = int(getattr(strategy, "world_size", 1) or 1)
-    ring = int(getattr(strategy.args.ds, "ring_attn_size", 1) or 1)
-    tp = int(getattr(strategy.args.ds, "tensor_parallel_size", 1) or 1)
+    ring = int(host_arg(strategy.args, "ds.ring_attn_size", 1))
+    tp = int(host_arg(strategy.args, "ds.tensor_parallel_size", 1))
     return max(1, world // ring // tp)
 
 
 def check_run(config: RewardFairnessConfig, strategy) -> None:
     """Refuse, before training starts, runs whose fairness term could do nothing or cannot work."""
     args = strategy.args
-    micro = int(args.train.micro_batch_size)
+    micro = int(host_arg(args, "train.micro_batch_size"))
     dp = data_parallel_size(strategy) if config.scope == "global" else 1
     if micro * dp < config.min_items:
         where = "micro-batch" if config.scope == "micro" else f"global micro-batch ({dp} data-parallel rank(s))"
@@ -77,7 +78,7 @@ def fair_loss_for(trainer, loss_fn, config: RewardFairnessConfig, loss_class=Non
         process_group=_process_group(config, strategy),
         steps_per_update=getattr(strategy, "accumulated_gradient", 1),
     )
-    saved = {**config.to_dict(), "max_len": getattr(getattr(strategy.args, "data", None), "max_len", None)}
+    saved = {**config.to_dict(), "max_len": host_arg(strategy.args, "data.max_len")}
     strategy._unwrap_model(trainer.model).config.update({SAVED_CONFIG_KEY: saved})
     strategy.print(f"openrlhf-fair: {fair.extra_repr()}")
     return fair

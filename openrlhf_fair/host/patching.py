@@ -47,7 +47,7 @@ def require_attribute(owner: Any, name: str, what: str) -> Any:
     if not hasattr(owner, name):
         raise HostMismatchError(
             f"openrlhf-fair: {_owner_name(owner)}.{name} not found ({what}). The installed OpenRLHF differs from the "
-            f"versions this add-on supports; see `openrlhf_fair.host.version.SUPPORTED_OPENRLHF`."
+            f"releases this add-on supports; see `openrlhf --version` and `openrlhf_fair.host.compat`."
         )
     return getattr(owner, name)
 

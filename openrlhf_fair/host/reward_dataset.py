@@ -37,7 +37,9 @@ class GroupKeyError(AddonError, ValueError):
 
 def check_group_key_with_host_args(group_key: str, host_args) -> None:
     """Refuse host settings the group labels cannot follow (before any data is processed)."""
-    if getattr(host_args.ds, "packing_samples", False):
+    from openrlhf_fair.host.compat import host_arg
+
+    if host_arg(host_args, "ds.packing_samples", False):
         raise GroupKeyError(
             f"--fairness_group_key {group_key} is not supported with --ds.packing_samples (untested on the host's "
             "packed batches): drop one of the two flags"

@@ -1,4 +1,5 @@
-"""Tag each generated sample with its prompt's label (openrlhf/trainer/ppo_utils/samples_generator.py).
+"""Tag each generated sample with its prompt's label (openrlhf/trainer/ppo_utils/samples_generator.py; in
+OpenRLHF 0.9.3 - 0.9.8 the class lives in experience_maker.py, which `host.compat` finds).
 
 For ``--fair_unit label:KEY``: wraps ``SamplesGenerator._process_response_into_experience`` (calling the
 original) and puts the label recorded by `host.prompts_dataset` into ``experience.info["fairness/label"]``, a
@@ -63,8 +64,11 @@ def _wrap_process(key: str) -> Callable[[Callable], Callable]:
 
 def apply_label_tags(key: str) -> Callable[[], None]:
     """Patch the samples generator to tag samples with their ``key`` label; return the undo."""
-    from openrlhf.trainer.ppo_utils import samples_generator
+    import importlib
 
+    from openrlhf_fair.host.compat import require_family
+
+    samples_generator = importlib.import_module(require_family().samples_generator_module)
     cls = require_attribute(samples_generator, "SamplesGenerator", "the PPO rollout sample generator")
     require_attribute(cls, "_process_response_into_experience", "where a rollout response becomes an Experience")
     return patch_attribute(cls, "_process_response_into_experience", _wrap_process(key), f"{PATCH_ID}.{key}")

@@ -25,6 +25,7 @@ import inspect
 from typing import Any, Callable
 
 from openrlhf_fair.host import extension_hooks as hooks
+from openrlhf_fair.host.compat import host_arg
 from openrlhf_fair.host.patching import HostMismatchError, patch_attribute, require_attribute, undo_all
 
 PATCH_ID = "openrlhf_fair.pairwise_trainer"
@@ -106,7 +107,7 @@ def _wrap_fit(original):
     def fit(self, *args, **kwargs):
         bound = _bind(signature, self, *args, **kwargs)
         host_args, consumed = bound.arguments["args"], bound.arguments["consumed_samples"]
-        first_step = consumed // host_args.train.batch_size * self.strategy.accumulated_gradient + 1  # as the host
+        first_step = consumed // host_arg(host_args, "train.batch_size") * self.strategy.accumulated_gradient + 1  # as the host
         loss_fn, dataloader = self.loss_fn, self.train_dataloader
         self.loss_fn = call = _LossCall(loss_fn)
         self.train_dataloader = _Batches(dataloader, call, first_step)
@@ -128,7 +129,8 @@ def _wrap_save_logs(original):
         if logs:  # every rank calls this at the same steps, so the all-reduce is safe
             logs = self.strategy.all_reduce(logs)
             logs_dict = bound.arguments["logs_dict"]
-            if logs_dict is None:
+            if logs_dict is None or logs_dict is signature.parameters["logs_dict"].default:
+                # a fresh dict, never the host's shared default (0.9.3 - 0.10.x: ``logs_dict={}``)
                 logs_dict = bound.arguments["logs_dict"] = {}
             logs_dict.update(logs)
             step_bar = bound.arguments["step_bar"]

@@ -95,10 +95,11 @@ def _reward_dataset(rows, tokenizer, max_len, prompt_key, chosen_key, rejected_k
     from datasets import Dataset
     from openrlhf.datasets import RewardDataset
 
-    data_args = SimpleNamespace(
-        prompt_key=prompt_key, chosen_key=chosen_key, rejected_key=rejected_key, apply_chat_template=chat
-    )
-    strategy = SimpleNamespace(args=SimpleNamespace(data=data_args))
+    from openrlhf_fair.host.compat import host_args_like
+
+    args = host_args_like({"data.prompt_key": prompt_key, "data.chosen_key": chosen_key,
+                           "data.rejected_key": rejected_key, "data.apply_chat_template": chat})
+    strategy = SimpleNamespace(args=args)
     keep = [k for k in (prompt_key, chosen_key, rejected_key) if k]
     dataset = Dataset.from_list([{k: row[k] for k in keep} for row in rows])
     return RewardDataset(dataset, tokenizer, max_len, strategy, input_template=input_template, num_processors=1)
