@@ -57,6 +57,7 @@ FLAT_NAMES: dict[str, str | tuple[str, ...]] = {
     "model.beta": "beta", "adam.lr": "learning_rate", "adam.betas": "adam_betas",
     "actor.model_name_or_path": "pretrain", "actor.num_gpus_per_node": "actor_num_gpus_per_node",
     "actor.adam.lr": "actor_learning_rate", "critic.adam.lr": "critic_learning_rate",
+    "actor.lr_warmup_ratio": "lr_warmup_ratio",
     "critic.model_name_or_path": "critic_pretrain", "critic.num_gpus_per_node": "critic_num_gpus_per_node",
     "ref.num_gpus_per_node": "ref_num_gpus_per_node", "reward.num_gpus_per_node": "reward_num_gpus_per_node",
     "reward.model_name_or_path": "reward_pretrain", "reward.remote_url": "remote_rm_url",
@@ -167,13 +168,10 @@ def installed_family() -> Family | None:
 
 
 def describe_host() -> str:
-    family = installed_family()
-    if family is not None:
-        return f"{family.describe()}; supported: {SUPPORTED_RANGE}"
-    version = installed_openrlhf_version()
-    if version is None:
-        return "OpenRLHF is not installed (run `python3 -m openrlhf_fair.install`)"
-    return f"OpenRLHF {version} (not supported; supported: {SUPPORTED_RANGE})"
+    try:
+        return f"{require_family().describe()}; supported: {SUPPORTED_RANGE}"
+    except UnsupportedHostError as error:
+        return str(error).removeprefix("openrlhf-fair: ")
 
 
 # --------------------------------------------------------------------------------------------- host arguments
@@ -249,6 +247,17 @@ def host_flag(dotted: str) -> str:
     """The command-line flag of host argument ``dotted`` in the installed release's spelling."""
     family = installed_family()
     return f"--{dotted}" if family is None or family.nested else f"--{flat_name(dotted)}"
+
+
+def host_argv(argv: list[str]) -> list[str]:
+    """A host command line written with nested flags (``--train.micro_batch_size 8``, ``--data.max_len=64``) in
+    the installed release's spelling (for commands the add-on builds: the demo, tests)."""
+    spelled = []
+    for token in argv:
+        name, eq, value = token.partition("=")
+        known = name.startswith("--") and name[2:] in FLAT_NAMES
+        spelled.append(host_flag(name[2:]) + eq + value if known else token)
+    return spelled
 
 
 def in_host_spelling(text: str) -> str:
