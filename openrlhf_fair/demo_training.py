@@ -41,9 +41,11 @@ def openrlhf_command(override: str | None) -> list[str]:
 
 
 def train_command(args, method: Method, backbone: Path, data_dir: Path, out_dir: Path, seed: int | None = None) -> list[str]:
-    """The `openrlhf train_rm ...` command line for one method (what examples/*.sh spell out)."""
-    cmd = openrlhf_command(args.openrlhf) + [
-        "train_rm",
+    """The `openrlhf train_rm ...` command line for one method (what examples/*.sh spell out), with the host's
+    flags spelled as the installed OpenRLHF does (`host.compat.host_argv`: flat on 0.9.3 - 0.10.1)."""
+    from openrlhf_fair.host.compat import host_argv
+
+    cmd = openrlhf_command(args.openrlhf) + ["train_rm"] + host_argv([
         "--model.model_name_or_path", str(backbone),
         "--data.dataset", str(data_dir / "train.jsonl"),
         "--eval.dataset", str(data_dir / "eval.jsonl"),
@@ -62,7 +64,7 @@ def train_command(args, method: Method, backbone: Path, data_dir: Path, out_dir:
         "--ds.attn_implementation", "sdpa",
         "--logger.logging_steps", "1",
         "--ckpt.output_dir", str(out_dir),
-    ]
+    ])
     return cmd + method.fairness_flags() + shlex.split(args.extra_train_args or "")
 
 
