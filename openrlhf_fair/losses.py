@@ -30,7 +30,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from openrlhf_fair.config import RewardFairnessConfig
+from openrlhf_fair.config import AddonError, RewardFairnessConfig
 from openrlhf_fair.fairness import FairnessInputError, exp_or_inf, fairness_sign, log_fairness, log_fairness_of_margins
 from openrlhf_fair.metrics import gini_coefficient, jain_index, pairwise_eval_metrics
 from openrlhf_fair.reward_terms import extra_terms
@@ -39,8 +39,9 @@ __all__ = ["FairPairWiseLoss", "FairnessTrainingError", "RewardFairnessConfig"]
 
 
 
-class FairnessTrainingError(RuntimeError):
-    """The fairness term became NaN/Inf (or could not be computed) during training; the message names the step."""
+class FairnessTrainingError(AddonError, RuntimeError):
+    """The fairness term became NaN/Inf (or could not be computed) during training; the message names the step.
+    An AddonError: the `openrlhf` command prints the message alone and exits 2 (traceback with --debug)."""
 
 
 class FairPairWiseLoss(nn.Module):

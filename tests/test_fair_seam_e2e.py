@@ -109,4 +109,5 @@ def test_margin_that_overflows_in_training_stops_the_run_naming_the_step(workdir
     rc, log = train_rm(root, "seam_margin", "--fairness_reg", "0.1", "--model.margin_loss_enable", check=False)
     assert rc != 0, log[-3000:]
     assert "at training step 1 (micro-step 1): NaN/Inf in the base loss, margin" in log, log[-3000:]
+    assert rc == 2 and "Traceback" not in log, log[-3000:]  # the add-on's message alone, as for bad settings
     assert not (root / "seam_margin" / "model.safetensors").exists()
