@@ -230,3 +230,28 @@ def test_the_installed_release_is_detected_and_every_flat_name_matches_its_cli_f
         if f'"{flag}"' not in text and not (optional or per_model):
             missing.append(f"{dotted} -> {flag}")
     assert not missing, f"not in {found.describe()}'s train_rm/train_dpo/train_ppo_ray: {missing}"
+
+
+def test_a_served_stand_in_is_named_in_transformers_distribution_map_and_removed_with_it(monkeypatch):
+    """transformers 5.3 - 5.7 index ``PACKAGE_DISTRIBUTION_MAPPING["flash_attn"]`` for any findable flash_attn (a
+    KeyError for the stand-in); while the stand-in serves, the map names a distribution that does not exist."""
+    import sys
+    import types
+
+    from openrlhf_fair.cpu_backend import stand_ins
+    from openrlhf_fair.host import import_hooks
+
+    fake = types.ModuleType(stand_ins.TRANSFORMERS_IMPORT_UTILS)
+    fake.PACKAGE_DISTRIBUTION_MAPPING = {"torch": ["torch"]}
+    monkeypatch.setitem(sys.modules, stand_ins.TRANSFORMERS_IMPORT_UTILS, fake)
+    was_served = import_hooks.serves("flash_attn")
+    monkeypatch.setattr(stand_ins.importlib.util, "find_spec", lambda name: None)  # as on a machine without it
+    stand_ins.uninstall("flash_attn")
+    try:
+        assert stand_ins.install("flash_attn")
+        assert fake.PACKAGE_DISTRIBUTION_MAPPING["flash_attn"] == [stand_ins.STAND_IN_DISTRIBUTION]
+        stand_ins.uninstall("flash_attn")
+        assert fake.PACKAGE_DISTRIBUTION_MAPPING == {"torch": ["torch"]}
+    finally:
+        if was_served:
+            stand_ins.install("flash_attn")

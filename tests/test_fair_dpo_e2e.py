@@ -32,14 +32,16 @@ def dpo_data(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def dpo_args(model: Path, data: tuple[Path, Path], out: Path, *extra: str) -> list[str]:
+    from openrlhf_fair.host.compat import host_argv
+
     train, evaluation = data
-    return [
+    return host_argv([
         "--model.model_name_or_path", str(model), "--data.dataset", str(train), "--eval.dataset", str(evaluation),
         "--eval.split", "train", "--data.prompt_key", "prompt", "--data.max_len", "48",
         "--train.micro_batch_size", "4", "--train.batch_size", "8", "--train.max_epochs", "1", "--train.seed", "7",
         "--ds.zero_stage", "0", "--ds.param_dtype", "bf16", "--adam.lr", "1e-3", "--model.beta", "0.5",
         "--ckpt.output_dir", str(out), "--logger.logging_steps", "1", *extra,
-    ]  # fmt: skip
+    ])  # fmt: skip
 
 
 def weights(out: Path) -> bytes:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from openrlhf_fair.host.compat import TESTED_RELEASES, installed_openrlhf_version
+from openrlhf_fair.host.compat import HOOK_DIFF_FOLDERS, hook_diff_folder, installed_openrlhf_version
 
 REPO = Path(__file__).resolve().parents[1]
 PATCHES = REPO / "patches"
@@ -83,16 +83,10 @@ def stale_hunks(diff: Path, root: Path) -> list[str]:
 
 
 def diffs_for(version: str) -> list[Path]:
-    """The diffs for ``version``: its own folder, else the newest older one (whose staleness is then checked)."""
-    folders = sorted(
-        (tuple(int(part) for part in path.name.split("-", 1)[1].split(".")), path)
-        for path in PATCHES.glob("openrlhf-*")
-        if path.is_dir()
-    )
-    wanted = tuple(int(part) for part in version.split(".")[:3] if part.isdigit())
-    older = [path for key, path in folders if key <= wanted]
-    assert older, f"patches/ has no diff folder for OpenRLHF {version} or older"
-    return sorted(older[-1].glob("*.diff"))
+    """The diffs for ``version``: the folder `host.compat` names for its range of releases."""
+    folder = PATCHES / hook_diff_folder(version)
+    assert folder.is_dir(), f"patches/ has no {folder.name} folder (OpenRLHF {version})"
+    return sorted(folder.glob("*.diff"))
 
 
 def installed_openrlhf_dir() -> Path:
@@ -133,8 +127,9 @@ def patched_copy(tmp_path_factory) -> Path:
 
 
 def test_every_supported_release_has_its_hook_diff():
-    for version in TESTED_RELEASES:
-        assert (PATCHES / f"openrlhf-{version}" / HOOK_DIFF).is_file(), f"patches/openrlhf-{version}/{HOOK_DIFF}"
+    for _, _, folder in HOOK_DIFF_FOLDERS:
+        assert (PATCHES / folder / HOOK_DIFF).is_file(), f"patches/{folder}/{HOOK_DIFF}"
+    assert {path.name for path in PATCHES.glob("openrlhf-*")} == {folder for _, _, folder in HOOK_DIFF_FOLDERS}
     assert (PATCHES / "README.md").is_file()
 
 
@@ -159,15 +154,18 @@ def test_a_stale_diff_names_file_and_hunk(tmp_path):
     source = rm_trainer.read_text(encoding="utf-8")
     assert source.count('logs_dict["aux_loss"] = aux_loss.item()') == 1
     rm_trainer.write_text(source.replace('logs_dict["aux_loss"]', 'logs_dict["moe_aux_loss"]'), encoding="utf-8")
-    diff = PATCHES / "openrlhf-0.11.2" / HOOK_DIFF
-    hunks = {file.path: file.hunks for file in parse_diff(diff.read_text(encoding="utf-8"))}
-    logs_hunk = next(i for i, h in enumerate(hunks["openrlhf/trainer/rm_trainer.py"], 1) if h.startswith("@@ -18"))
+    (diff,) = diffs_for(installed_openrlhf_version())
+    text = diff.read_text(encoding="utf-8")
+    hunks = {file.path: file.hunks for file in parse_diff(text)}
+    rm_section = text.split("diff --git a/openrlhf/trainer/rm_trainer.py", 1)[1].split("\ndiff --git", 1)[0]
+    logs_hunk = rm_section.split("logs_dict.update(get_loss_logs", 1)[0].count("\n@@ ")  # the hunk holding it
+    header = hunks["openrlhf/trainer/rm_trainer.py"][logs_hunk - 1].split(" @@")[0]
 
     problems = stale_hunks(diff, root)
 
     assert len(problems) == 1, problems
     assert "openrlhf/trainer/rm_trainer.py" in problems[0]
-    assert f"hunk #{logs_hunk} `@@ -18" in problems[0]
+    assert f"hunk #{logs_hunk} `{header}" in problems[0]
 
     (root / "openrlhf/trainer/dpo_trainer.py").unlink()
     problems = stale_hunks(diff, root)
@@ -175,9 +173,17 @@ def test_a_stale_diff_names_file_and_hunk(tmp_path):
     assert problems == [f"{HOOK_DIFF}: openrlhf/trainer/dpo_trainer.py is missing (all {n_dpo} hunks stale)"]
 
 
-def test_diff_adds_no_hook_calls_beyond_the_documented_points():
-    """The diff stays small: one new module and one call per documented hook point."""
-    files = parse_diff((PATCHES / "openrlhf-0.11.2" / HOOK_DIFF).read_text(encoding="utf-8"))
+def added_lines(diff: Path) -> list[str]:
+    return sorted(line for line in diff.read_text(encoding="utf-8").splitlines()
+                  if line.startswith("+") and not line.startswith("+++"))
+
+
+@pytest.mark.parametrize("folder", [folder for _, _, folder in HOOK_DIFF_FOLDERS])
+def test_diff_adds_no_hook_calls_beyond_the_documented_points(folder):
+    """Each diff stays small: one new module and one call per documented hook point; the diffs of the release
+    ranges add the same lines and differ only in their context."""
+    diff = PATCHES / folder / HOOK_DIFF
+    files = parse_diff(diff.read_text(encoding="utf-8"))
     assert {f.path for f in files} == {
         "openrlhf/utils/extension_hooks.py",
         "openrlhf/trainer/rm_trainer.py",
@@ -185,6 +191,7 @@ def test_diff_adds_no_hook_calls_beyond_the_documented_points():
         "openrlhf/trainer/ppo_utils/experience_maker.py",
     }
     assert [f.path for f in files if f.new_file] == ["openrlhf/utils/extension_hooks.py"]
+    assert added_lines(diff) == added_lines(PATCHES / HOOK_DIFF_FOLDERS[-1][2] / HOOK_DIFF)
 
 
 # ── The patched copy: hooks are no-ops by default and the add-on prefers them ──

@@ -47,7 +47,9 @@ def workdir(tmp_path_factory):
 
 
 def host_args(root: Path, name: str, micro: int = 8) -> list[str]:
-    return [
+    from openrlhf_fair.host.compat import host_argv
+
+    return host_argv([
         "--model.model_name_or_path", str(root / "tiny"),
         "--data.dataset", f"json@{root}", "--data.dataset_split", "train",
         "--eval.dataset", f"json@{root}", "--eval.split", "test",
@@ -56,7 +58,7 @@ def host_args(root: Path, name: str, micro: int = 8) -> list[str]:
         "--train.seed", "7", "--ds.zero_stage", "2",
         "--ckpt.output_dir", str(root / name), "--logger.tensorboard_dir", str(root / f"tb_{name}"),
         "--logger.wandb.run_name", name,
-    ]
+    ])
 
 
 def run(cmd, root: Path, name: str):

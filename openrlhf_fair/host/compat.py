@@ -34,7 +34,7 @@ from openrlhf_fair.host.patching import HostMismatchError
 DISTRIBUTIONS = ("openrlhf", "openrlhf-nightly")
 OLDEST_SUPPORTED = (0, 9, 3)
 SUPPORTED_RANGE = "0.9.3 through 0.11.x (and a source install of OpenRLHF's main branch)"
-TESTED_RELEASES = ("0.11.2",)  # each has the host_matrix tests run on it and its own patches/ hook diff
+NEWEST_RELEASE = "0.11.2"  # what the refusal suggests installing
 PARSED_ARGS_HOOK = {"nested": ("openrlhf.utils.config", "hierarchize"), "flat": ("openrlhf.utils", "get_strategy")}
 
 # Nested (0.10.2+) dotted name -> the flat (0.9.3 - 0.10.1) argument; a tuple lists alternatives, newest first,
@@ -74,6 +74,14 @@ FLAT_NAMES: dict[str, str | tuple[str, ...]] = {
     "logger.wandb.run_name": "wandb_run_name",
 }
 HOST_CLIS = ("train_rm", "train_dpo", "train_ppo_ray")
+# patches/<folder>/extension-hooks.diff per range of releases whose hooked files share the diff's context (each
+# checked against every release's wheel, exact context); the newest folder also serves newer releases.
+HOOK_DIFF_FOLDERS = (  # (first release, last release, folder)
+    ((0, 9, 3), (0, 9, 8), "openrlhf-0.9.3"),  # flat; SamplesGenerator/Experience in experience_maker.py
+    ((0, 9, 9), (0, 10, 1), "openrlhf-0.10.1"),  # flat; experience.py / samples_generator.py
+    ((0, 10, 2), (0, 11, 1), "openrlhf-0.11.1"),  # nested; eval accuracy averaged over batches
+    ((0, 11, 2), None, "openrlhf-0.11.2"),  # nested; eval accuracy weighted by sample
+)
 _DOTTED_FLAG = re.compile(r"--([a-z][a-z0-9_]*(?:\.[a-z][a-z0-9_]*)+)")
 
 
@@ -126,7 +134,7 @@ def _refuse(version: str | None, root: Path, why: str) -> UnsupportedHostError:
     return UnsupportedHostError(
         f"openrlhf-fair: the installed OpenRLHF {version or '(version unknown)'} at {root} is not supported: {why}. "
         f"openrlhf-fair supports OpenRLHF {SUPPORTED_RANGE}; install one with "
-        f"`python3 -m openrlhf_fair.install --openrlhf {TESTED_RELEASES[-1]}`."
+        f"`python3 -m openrlhf_fair.install --openrlhf {NEWEST_RELEASE}`."
     )
 
 
@@ -157,6 +165,15 @@ def require_family() -> Family:
         raise _refuse(version, root, "neither openrlhf/utils/config.py:hierarchize (nested args, 0.10.2+) nor the flat "
                                      "flags of 0.9.3-0.10.1 (--micro_train_batch_size in openrlhf/cli/train_rm.py)")
     return Family(name, releases, f"openrlhf.trainer.ppo_utils.{generator}", version, root)
+
+
+def hook_diff_folder(version: str | None) -> str:
+    """The patches/ folder whose native hook diff fits OpenRLHF ``version`` (the newest one when unknown)."""
+    release = _release(version) if version else None
+    for first, last, folder in HOOK_DIFF_FOLDERS:
+        if release is not None and first <= release and (last is None or release <= last):
+            return folder
+    return HOOK_DIFF_FOLDERS[-1][2]
 
 
 def installed_family() -> Family | None:
@@ -254,6 +271,9 @@ def host_argv(argv: list[str]) -> list[str]:
     the installed release's spelling (for commands the add-on builds: the demo, tests)."""
     spelled = []
     for token in argv:
+        if not isinstance(token, str):  # e.g. a Path value
+            spelled.append(token)
+            continue
         name, eq, value = token.partition("=")
         known = name.startswith("--") and name[2:] in FLAT_NAMES
         spelled.append(host_flag(name[2:]) + eq + value if known else token)

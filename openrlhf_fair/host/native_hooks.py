@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 from openrlhf_fair.host import extension_hooks as runtime_registry
 from openrlhf_fair.host.patching import HostMismatchError, original_of
-from openrlhf_fair.host.compat import installed_openrlhf_version
+from openrlhf_fair.host.compat import hook_diff_folder, installed_openrlhf_version
 
 PATCH_MODE_ENV = "OPENRLHF_FAIR_PATCH_MODE"
 PATCH_MODES = ("auto", "native", "runtime")
@@ -118,7 +118,7 @@ def use_native_hook(point: str) -> bool:
     if missing and mode == "native":
         raise HostMismatchError(
             f"openrlhf-fair: {PATCH_MODE_ENV}=native but the installed OpenRLHF lacks the native hook point "
-            f"{point!r}: {'; '.join(missing)}. Apply patches/openrlhf-{installed_openrlhf_version()}/"
+            f"{point!r}: {'; '.join(missing)}. Apply patches/{hook_diff_folder(installed_openrlhf_version())}/"
             f"extension-hooks.diff to it (see patches/README.md in openrlhf-fair), or unset {PATCH_MODE_ENV}."
         )
     if not missing:

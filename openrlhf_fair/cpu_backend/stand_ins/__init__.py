@@ -4,6 +4,11 @@
 (`host.import_hooks.serve_if_missing`): every other finder is asked first, so an installed package always
 wins; `install` also refuses when the real package is importable, so a stand-in never shadows a real one.
 Stand-ins let modules import; their functions raise `StandInCalled` naming what the CPU backend does not support.
+
+transformers 5.3 - 5.7 (OpenRLHF 0.9.x - 0.10.x) look a findable package up in the package -> distributions map
+it builds at import (``PACKAGE_DISTRIBUTION_MAPPING["flash_attn"]``, a KeyError for a package no distribution
+provides; 5.15 uses ``.get``). While a stand-in serves, that map names it under `STAND_IN_DISTRIBUTION` (a
+distribution that does not exist, so transformers finds no version and no ``flash-attn``: not available).
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from typing import Callable
 from openrlhf_fair.host import import_hooks
 
 HERE = Path(__file__).resolve().parent
+TRANSFORMERS_IMPORT_UTILS = "transformers.utils.import_utils"
+STAND_IN_DISTRIBUTION = "openrlhf-fair-import-only-stand-in"
 
 
 class StandInCalled(RuntimeError):
@@ -54,7 +61,14 @@ def install(name: str) -> bool:
     if importlib.util.find_spec(name) is not None:  # the real package: never shadow it
         return False
     import_hooks.serve_if_missing(name, HERE)
+    import_hooks.when_imported(TRANSFORMERS_IMPORT_UTILS, lambda module: _map_distribution(module, name))
     return True
+
+
+def _map_distribution(import_utils, name: str) -> None:
+    mapping = getattr(import_utils, "PACKAGE_DISTRIBUTION_MAPPING", None)
+    if isinstance(mapping, dict) and import_hooks.serves(name):
+        mapping.setdefault(name, [STAND_IN_DISTRIBUTION])
 
 
 def uninstall(name: str) -> None:
@@ -62,6 +76,9 @@ def uninstall(name: str) -> None:
     if not import_hooks.serves(name):
         return
     import_hooks.stop_serving(name)
+    mapping = getattr(sys.modules.get(TRANSFORMERS_IMPORT_UTILS), "PACKAGE_DISTRIBUTION_MAPPING", None)
+    if isinstance(mapping, dict) and mapping.get(name) == [STAND_IN_DISTRIBUTION]:
+        del mapping[name]
     for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
         if is_stand_in(sys.modules[key]):
             del sys.modules[key]
