@@ -118,6 +118,15 @@ def missing_distributions(python: str, names: list[str]) -> list[str]:
                          "print(json.dumps([n for n in json.loads(sys.argv[1]) if not have(n)]))", json.dumps(names))
 
 
+def freeze(python: str, names: list[str], path: Path) -> Path:
+    """Write a constraints file pinning these distributions at the versions the interpreter imports now (with
+    --reuse the new environment's own), so that installing the add-on changes none of them."""
+    pins = probe(python, "import json, sys, importlib.metadata as m; "
+                         "print(json.dumps({n: m.version(n) for n in json.loads(sys.argv[1])}))", json.dumps(names))
+    path.write_text("".join(f"{name}=={version}\n" for name, version in sorted(pins.items())))
+    return path
+
+
 def cuda_available() -> bool:
     """True when an NVIDIA driver is visible; decides which torch build and extras to install."""
     return subprocess.run(["sh", "-c", "command -v nvidia-smi && nvidia-smi -L"], capture_output=True).returncode == 0
@@ -231,10 +240,13 @@ def main(argv: list[str] | None = None) -> int:
         if requirements:
             run(pinned + requirements + flags, env)
     replace_pynvml(python, pinned, env)
+    # The add-on and its extras (sentence-transformers, ...) must fit the host as installed, never move its pins.
+    host = sorted({"torch", "openrlhf"} | {distribution_name(r) for r in everywhere})
+    frozen = pip + ["-c", str(freeze(python, host, constraint.with_name("host.txt")))]
     extras = "test" if args.no_fixtures else "test,fixtures"
-    run(pinned + ["-e", f"{REPO_ROOT}[{extras}]"], env)
+    run(frozen + ["-e", f"{REPO_ROOT}[{extras}]"], env)
     if not args.no_fixtures:
-        run(pinned + ["--no-deps"] + NO_DEPS_FIXTURES, env)
+        run(frozen + ["--no-deps"] + NO_DEPS_FIXTURES, env)
     run([python, "-c",
          "import openrlhf_fair, openrlhf, torch, deepspeed, ray, transformers, importlib.metadata as m; "
          "print('ok: openrlhf', m.version('openrlhf'), 'torch', torch.__version__, 'deepspeed', deepspeed.__version__, "
