@@ -34,7 +34,8 @@ from openrlhf_fair.demo_training import DemoError, run_training, train_command, 
 
 __all__ = ["Method", "SWEEP", "main", "parse_methods", "prepare_data", "train_command"]
 
-PACKAGE_DATA = Path(__file__).resolve().parent.parent / "examples" / "data" / "helpful_harmless_pairs.jsonl.gz"
+# Shipped inside the package (the wheel carries it); examples/data in a checkout links here.
+PACKAGE_DATA = Path(__file__).resolve().parent / "data" / "helpful_harmless_pairs.jsonl.gz"
 
 
 # ----------------------------------------------------------------------------------------------- methods
@@ -321,8 +322,8 @@ def run_demo(args) -> DemoResult:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     if not Path(args.data).is_file():
-        hint = (" (the bundled pairs live in the source tree's examples/data: install the add-on with pip -e from a "
-                "checkout, or pass --data)") if args.data == str(PACKAGE_DATA) else ""
+        hint = " (the bundled pairs ship inside the package: reinstall openrlhf-fair, or pass --data)" \
+            if args.data == str(PACKAGE_DATA) else ""
         raise DemoError(f"data file not found: {args.data}{hint}")
     if args.micro_batch_size < 2:
         raise DemoError("--micro-batch-size must be >= 2: fairness over one pair is constant (zero gradient)")

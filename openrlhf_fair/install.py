@@ -8,7 +8,8 @@ CUDA, so ``pip install openrlhf`` fails on any CPU-only machine. The order that 
    that is already installed is kept when no release is asked for), then the dependencies that release declares,
    at its own pins, minus the CUDA-only and optional ones (`host_requirements`);
 3. on ``--cuda`` also flash-attn and vLLM at that release's pins;
-4. this add-on in editable mode with its test extras.
+4. this add-on in editable mode with its test extras (from a checkout; installed from a wheel, the add-on is kept
+   and only its `fixtures` extra is added).
 
 By default it creates (or reuses) the virtual environment ``.venv`` next to this checkout and installs
 into it; ``--python`` installs into another interpreter's environment instead (e.g. ``sys.executable``).
@@ -29,6 +30,7 @@ import venv
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+CHECKOUT = (REPO_ROOT / "setup.cfg").is_file()  # False when this module runs from an installed wheel
 
 TORCH_CPU_REQUIREMENT = "torch==2.13.0"
 # Every OpenRLHF release on PyPI the add-on supports, oldest first. 0.9.3 is the first with
@@ -127,6 +129,12 @@ def freeze(python: str, names: list[str], path: Path) -> Path:
     return path
 
 
+def extra_requirements(python: str, extra: str) -> list[str]:
+    """The requirements of the installed openrlhf-fair's ``extra`` (for an add-on installed from a wheel)."""
+    declared = probe(python, "import json, importlib.metadata as m; print(json.dumps(m.requires('openrlhf-fair') or []))")
+    return [r.partition(";")[0].strip() for r in declared if (m := _EXTRA.search(r)) and m.group(1) == extra]
+
+
 def cuda_available() -> bool:
     """True when an NVIDIA driver is visible; decides which torch build and extras to install."""
     return subprocess.run(["sh", "-c", "command -v nvidia-smi && nvidia-smi -L"], capture_output=True).returncode == 0
@@ -190,8 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--openrlhf", metavar="VERSION", default=None,
                         help=f"the OpenRLHF release to install, {SUPPORTED_RANGE} (default: keep an installed "
                              f"OpenRLHF, else {DEFAULT_OPENRLHF})")
-    parser.add_argument("--venv", default=str(REPO_ROOT / ".venv"),
-                        help="virtual environment to create or reuse (default: .venv in the checkout)")
+    parser.add_argument("--venv", default=str(REPO_ROOT / ".venv") if CHECKOUT else None,
+                        help="virtual environment to create or reuse (default: .venv in the checkout; installed from "
+                             "a wheel: none, the add-on's own interpreter)")
     parser.add_argument("--reuse", metavar="VENV", type=Path, default=None,
                         help="with --venv: fall back on this other environment's packages (torch, ...) where the "
                              "release needs no other version (CI's per-release environments)")
@@ -211,6 +220,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--reuse works with --venv, not with --python")
 
     asked = asked_release(parser, args.openrlhf)
+    if not CHECKOUT:  # from a wheel: the environment is the one the add-on is installed in
+        if args.venv or (args.python and Path(args.python).resolve() != Path(sys.executable).resolve()):
+            parser.error(f"this openrlhf-fair is installed from a wheel ({REPO_ROOT}): it can only set up its own "
+                         f"environment (no --venv / other --python); from a checkout it sets up any")
+        args.python = sys.executable
 
     started = time.monotonic()
     python = args.python or create_venv(Path(args.venv), args.reuse)
@@ -244,7 +258,10 @@ def main(argv: list[str] | None = None) -> int:
     host = sorted({"torch", "openrlhf"} | {distribution_name(r) for r in everywhere})
     frozen = pip + ["-c", str(freeze(python, host, constraint.with_name("host.txt")))]
     extras = "test" if args.no_fixtures else "test,fixtures"
-    run(frozen + ["-e", f"{REPO_ROOT}[{extras}]"], env)
+    if CHECKOUT:
+        run(frozen + ["-e", f"{REPO_ROOT}[{extras}]"], env)
+    elif not args.no_fixtures:
+        run(frozen + extra_requirements(python, "fixtures"), env)
     if not args.no_fixtures:
         run(frozen + ["--no-deps"] + NO_DEPS_FIXTURES, env)
     run([python, "-c",
