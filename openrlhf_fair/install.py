@@ -41,7 +41,10 @@ OPENRLHF_RELEASES = (
     "0.10.0", "0.10.1", "0.10.1.post1", "0.10.1.post2", "0.10.2", "0.10.3", "0.10.4",
     "0.11.0", "0.11.1", "0.11.2",
 )
-DEFAULT_OPENRLHF = OPENRLHF_RELEASES[-1]
+DEFAULT_OPENRLHF = OPENRLHF_RELEASES[-1]  # .ci/run: the whole suite
+# .ci/run's version matrix: the tests marked host_matrix on each of these too, each in its own environment
+# (a release joins once they pass there).
+CI_MATRIX: tuple[str, ...] = ()
 SUPPORTED_RANGE = f"{OPENRLHF_RELEASES[0]} to {OPENRLHF_RELEASES[-1]}"
 # Declared by OpenRLHF but left out: CUDA-only builds (added back with --cuda) and optional tools that no module
 # imports when it loads (loggers, quantisation, a code formatter).

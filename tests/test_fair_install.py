@@ -49,6 +49,11 @@ def test_supported_releases_run_from_the_oldest_to_the_default():
     assert key == sorted(key) and len(set(key)) == len(key)
 
 
+def test_the_ci_matrix_names_other_supported_releases():
+    assert set(install.CI_MATRIX) <= set(install.OPENRLHF_RELEASES) - {install.DEFAULT_OPENRLHF}
+    assert len(set(install.CI_MATRIX)) == len(install.CI_MATRIX)
+
+
 def test_an_installed_openrlhf_is_kept_unless_another_release_is_asked_for(capsys):
     assert install.release_to_install(None, None) == install.DEFAULT_OPENRLHF
     assert install.release_to_install(None, "0.10.4") is None
