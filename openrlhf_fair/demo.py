@@ -342,6 +342,10 @@ def run_demo(args) -> DemoResult:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(backbone))
+    if tokenizer.eos_token is None:  # every method would fail inside OpenRLHF's RewardDataset
+        from openrlhf_fair.preflight import missing_eos_message
+
+        raise DemoError(missing_eos_message(f"--backbone {args.backbone}"))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     data_summary = prepare_data(args, tokenizer, out / "data")

@@ -183,6 +183,13 @@ def _warn_small_groups(counts: dict[str, int], where: str, findings: Findings) -
 
 
 # --------------------------------------------------------------------------------------------- tokenizer
+def missing_eos_message(where: str) -> str:
+    """What to say about a reward backbone whose tokenizer has no eos token (BERT-style), before training."""
+    return (f"{where}: its tokenizer has no eos token; OpenRLHF's RewardDataset appends one to every response (it "
+            "would fail with \"TypeError: endswith first arg must be str\"). Set one in the folder's "
+            "tokenizer_config.json, e.g. \"eos_token\": \"[SEP]\" for a BERT-style model")
+
+
 def _tokenizer(args: dict):
     """The model folder's tokenizer as OpenRLHF loads it (AutoTokenizer), or None for a Hub name."""
     model = args["model.model_name_or_path"]
@@ -262,11 +269,7 @@ def check_pairs(command: str, args: dict, config, findings: Findings) -> None:
 
     tokenizer = _tokenizer(args)
     if tokenizer is not None and tokenizer.eos_token is None:
-        findings.errors.append(
-            f"--model.model_name_or_path {args['model.model_name_or_path']}: its tokenizer has no eos token; "
-            "OpenRLHF's RewardDataset appends one to every response (it would fail with \"TypeError: endswith first "
-            "arg must be str\"). Set one in the folder's tokenizer_config.json, e.g. \"eos_token\": \"[SEP]\""
-        )
+        findings.errors.append(missing_eos_message(f"--model.model_name_or_path {args['model.model_name_or_path']}"))
         return
     if tokenizer is not None and command == "train_rm" and not findings.errors and eval_rows:
         _warn_identical(eval_rows, eval_where, args, tokenizer, findings)

@@ -82,7 +82,9 @@ def load_reward_model(path, *, device: str = "cpu", dtype: str = "float32", attn
     except Exception as e:
         raise ReportError(f"cannot load reward model from {path}: {type(e).__name__}: {e}") from e
     if tokenizer.eos_token is None:
-        raise ReportError(f"{path}: the tokenizer has no eos token; OpenRLHF's RewardDataset needs one")
+        from openrlhf_fair.preflight import missing_eos_message
+
+        raise ReportError(missing_eos_message(str(path)))
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}[dtype]
     model = model.to(device=device, dtype=torch_dtype).eval()
     return model, tokenizer
