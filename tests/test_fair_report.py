@@ -294,6 +294,25 @@ def test_report_from_saved_rewards_reproduces_the_numbers(report_run, tmp_path):
     assert (again / "reward_distributions.png").is_file()
 
 
+@pytest.mark.e2e
+def test_rewards_files_of_the_same_pairs_combine_and_others_are_refused(report_run, tmp_path, capsys):
+    out, doc = report_run
+    rows = [json.loads(line) for line in (out / "pair_rewards.jsonl").read_text().splitlines()]
+    files = []
+    for label in ("rm1", "rm2"):
+        files.append(tmp_path / f"{label}.jsonl")
+        files[-1].write_text("".join(json.dumps(r) + "\n" for r in rows if r["model"] == label))
+    argv = ["--rewards", str(files[0]), "--rewards", str(files[1]), "--out", str(tmp_path / "both")]
+    assert report.main(argv) == 0
+    both = json.loads((tmp_path / "both" / "report.json").read_text())
+    assert [m["metrics"] for m in both["models"]] == [m["metrics"] for m in doc["models"]]
+    assert f"rewards from {files[0]}, {files[1]}" in (tmp_path / "both" / "report.md").read_text()
+    other = [dict(r, chosen_len=r["chosen_len"] + 1) if r["pair"] == 0 else r for r in rows if r["model"] == "rm2"]
+    files[1].write_text("".join(json.dumps(r) + "\n" for r in other))  # same groups, one response longer
+    assert report.main(argv[:4] + ["--out", str(tmp_path / "mixed")]) == 2
+    assert "scored on other pairs" in capsys.readouterr().err
+
+
 def test_model_without_data_is_a_clear_error(tmp_path, capsys):
     assert report.main(["--model", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert "--model needs --data" in capsys.readouterr().err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from dataclasses import dataclass, field
@@ -149,9 +150,12 @@ def run_report(args) -> Report:
     pairs, runs = None, []
     for f in args.rewards:
         these, more = data.load_pair_rewards(f, args.group_key)
-        if pairs is not None and these.groups != pairs.groups:
+        if pairs is not None and (these.groups, these.chosen_len, these.rejected_len) != (
+                pairs.groups, pairs.chosen_len, pairs.rejected_len):
             raise ReportError(f"{f}: its models were scored on other pairs than {args.rewards[0]}")
         pairs, runs = pairs or these, runs + more
+    if len(args.rewards) > 1:
+        pairs = dataclasses.replace(pairs, description="rewards from " + ", ".join(map(str, args.rewards)))
     settings = {"source": "pair_rewards"}
     if args.model:
         rows = data.load_pairs(args.data, group_key=args.group_key, prompt_key=args.prompt_key or None,
