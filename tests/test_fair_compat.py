@@ -255,3 +255,18 @@ def test_a_served_stand_in_is_named_in_transformers_distribution_map_and_removed
     finally:
         if was_served:
             stand_ins.install("flash_attn")
+
+
+def test_addon_flag_errors_and_cpu_backend_refusals_name_flat_flags(as_family, capsys):
+    """A message written with nested names reaches the user in the installed release's spelling."""
+    from openrlhf_fair.cli import flags
+    from openrlhf_fair.cpu_backend import cli_args
+
+    as_family("flat")
+    with pytest.raises(SystemExit):
+        flags._Parser(prog="openrlhf train_rm").error("needs --train.micro_batch_size >= 2")
+    assert "needs --micro_train_batch_size >= 2" in capsys.readouterr().err
+    with pytest.raises(cli_args.UnsupportedOnCpu) as error:
+        cli_args.check_args(argparse.Namespace(packing_samples=True, ring_attn_size=1, load_in_4bit=False,
+                                               ds_tensor_parallel_size=1, param_dtype="bf16"))
+    assert "--packing_samples True" in str(error.value) and "--ds." not in str(error.value)

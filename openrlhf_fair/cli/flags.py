@@ -111,7 +111,9 @@ class _Parser(argparse.ArgumentParser):
     """Errors are one line (``openrlhf <command>: error: ...``, exit 2), without a usage of only our flags."""
 
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        from openrlhf_fair.host.compat import in_host_spelling
+
+        self.exit(2, f"{self.prog}: error: {in_host_spelling(message)}\n")
 
 
 def _parser(command: str) -> Optional[_Parser]:

@@ -43,7 +43,9 @@ class CpuRolloutUnsupported(NotImplementedError):
 
 
 def unsupported(what: str, advice: str) -> CpuRolloutUnsupported:
-    return CpuRolloutUnsupported(f"{UNSUPPORTED} {what}: {advice}")
+    from openrlhf_fair.host.compat import in_host_spelling
+
+    return CpuRolloutUnsupported(in_host_spelling(f"{UNSUPPORTED} {what}: {advice}"))
 
 
 # --------------------------------------------------------------------------------------------------

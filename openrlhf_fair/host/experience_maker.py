@@ -46,9 +46,11 @@ _active: dict[str, tuple[PPOFairnessConfig, Callable[[], None]]] = {}
 
 def _log(message: str, warning: bool = False) -> None:
     """Through OpenRLHF's logger when the host has set it up (Ray actors), else the standard logger."""
+    from openrlhf_fair.host.compat import in_host_spelling
+
     host_logging = sys.modules.get("openrlhf.utils.logging_utils")
     target = host_logging.init_logger("openrlhf_fair") if host_logging is not None else logger
-    (target.warning if warning else target.info)(message)
+    (target.warning if warning else target.info)(in_host_spelling(message))
 
 
 def _metric_name(label) -> str:
