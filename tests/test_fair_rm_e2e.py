@@ -7,7 +7,6 @@ Four training runs in all (each a module-scoped fixture shared by several assert
 import gzip
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ pytestmark = pytest.mark.e2e
 BIN = Path(sys.executable).parent
 DATA = Path(__file__).resolve().parents[1] / "examples" / "data" / "helpful_harmless_pairs.jsonl.gz"
 RUN_TIMEOUT = 300
+FR_TEMPERATURE = 0.25  # not the default 1, so that eval F shows whether the temperature reached it
 
 # `python -m openrlhf.cli.train_rm` with only the CPU backend active (the host cannot run on CPU without it).
 PLAIN_HOST = (
@@ -46,7 +46,7 @@ def workdir(tmp_path_factory):
     return root
 
 
-def host_args(root: Path, name: str, micro: int = 8) -> list[str]:
+def host_args(root: Path, name: str, micro: int = 8, batch: int = 16) -> list[str]:
     from openrlhf_fair.host.compat import host_argv
 
     return host_argv([
@@ -54,26 +54,21 @@ def host_args(root: Path, name: str, micro: int = 8) -> list[str]:
         "--data.dataset", f"json@{root}", "--data.dataset_split", "train",
         "--eval.dataset", f"json@{root}", "--eval.split", "test",
         "--data.prompt_key", "prompt", "--data.max_len", "64",
-        "--train.micro_batch_size", str(micro), "--train.batch_size", "16", "--train.max_epochs", "1",
+        "--train.micro_batch_size", str(micro), "--train.batch_size", str(batch), "--train.max_epochs", "1",
         "--train.seed", "7", "--ds.zero_stage", "2",
         "--ckpt.output_dir", str(root / name), "--logger.tensorboard_dir", str(root / f"tb_{name}"),
         "--logger.wandb.run_name", name,
     ])
 
 
-def run(cmd, root: Path, name: str):
+def run(run_cli, cmd, root: Path, name: str):
     # One intra-op thread per process: on a busy 2-core machine more threads spin-wait (a 10x slowdown seen).
-    env = {**os.environ, "OPENRLHF_FAIR_CPU": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT)
+    env = {"OPENRLHF_FAIR_CPU": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    result = run_cli(*cmd, label=f"train_rm {name}", cwd=root, env=env, timeout=RUN_TIMEOUT)
     (root / f"{name}.log").write_text(result.stdout + result.stderr)
     assert result.returncode == 0, f"{name} failed:\n{(result.stdout + result.stderr)[-4000:]}"
+    assert not result.leftovers, f"{name} left processes behind: {result.leftovers}"
     return result
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def weights(root: Path, name: str) -> dict:
@@ -97,31 +92,35 @@ def saved_config(root: Path, name: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def plain(workdir):
-    run([sys.executable, "-c", PLAIN_HOST, *host_args(workdir, "plain")], workdir, "plain")
+def plain(workdir, run_cli):
+    run(run_cli, [sys.executable, "-c", PLAIN_HOST, *host_args(workdir, "plain")], workdir, "plain")
     return "plain"
 
 
 @pytest.fixture(scope="module")
-def ours_flags_off(workdir):
-    run([str(BIN / "openrlhf"), "train_rm", *host_args(workdir, "flags_off")], workdir, "flags_off")
+def ours_flags_off(workdir, run_cli):
+    run(run_cli, [str(BIN / "openrlhf"), "train_rm", *host_args(workdir, "flags_off")], workdir, "flags_off")
     return "flags_off"
 
 
 @pytest.fixture(scope="module")
-def fr_groups(workdir):
+def fr_groups(workdir, run_cli):
     cmd = [str(BIN / "openrlhf"), "train_rm", *host_args(workdir, "fr_groups"),
-           "--fairness_reg", "0.5", "--fair_group_key", "category"]
-    return run(cmd, workdir, "fr_groups") and "fr_groups"
+           "--fairness_reg", "0.5", "--fair_group_key", "category", "--fairness_temperature", str(FR_TEMPERATURE)]
+    return run(run_cli, cmd, workdir, "fr_groups") and "fr_groups"
 
 
 @pytest.fixture(scope="module")
-def fc_global(workdir):
-    """FC (inverse form), one pair per rank, 2 ranks: only the global scope gives F its 2 pairs."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-           "-m", "openrlhf_fair.cli.train_rm", *host_args(workdir, "fc_global", micro=1),
-           "--fairness_coef", "0.5", "--fairness_coef_form", "inverse", "--fairness_scope", "global"]
-    return run(cmd, workdir, "fc_global") and "fc_global"
+def fc_global(workdir, run_cli, reserve_port):
+    """FC (inverse form), one pair per rank, 2 ranks: only the global scope gives F its 2 pairs. Batch 2 (no
+    accumulation), so each logged step is one micro-step and its loss, base loss and term can be compared; 8 pairs
+    (4 steps); T = 0.02 spreads the small margins of a fresh model so that F is visibly below 1."""
+    with reserve_port() as port:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+               "-m", "openrlhf_fair.cli.train_rm", *host_args(workdir, "fc_global", micro=1, batch=2),
+               "--data.max_samples", "8", "--fairness_coef", "0.5", "--fairness_coef_form", "inverse",
+               "--fairness_scope", "global", "--fairness_temperature", "0.02"]
+        return run(run_cli, cmd, workdir, "fc_global") and "fc_global"
 
 
 @pytest.mark.host_matrix
@@ -162,13 +161,21 @@ def test_fc_global_scope_on_two_ranks(workdir, fc_global):
     fc = scalars(workdir, fc_global)
     assert all(v == 2.0 for v in fc["train/fairness/items"])  # one pair per rank, gathered from both ranks
     base, term, loss = fc["train/fairness/base_loss"], fc["train/fairness/term"], fc["train/loss"]
+    F = fc["train/fairness/F"]
     assert all(t >= 1.0 for t in term)  # inverse form: F**-0.5 with F <= 1
     assert len(loss) == 4
+    for step in range(4):  # one micro-step per step: F is the global one, shared by both ranks
+        assert 0.5 <= F[step] <= 1.0  # Jain's index of 2 allocations
+        assert term[step] == pytest.approx(F[step] ** -0.5, rel=1e-6)  # inverse form, gamma 0.5
+        # the host logs the loss averaged over the ranks: mean_r(base_r * term) = mean_r(base_r) * term
+        assert loss[step] == pytest.approx(base[step] * term[step], rel=5e-3)  # bf16 loss
+    assert max(term) > 1.015  # F visibly below 1 (seen: 1.022), so base * term differs from base by > 3x the tolerance
     recorded = saved_config(workdir, fc_global)["openrlhf_fair"]
     assert (recorded["method"], recorded["coef"], recorded["coef_form"], recorded["scope"]) == ("fc", 0.5, "inverse", "global")
     assert "eval/fairness/jain" in fc
 
 
+@pytest.mark.quick
 @pytest.mark.timeout(300)
 def test_help_shows_our_flags_then_openrlhfs(workdir):
     result = subprocess.run([str(BIN / "openrlhf"), "train_rm", "--help"], capture_output=True, text=True,
@@ -179,6 +186,7 @@ def test_help_shows_our_flags_then_openrlhfs(workdir):
     assert out.index("--fairness_reg") < out.index("--train.micro_batch_size")
 
 
+@pytest.mark.quick
 @pytest.mark.timeout(120)
 def test_bad_fairness_flag_fails_before_anything_runs(workdir):
     result = subprocess.run([str(BIN / "openrlhf"), "train_rm", *host_args(workdir, "bad"), "--fairness_reg", "0.1",
@@ -186,3 +194,97 @@ def test_bad_fairness_flag_fails_before_anything_runs(workdir):
     assert result.returncode == 2
     assert "--fairness_tau 1 is degenerate" in result.stderr
     assert not (workdir / "bad").exists()
+
+
+def eval_metric(logs: dict, name: str) -> float:
+    """The last logged value of eval metric ``name`` (e.g. "margin/helpful"), under the fairness/ namespace of
+    the board's metric contract or the fair_ prefix it replaces."""
+    for tag in (f"eval/fairness/{name}", "eval/fair_" + name.replace("/", "_")):
+        if tag in logs:
+            return logs[tag][-1]
+    raise AssertionError(f"eval metric {name} not logged; eval tags: {sorted(t for t in logs if t.startswith('eval/'))}")
+
+
+def eval_rewards(root: Path, name: str):
+    """Rewards of the eval pairs under the SAVED model, computed as the host's evaluate does: its RewardDataset,
+    batches of the run's micro-batch size in file order, its concatenated forward, bf16, one thread.
+    Returns (chosen, rejected, category of each pair) as float64 tensors and a list."""
+    from types import SimpleNamespace
+
+    import torch
+    from datasets import Dataset
+
+    from openrlhf_fair.cpu_backend import stand_ins
+
+    installed = stand_ins.install("flash_attn")
+    threads = torch.get_num_threads()
+    try:
+        from openrlhf.datasets import RewardDataset
+        from openrlhf.models import get_llm_for_sequence_regression
+        from openrlhf.trainer.rm_trainer import RewardModelTrainer
+        from openrlhf.utils import get_tokenizer
+
+        torch.set_num_threads(1)
+        model = get_llm_for_sequence_regression(str(root / name), "reward", attn_implementation="sdpa", param_dtype="bf16")
+        model = model.to(torch.bfloat16).eval()
+        tokenizer = get_tokenizer(str(root / name), model, "left", None)
+        rows = [json.loads(line) for line in (root / "test.jsonl").read_text().splitlines()]
+        strategy = SimpleNamespace(args=SimpleNamespace(data=SimpleNamespace(
+            prompt_key="prompt", chosen_key="chosen", rejected_key="rejected", apply_chat_template=False)),
+            ring_attn_group=None)
+        dataset = RewardDataset(Dataset.from_list(rows), tokenizer, 64, strategy, num_processors=1)
+        assert len(dataset) == len(rows)
+        host = SimpleNamespace(tokenizer=tokenizer, strategy=strategy)
+        host.concatenated_inputs = lambda *a: RewardModelTrainer.concatenated_inputs(host, *a)
+        chosen, rejected = [], []
+        with torch.no_grad():
+            for start in range(0, len(rows), 8):
+                c_ids, c_mask, r_ids, r_mask, _ = dataset.collate_fn([dataset[i] for i in range(start, min(start + 8, len(rows)))])
+                c, r, _ = RewardModelTrainer.concatenated_forward(
+                    host, model, c_ids.squeeze(1), c_mask.squeeze(1), r_ids.squeeze(1), r_mask.squeeze(1))
+                chosen.append(c.float().double())
+                rejected.append(r.float().double())
+    finally:
+        torch.set_num_threads(threads)
+        if installed:
+            stand_ins.uninstall("flash_attn")
+    return torch.cat(chosen), torch.cat(rejected), [row["category"] for row in rows]
+
+
+@pytest.mark.timeout(600)
+def test_fr_group_eval_metrics_equal_a_recomputation_from_the_saved_model(workdir, fr_groups):
+    """Per-group mean margin, group reward gap and eval F (with the run's temperature) as logged equal the same
+    numbers computed here, independently, from the saved model's rewards on the eval set; and each differs from
+    what a plausible wrong quantity would give by far more than the tolerance, so a bug cannot pass."""
+    import torch
+
+    logs = scalars(workdir, fr_groups)
+    chosen, rejected, groups = eval_rewards(workdir, fr_groups)
+    names = sorted(set(groups))
+    assert names == ["harmless", "helpful"]
+    mask = {g: torch.tensor([x == g for x in groups]) for g in names}
+    margins = chosen - rejected
+    scale = float(torch.cat([chosen, rejected]).abs().max())
+    tol = dict(abs=2e-3 * scale + 1e-6)  # bf16 rewards, recomputed in another process
+
+    def check(name, truth, *wrong):
+        got = eval_metric(logs, name)
+        assert got == pytest.approx(truth, **tol), (name, got, truth)
+        for value in wrong:
+            assert abs(value - truth) > 5 * tol["abs"], f"{name}: the test cannot tell {value} from {truth}"
+
+    for g in names:
+        m = margins[mask[g]]
+        check(f"margin/{g}", float(m.mean()), float(chosen[mask[g]].mean()), float(torch.sigmoid(m).mean()))
+    level = {g: float(torch.cat([chosen[mask[g]], rejected[mask[g]]]).mean()) for g in names}
+    chosen_only = {g: float(chosen[mask[g]].mean()) for g in names}
+    check("reward_gap", max(level.values()) - min(level.values()), max(chosen_only.values()) - min(chosen_only.values()))
+
+    def jain(x):
+        return float(x.sum() ** 2 / (x.numel() * (x**2).sum()))
+
+    f_at = {t: jain(torch.sigmoid(margins / t)) for t in (FR_TEMPERATURE, 1.0)}
+    got = eval_metric(logs, "F")
+    assert 1 - got == pytest.approx(1 - f_at[FR_TEMPERATURE], rel=0.05), (got, f_at)  # tau = -1: F is Jain's index
+    assert abs((1 - f_at[1.0]) - (1 - f_at[FR_TEMPERATURE])) > 0.3 * (1 - f_at[FR_TEMPERATURE]), f_at
+    assert eval_metric(logs, "jain") == pytest.approx(f_at[FR_TEMPERATURE], **tol)
