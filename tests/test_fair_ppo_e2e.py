@@ -6,16 +6,27 @@ step metrics (and the shaping log line printed by that actor) prove the patch re
 import ast
 import json
 import re
+import sys
 
 import pytest
 
 pytestmark = pytest.mark.e2e
 
 REWARD_FN = '''
+import json
+
+LOG = None  # a file to append each reward to (set by the reward_log fixture)
+
+
 def reward_func(queries, prompts, labels):
-    """Prompts marked hard get about -1.5, the others about +1.5: an unfair allocation by category."""
+    """Prompts marked hard get about -1.5, the others about +1.5: an unfair allocation by category.
+    Each reward is also appended to rewards.jsonl, so the test can recompute the logged fairness numbers."""
     base = -2.0 if "hard" in prompts[0] else 1.0
-    return {"rewards": base + (len(queries[0]) % 5) / 4.0, "scores": 0.0}
+    reward = base + (len(queries[0]) % 5) / 4.0
+    if LOG is not None:
+        with open(LOG, "a") as log:
+            log.write(json.dumps({"prompt": prompts[0], "reward": reward}) + "\\n")
+    return {"rewards": reward, "scores": 0.0}
 '''
 FAIRNESS_KEYS = ("fairness/F", "fairness/jain", "fairness/gini", "fairness/weight_min", "fairness/weight",
                  "fairness/weight_max", "fairness/raw_reward", "fairness/utility", "fairness/num_agents")
@@ -30,8 +41,50 @@ def ppo_data(tmp_path_factory):
         for i in range(16)
     ]
     (folder / "prompts.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
-    (folder / "reward.py").write_text(REWARD_FN)
     return folder
+
+
+@pytest.fixture
+def reward_log(ppo_data, tmp_path):
+    """A reward function (in this test's folder) that logs every reward it gives to the returned file."""
+    log = tmp_path / "rewards.jsonl"
+    (tmp_path / "reward.py").write_text(REWARD_FN + f"LOG = {str(log)!r}\n")
+    return log
+
+
+def logged_rewards(log, batches: int, per_batch: int = 8) -> list[list[dict]]:
+    """The rewards of each rollout batch, in the order the steps ran (one batch is generated, then trained on)."""
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(rows) == batches * per_batch, len(rows)
+    return [rows[i * per_batch:(i + 1) * per_batch] for i in range(batches)]
+
+
+def reference_weights(rewards, agents, coef, reg, clip=(0.0, 5.0)):
+    """Independent oracle (tau = -1, T = 1): w_k = K * dPsi/dx_k, Psi = U * F**coef + reg * F, F = Jain's index
+    of the agents' mean sigmoid(reward); clipped, then divided by the mean over samples. Returns (w, F, U)."""
+    import torch
+
+    names = sorted(set(agents), key=str)
+    ids = torch.tensor([names.index(a) for a in agents])
+    x_sample = torch.sigmoid(torch.tensor(rewards, dtype=torch.float64))
+    x = torch.stack([x_sample[ids == k].mean() for k in range(len(names))]).requires_grad_()
+    K = x.numel()
+    U, F = x.mean(), x.sum() ** 2 / (K * (x**2).sum())
+    (grad,) = torch.autograd.grad(U * F**coef + reg * F, x)
+    w = (K * grad)[ids].clamp(*clip)
+    return w / w.mean(), float(F), float(U)
+
+
+def check_values(step, batch, agents, coef, reg):
+    """The logged fairness numbers of one step equal a recomputation from the rewards the reward function gave."""
+    rewards = [row["reward"] for row in batch]
+    weights, F, U = reference_weights(rewards, agents, coef, reg)
+    assert step["fairness/F"] == pytest.approx(F, rel=1e-5)
+    assert step["fairness/jain"] == pytest.approx(F, rel=1e-5)  # tau = -1: F is Jain's index of the agents
+    assert step["fairness/utility"] == pytest.approx(U, rel=1e-5)
+    assert step["fairness/weight_min"] == pytest.approx(float(weights.min()), rel=1e-4)
+    assert step["fairness/weight_max"] == pytest.approx(float(weights.max()), rel=1e-4)
+    assert step["fairness/raw_reward"] == pytest.approx(sum(rewards) / len(rewards), abs=1e-5)
 
 
 def ppo_command(model, data, out, estimator, *extra):
@@ -39,7 +92,7 @@ def ppo_command(model, data, out, estimator, *extra):
 
     return ["openrlhf", "train_ppo_ray"] + host_argv([
         "--actor.model_name_or_path", model,
-        "--reward.remote_url", data / "reward.py",
+        "--reward.remote_url", out / "reward.py",
         "--data.prompt_dataset", data / "prompts.jsonl", "--data.input_key", "input",
         # The first 4 prompts (2 easy, 2 hard: the dataset is read in order) make every rollout batch, once per
         # episode, so each of the 3 steps holds both labels whatever order the prompt loader shuffles them in.
@@ -66,6 +119,8 @@ def logged_steps(output: str) -> list[dict]:
 def check_fairness_logged(result, expect_steps=3):
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-6000:]
+    leftovers = getattr(result, "leftovers", {})  # run_cli sets it
+    assert not leftovers, f"the run left processes behind: {leftovers}"
     steps = logged_steps(output)
     assert len(steps) == expect_steps, output[-4000:]
     shaping_lines = [line for line in output.splitlines() if "[Fairness shaping]" in line]
@@ -83,14 +138,15 @@ def check_fairness_logged(result, expect_steps=3):
 
 @pytest.mark.host_matrix
 @pytest.mark.timeout(240)
-def test_group_norm_with_label_unit_runs_and_logs_fairness(run_cli, tiny_llama, ppo_data, tmp_path):
+def test_group_norm_with_label_unit_runs_and_logs_fairness(run_cli, tiny_llama, ppo_data, tmp_path, reward_log):
     result = run_cli(
         *ppo_command(tiny_llama, ppo_data, tmp_path, "group_norm", "--actor.num_gpus_per_node", "1",
                      "--fair_coef", "0.5", "--fair_unit", "label:category"),
         label="train_ppo_ray group_norm --fair_coef 0.5 --fair_unit label:category (1 rank)", timeout=230,
     )
     steps = check_fairness_logged(result)
-    for step in steps:
+    for step, batch in zip(steps, logged_rewards(reward_log, len(steps))):
+        check_values(step, batch, ["hard" if "hard" in row["prompt"] else "easy" for row in batch], 0.5, 0.0)
         assert step["fairness/num_agents"] == 2.0
         # the labels reached the experience maker intact: the reward function favours "easy" prompts
         assert -2.0 <= step["fairness/label_reward/hard"] <= -1.0 < 1.0 <= step["fairness/label_reward/easy"] <= 2.0
@@ -98,7 +154,7 @@ def test_group_norm_with_label_unit_runs_and_logs_fairness(run_cli, tiny_llama, 
 
 
 @pytest.mark.timeout(240)
-def test_gae_with_critic_and_two_actor_ranks(run_cli, tiny_llama, ppo_data, tmp_path):
+def test_gae_with_critic_and_two_actor_ranks(run_cli, tiny_llama, ppo_data, tmp_path, reward_log):
     result = run_cli(
         *ppo_command(tiny_llama, ppo_data, tmp_path, "gae", "--actor.num_gpus_per_node", "2",
                      "--critic.num_gpus_per_node", "1", "--fair_coef", "0.5", "--fair_reg", "0.1"),
@@ -107,6 +163,53 @@ def test_gae_with_critic_and_two_actor_ranks(run_cli, tiny_llama, ppo_data, tmp_
     steps = check_fairness_logged(result)
     actor_ranks = set(re.findall(r"\(PolicyModelActor pid=(\d+)", result.stdout + result.stderr))
     assert len(actor_ranks) == 2, actor_ranks
-    for step in steps:
+    for step, batch in zip(steps, logged_rewards(reward_log, len(steps))):
+        check_values(step, batch, list(range(len(batch))), 0.5, 0.1)
+        assert step["fairness/weight_min"] < 0.95 and step["fairness/weight_max"] > 1.05  # advantages reweighted
         assert step["fairness/num_agents"] == 8.0  # unit sample: every sample is an agent
         assert "critic_loss" in step  # the critic trained on the (unchanged) returns
+
+
+# `python -m openrlhf.cli.train_ppo_ray` with only the CPU backend active (the host cannot run on CPU without it).
+PLAIN_HOST = (
+    "import runpy, sys; from openrlhf_fair import cpu_backend; cpu_backend.activate('train_ppo_ray'); "
+    "sys.argv = ['train_ppo_ray.py', *sys.argv[1:]]; "
+    "runpy.run_module('openrlhf.cli.train_ppo_ray', run_name='__main__', alter_sys=True)"
+)
+
+
+def saved_weights(folder) -> dict:
+    from safetensors.torch import load_file
+
+    files = sorted(folder.glob("*.safetensors"))
+    assert files, f"no weights saved in {folder}"
+    return {f"{path.name}:{key}": value for path in files for key, value in load_file(str(path)).items()}
+
+
+@pytest.mark.timeout(600)
+def test_flags_off_is_bit_identical_to_plain_openrlhf(run_cli, tiny_llama, ppo_data, tmp_path, reward_log):
+    """No fairness flag: `openrlhf train_ppo_ray` trains the same actor as plain OpenRLHF, byte for byte."""
+    runs = {}
+    for name, front in (("plain", [sys.executable, "-c", PLAIN_HOST]), ("ours", ["openrlhf", "train_ppo_ray"])):
+        out = tmp_path / name
+        out.mkdir()
+        (out / "reward.py").write_text((tmp_path / "reward.py").read_text())
+        argv = ppo_command(tiny_llama, ppo_data, out, "group_norm", "--actor.num_gpus_per_node", "1")[2:]
+        result = run_cli(*front, *argv, label=f"train_ppo_ray group_norm, flags off ({name})", timeout=280)
+        output = result.stdout + result.stderr
+        assert result.returncode == 0, output[-6000:]
+        assert not result.leftovers, result.leftovers
+        assert len(logged_steps(output)) == 3 and "[Fairness shaping]" not in output
+        assert not any(key.startswith("fairness/") for step in logged_steps(output) for key in step)
+        runs[name] = saved_weights(out / "model")
+    assert runs["ours"].keys() == runs["plain"].keys() and len(runs["plain"]) > 5
+    for key, value in runs["plain"].items():
+        assert runs["ours"][key].dtype == value.dtype and torch_equal(runs["ours"][key], value), key
+    start = saved_weights(tiny_llama)
+    assert any(not torch_equal(runs["plain"][key], start[key]) for key in runs["plain"] if key in start), "no training"
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return a.shape == b.shape and bool(torch.equal(a, b))
