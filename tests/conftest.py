@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import json
 import os
 import random
@@ -171,10 +172,11 @@ def run_cli(tmp_path_factory):
     """``run_cli(*argv, label=..., timeout=..., env=..., cwd=..., grace=...)``: run, measure, return the
     CompletedProcess with ``.leftovers`` ({pid: command line} alive ``grace`` s after the run ended, now killed)."""
     measure_dir = tmp_path_factory.mktemp("measure")
+    numbers = itertools.count()  # a file name per run, also for runs started together from threads
 
     def run(*argv, label: str, timeout: float = 180, env: dict | None = None, cwd=None,
             grace: float = 20) -> subprocess.CompletedProcess:
-        measure_file = measure_dir / f"{len(_E2E_RUNS)}.json"
+        measure_file = measure_dir / f"{next(numbers)}.json"
         marker = new_marker()
         key, value = marker.split("=")
         full_env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", **(env or {}), key: value}

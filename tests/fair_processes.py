@@ -12,6 +12,7 @@ import os
 import signal
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 MARKER = "OPENRLHF_FAIR_TEST_RUN"
@@ -60,3 +61,14 @@ def wait_for_exit(marker: str, grace: float) -> dict[int, str]:
         if not alive or time.monotonic() > deadline:
             return alive
         time.sleep(0.5)
+
+
+def concurrently(*runs):
+    """Call each of ``runs`` (no-argument callables, e.g. ``lambda: run_cli(...)``) in a thread of its own, at most
+    two at a time, and return their results in order (the first exception is raised once all ended). For runs that
+    are independent and single-threaded (train_rm / train_dpo on the CPU backend: most of their time is one
+    Python thread importing OpenRLHF), so that on a 2-core machine two of them take about the time of one. Not
+    for PPO runs: each needs 3-5 GB and a Ray instance of its own."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = [pool.submit(run) for run in runs]
+    return [future.result() for future in futures]

@@ -66,3 +66,24 @@ def test_reserved_ports_are_free_distinct_and_outside_the_ephemeral_range(reserv
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 sock.bind(("127.0.0.1", port))
                 sock.listen()
+
+
+def test_runs_started_together_keep_their_own_output_and_order(run_cli):
+    """`fair_processes.concurrently`: results in the order given, each run's output its own (run_cli names its
+    files per run, also from threads), both runs alive at the same time, and an error raised once all ended."""
+    from fair_processes import concurrently
+
+    overlap = "import sys, time; print(sys.argv[1], time.time()); time.sleep(1.5); print(time.time())"
+    first, second = concurrently(*(lambda n=n: run_cli(sys.executable, "-c", overlap, n, label=f"harness: together {n}",
+                                                       timeout=60, grace=1) for n in ("a", "b")))
+    (a, a_start), (b, b_start) = (r.stdout.split()[:2] for r in (first, second))
+    assert (a, b) == ("a", "b")
+    assert float(b_start) < float(first.stdout.split()[2])  # b started before a ended: they ran together
+
+    def fails():
+        raise ValueError("one run failed")
+
+    ended = []
+    with pytest.raises(ValueError, match="one run failed"):
+        concurrently(fails, lambda: ended.append(time.sleep(0.5)))
+    assert ended == [None]  # the other run was not abandoned
