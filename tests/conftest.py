@@ -12,6 +12,7 @@ Fixtures:
   ``result.leftovers`` (then killed), so a test can assert that a run cleaned up after itself.
 - `free_port` / `reserve_port`: a TCP port for a child to listen on (torchrun/deepspeed --master_port), reserved
   for the test (or ``with reserve_port() as port:``), see `reserved_port`.
+- `rm_workdir` / `rm_runs`: the train_rm runs several RM e2e modules share (tests/fair_rm_runs.py).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from pathlib import Path
 
 import pytest
 from fair_processes import kill_marked, new_marker, wait_for_exit
+from fair_rm_runs import rm_runs, rm_workdir  # noqa: F401  (session fixtures shared by the RM e2e modules)
 
 os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")  # OpenRLHF's torch.compile'd helpers: 20 s warm-up on CPU
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
