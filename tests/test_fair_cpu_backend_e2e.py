@@ -121,15 +121,8 @@ def changed_weights(before: Path, after: Path) -> list[str]:
     return [name for name in old if name in new and not old[name].float().allclose(new[name].float())]
 
 
-@pytest.mark.timeout(240)
-def test_train_dpo_completes(run_cli, tiny_llama, preference_jsonl, tmp_path):
-    result = run_cli(BIN / "openrlhf", "--cpu", "train_dpo", *trainer_args(tiny_llama, preference_jsonl, tmp_path),
-                     label="openrlhf train_dpo, 1 process", timeout=200)
-    assert_ok(result)
-    assert changed_weights(tiny_llama, tmp_path / "model"), "DPO saved the initial weights"
-    logged = scalars(tmp_path / "tb")
-    losses = next(values for tag, values in logged.items() if tag.startswith("train/") and "loss" in tag)
-    assert len(losses) == 8 and all(value == value for value in losses)
+# train_dpo on the CPU backend: test_fair_dpo_e2e.py (its flags-off run must train: finite step losses, weights
+# moved, and equal plain OpenRLHF's byte for byte).
 
 
 @pytest.mark.timeout(240)
