@@ -427,12 +427,14 @@ def openrlhf_command() -> list[str]:
 
 
 def ppo_argv(tmp_path: Path, model: Path, extra: list[str]) -> list[str]:
-    """A 3-step CPU `openrlhf train_ppo_ray` command line writing under ``tmp_path`` (prompts file included)."""
+    """A 3-step CPU `openrlhf train_ppo_ray` command line writing under ``tmp_path`` (prompts file included); host
+    flags spelled as the installed release spells them."""
+    from openrlhf_fair.host.compat import host_argv
+
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"input": f"Human: {PROMPTS[i % 4]} Assistant:", "label": str(i % 2)})
                                + "\n" for i in range(STEPS * ROLLOUT_BATCH)))
-    return openrlhf_command() + [
-        "--cpu", "train_ppo_ray",
+    return openrlhf_command() + ["--cpu", "train_ppo_ray"] + host_argv([
         "--actor.model_name_or_path", str(model),
         "--vllm.num_engines", "1", "--vllm.sync_backend", "gloo",
         "--actor.num_gpus_per_node", "1", "--ref.num_gpus_per_node", "1",
@@ -444,7 +446,7 @@ def ppo_argv(tmp_path: Path, model: Path, extra: list[str]) -> list[str]:
         "--actor.adam.lr", "1e-3", "--actor.lr_warmup_ratio", "0",
         "--logger.tensorboard_dir", str(tmp_path / "tb"),
         "--ckpt.output_dir", str(tmp_path / "final"), "--ckpt.path", str(tmp_path / "ckpt"),
-    ] + extra
+    ] + extra)
 
 
 PPO_ENV = {"TORCHDYNAMO_DISABLE": "1", "RAY_DEDUP_LOGS": "0", "TOKENIZERS_PARALLELISM": "false", "RAY_ADDRESS": ""}

@@ -6,7 +6,6 @@ step metrics (and the shaping log line printed by that actor) prove the patch re
 import ast
 import json
 import re
-import sys
 
 import pytest
 
@@ -88,9 +87,10 @@ def check_values(step, batch, agents, coef, reg):
 
 
 def ppo_command(model, data, out, estimator, *extra):
+    """`openrlhf train_ppo_ray` with the host flags spelled as the installed OpenRLHF release spells them."""
     from openrlhf_fair.host.compat import host_argv
 
-    return ["openrlhf", "train_ppo_ray"] + host_argv([
+    return ["openrlhf", "train_ppo_ray", *host_argv([str(token) for token in [
         "--actor.model_name_or_path", model,
         "--reward.remote_url", out / "reward.py",
         "--data.prompt_dataset", data / "prompts.jsonl", "--data.input_key", "input",
@@ -104,7 +104,7 @@ def ppo_command(model, data, out, estimator, *extra):
         "--algo.advantage.estimator", estimator, "--algo.kl.init_coef", "0",
         "--ckpt.output_dir", out / "model", "--ckpt.path", out / "ckpt",
         *extra,
-    ])
+    ]])]
 
 
 def logged_steps(output: str) -> list[dict]:
@@ -168,48 +168,3 @@ def test_gae_with_critic_and_two_actor_ranks(run_cli, tiny_llama, ppo_data, tmp_
         assert step["fairness/weight_min"] < 0.95 and step["fairness/weight_max"] > 1.05  # advantages reweighted
         assert step["fairness/num_agents"] == 8.0  # unit sample: every sample is an agent
         assert "critic_loss" in step  # the critic trained on the (unchanged) returns
-
-
-# `python -m openrlhf.cli.train_ppo_ray` with only the CPU backend active (the host cannot run on CPU without it).
-PLAIN_HOST = (
-    "import runpy, sys; from openrlhf_fair import cpu_backend; cpu_backend.activate('train_ppo_ray'); "
-    "sys.argv = ['train_ppo_ray.py', *sys.argv[1:]]; "
-    "runpy.run_module('openrlhf.cli.train_ppo_ray', run_name='__main__', alter_sys=True)"
-)
-
-
-def saved_weights(folder) -> dict:
-    from safetensors.torch import load_file
-
-    files = sorted(folder.glob("*.safetensors"))
-    assert files, f"no weights saved in {folder}"
-    return {f"{path.name}:{key}": value for path in files for key, value in load_file(str(path)).items()}
-
-
-@pytest.mark.timeout(600)
-def test_flags_off_is_bit_identical_to_plain_openrlhf(run_cli, tiny_llama, ppo_data, tmp_path, reward_log):
-    """No fairness flag: `openrlhf train_ppo_ray` trains the same actor as plain OpenRLHF, byte for byte."""
-    runs = {}
-    for name, front in (("plain", [sys.executable, "-c", PLAIN_HOST]), ("ours", ["openrlhf", "train_ppo_ray"])):
-        out = tmp_path / name
-        out.mkdir()
-        (out / "reward.py").write_text((tmp_path / "reward.py").read_text())
-        argv = ppo_command(tiny_llama, ppo_data, out, "group_norm", "--actor.num_gpus_per_node", "1")[2:]
-        result = run_cli(*front, *argv, label=f"train_ppo_ray group_norm, flags off ({name})", timeout=280)
-        output = result.stdout + result.stderr
-        assert result.returncode == 0, output[-6000:]
-        assert not result.leftovers, result.leftovers
-        assert len(logged_steps(output)) == 3 and "[Fairness shaping]" not in output
-        assert not any(key.startswith("fairness/") for step in logged_steps(output) for key in step)
-        runs[name] = saved_weights(out / "model")
-    assert runs["ours"].keys() == runs["plain"].keys() and len(runs["plain"]) > 5
-    for key, value in runs["plain"].items():
-        assert runs["ours"][key].dtype == value.dtype and torch_equal(runs["ours"][key], value), key
-    start = saved_weights(tiny_llama)
-    assert any(not torch_equal(runs["plain"][key], start[key]) for key in runs["plain"] if key in start), "no training"
-
-
-def torch_equal(a, b) -> bool:
-    import torch
-
-    return a.shape == b.shape and bool(torch.equal(a, b))
