@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from fair_processes import concurrently
 
 BIN = Path(sys.executable).parent
 
@@ -43,8 +44,8 @@ def test_version_names_the_host():
 @pytest.mark.parametrize("args", [["--help"], [], ["--no_such_flag", "1"]])
 def test_host_subcommand_behaves_like_python_dash_m(args):
     """Same stdout, stderr and exit code as `python -m openrlhf.cli.lora_combiner` (a CLI that imports on CPU)."""
-    ours = run(str(BIN / "openrlhf"), "--no-cpu", "lora_combiner", *args)
-    host = run(sys.executable, "-m", "openrlhf.cli.lora_combiner", *args)
+    ours, host = concurrently(lambda: run(str(BIN / "openrlhf"), "--no-cpu", "lora_combiner", *args),
+                              lambda: run(sys.executable, "-m", "openrlhf.cli.lora_combiner", *args))
     assert (ours.returncode, ours.stdout) == (host.returncode, host.stdout)
     assert ours.stderr.splitlines()[-1:] == host.stderr.splitlines()[-1:]
     if args == ["--help"]:
