@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -51,12 +50,6 @@ sys.meta_path.insert(0, HideOpenrlhfFair())
 '''
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def kill(pids: list[int]) -> None:
     for pid in pids:
         try:
@@ -88,7 +81,7 @@ def ancestors(pid: int) -> list[int]:
 class TwoNodeCluster:
     """A head without GPUs or CPUs (the driver's node) and a node with 8 logical GPUs, all marked for cleanup."""
 
-    def __init__(self, tmp: Path):
+    def __init__(self, tmp: Path, dashboard_port: int):
         self.marker = new_marker()  # "OPENRLHF_FAIR_TEST_RUN=<id>"
         self.tmp = tmp
         self._saved_env = {k: os.environ.get(k) for k in (MARKER, "PYTHONPATH", *RAY_ENV)}
@@ -97,7 +90,7 @@ class TwoNodeCluster:
         from ray._common.utils import reset_ray_address
         from ray.cluster_utils import Cluster
 
-        self.dashboard_port = free_port()
+        self.dashboard_port = dashboard_port  # the job server `ray job submit` talks to
         self.cluster = Cluster()
         try:
             self.cluster.add_node(node_ip_address="127.0.0.1", num_cpus=0, num_gpus=0, include_dashboard=True,
@@ -140,18 +133,20 @@ class TwoNodeCluster:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+def cluster(tmp_path_factory, reserve_port):
     pytest.importorskip("ray.cluster_utils")
-    nodes = TwoNodeCluster(tmp_path_factory.mktemp("cluster"))
-    try:
-        yield nodes
-    finally:
-        raylets = [raylet_pid(n) for n in [nodes.head, *nodes.cluster.worker_nodes]]
-        leftovers = nodes.shutdown()
-        kill(leftovers)  # never leave them running for the rest of the suite
-        assert not leftovers, f"processes of the Ray cluster outlived it by 30 s: {leftovers}"
-        assert not [pid for pid in raylets if Path(f"/proc/{pid}").exists() and Path(f"/proc/{pid}/stat").read_text()
-                    .rsplit(")", 1)[1].split()[0] != "Z"], "a raylet is still running"
+    # the dashboard's port (the job server): below the ephemeral range and locked for the module (conftest)
+    with reserve_port() as dashboard_port:
+        nodes = TwoNodeCluster(tmp_path_factory.mktemp("cluster"), dashboard_port)
+        try:
+            yield nodes
+        finally:
+            raylets = [raylet_pid(n) for n in [nodes.head, *nodes.cluster.worker_nodes]]
+            leftovers = nodes.shutdown()
+            kill(leftovers)  # never leave them running for the rest of the suite
+            assert not leftovers, f"processes of the Ray cluster outlived it by 30 s: {leftovers}"
+            assert not [pid for pid in raylets if Path(f"/proc/{pid}").exists() and Path(f"/proc/{pid}/stat")
+                        .read_text().rsplit(")", 1)[1].split()[0] != "Z"], "a raylet is still running"
 
 
 @pytest.fixture(scope="module")
