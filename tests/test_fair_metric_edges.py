@@ -1,0 +1,120 @@
+"""Edges of the metric and loss helpers that a mutation run (mutmut, README "Development") showed no test pinned:
+error messages naming their input, one-member and trailing empty groups, label names, normalised group F, the
+loss's hook inputs and the step its errors name. Each test says which wrong line it catches."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from openrlhf_fair import metrics, reward_terms
+from openrlhf_fair.config import RewardFairnessConfig
+from openrlhf_fair.fairness import FairnessInputError
+from openrlhf_fair.losses import FairnessTrainingError, FairPairWiseLoss
+
+
+@pytest.mark.parametrize("call, name", [
+    (lambda bad: metrics.generalized_entropy(bad), "generalized_entropy input"),
+    (lambda bad: metrics.coefficient_of_variation(bad), "coefficient_of_variation input"),
+    (lambda bad: metrics.max_min_ratio(bad), "max_min_ratio input"),
+    (lambda bad: metrics.group_means([1.0, math.nan], [0, 1]), "group values"),
+    (lambda bad: metrics.group_accuracy([math.nan, 1.0], [0.0, 0.0], [0, 1]), "chosen rewards"),
+    (lambda bad: metrics.group_accuracy([1.0, 1.0], [math.inf, 0.0], [0, 1]), "rejected rewards"),
+    (lambda bad: metrics.pairwise_eval_metrics([math.nan], [0.0], tau=-1.0, temperature=1.0), "chosen rewards"),
+    (lambda bad: metrics.pairwise_eval_metrics([1.0], [math.nan], tau=-1.0, temperature=1.0), "rejected rewards"),
+], ids=["ge", "cv", "max_min", "group_means", "acc_chosen", "acc_rejected", "eval_chosen", "eval_rejected"])
+def test_bad_input_is_refused_naming_which_input(call, name):
+    """A message that names the wrong (or no) input sends the user looking in the wrong place."""
+    with pytest.raises(FairnessInputError, match=f"^{name} "):
+        call(torch.tensor([1.0, -2.0]))
+
+
+def test_generalized_entropy_defaults_to_theil_t():
+    x = torch.tensor([1.0, 2.0, 5.0], dtype=torch.float64)
+    r = x / x.mean()
+    assert metrics.generalized_entropy(x) == pytest.approx(float((r * r.log()).mean()), rel=1e-12)
+
+
+@pytest.mark.parametrize("ids", [torch.tensor([True, False]), torch.tensor([0.0, 1.0])], ids=["bool", "float"])
+def test_group_ids_must_be_integers(ids):
+    with pytest.raises(FairnessInputError, match="group_ids must be an integer tensor"):
+        metrics.group_means([1.0, 2.0], ids)
+
+
+def test_small_integer_group_ids_work_like_int64():
+    """uint8 ids (what a label table may hold) are read as int64, as index_add_ needs."""
+    means, counts = metrics.group_means([1.0, 2.0, 4.0], torch.tensor([0, 1, 1], dtype=torch.uint8))
+    assert means.tolist() == [1.0, 3.0] and counts.tolist() == [1, 2]
+
+
+def test_a_group_of_one_is_a_group():
+    """One member is enough for a mean, a worst group, a gap and the eval metrics of that group."""
+    means, counts = metrics.group_means([5.0, 1.0, 3.0], [0, 1, 1])
+    assert means.tolist() == [5.0, 2.0] and counts.tolist() == [1, 2]
+    assert metrics.worst_group(means, counts) == (1, 2.0)
+    assert metrics.best_minus_worst_gap(means, counts) == 3.0
+    assert metrics.worst_group([7.0, 1.0], [1, 0]) == (0, 7.0)  # the empty group's mean is ignored
+    out = metrics.pairwise_eval_metrics([2.0, 1.0, 0.0], [0.0, 0.0, 1.0], tau=-1.0, temperature=1.0,
+                                        group_ids=[0, 1, 1], group_names=["solo", "pair"])
+    assert out["fairness/margin/solo"] == 2.0 and out["fairness/acc/solo"] == 1.0
+    assert out["fairness/margin_gap"] == pytest.approx(2.0)
+
+
+def test_a_trailing_group_without_pairs_is_left_out():
+    """group_names may name more groups than the pairs use (an eval set without the last one)."""
+    out = metrics.pairwise_eval_metrics([2.0, 1.0, 0.0, 3.0], [0.0, 0.0, 1.0, 1.0], tau=-1.0, temperature=1.0,
+                                        group_ids=[0, 0, 1, 1], group_names=["a", "b", "c"])
+    assert out["fairness/reward/a"] == pytest.approx(0.75) and out["fairness/reward/b"] == pytest.approx(1.25)
+    assert not any(key.endswith("/c") for key in out)
+    assert out["fairness/reward_gap"] == pytest.approx(0.5) and out["fairness/margin_gap"] == pytest.approx(1.0)
+    x = torch.sigmoid(torch.tensor([2.0, 1.0, -1.0, 2.0], dtype=torch.float64))
+    x_groups = torch.stack([x[:2].mean(), x[2:].mean()])
+    jain = float(x_groups.sum() ** 2 / (2 * (x_groups**2).sum()))  # tau = -1: normalised F is Jain's index
+    assert out["fairness/F_groups"] == pytest.approx(jain, rel=1e-12)
+
+
+def test_level_fairness_is_normalised():
+    levels = torch.tensor([3.0, -1.0, 0.5, 2.0], dtype=torch.float64)
+    log_f, items = reward_terms.level_log_fairness(levels)
+    y = torch.sigmoid(levels - levels.mean())
+    assert items == 4
+    assert float(log_f.exp()) == pytest.approx(float(y.sum() ** 2 / (4 * (y**2).sum())), rel=1e-12)
+
+
+def test_labels_keep_their_letters_and_collisions_name_both():
+    assert metrics.metric_safe_name("Helpful/Harmless 2") == "Helpful_Harmless_2"
+    with pytest.raises(FairnessInputError, match="'help ful' and 'help/ful' both become"):
+        metrics.metric_safe_names(["help ful", "help/ful"])
+
+
+def bt_loss(chosen, reject, margin=None):
+    return -F.logsigmoid(chosen - reject - (0 if margin is None else margin)).mean()
+
+
+def test_a_batch_without_group_labels_is_a_clear_error():
+    loss = FairPairWiseLoss(bt_loss, RewardFairnessConfig(reg=0.1, group_key="category"))
+    with pytest.raises(FairnessTrainingError, match="carries no group labels"):
+        loss.batch_inputs((None, None, None, None, object()), step=1)
+
+
+def test_the_margin_and_the_step_reach_the_checks():
+    """forward passes the host's margin (a NaN there stops the run even where the base loss ignores it) and its
+    micro-step (named in the message: with 4 micro-steps per update, micro-step 4 is step 1, micro-step 5 step 2)."""
+    loss = FairPairWiseLoss(lambda c, r, m: bt_loss(c, r), RewardFairnessConfig(reg=0.1), steps_per_update=4)
+    chosen = torch.tensor([1.0, 2.0], requires_grad=True)
+    reject = torch.tensor([0.0, 0.5])
+    for step, named in ((4, "step 1 (micro-step 4)"), (5, "step 2 (micro-step 5)")):
+        with pytest.raises(FairnessTrainingError, match=rf"at training {re.escape(named)}.*margin"):
+            loss(chosen, reject, torch.tensor([0.1, math.nan]), step=step)
+
+
+def test_eval_pairs_without_group_ids_give_the_metrics_without_groups():
+    loss = FairPairWiseLoss(bt_loss, RewardFairnessConfig(reg=0.1))
+    with torch.no_grad():
+        loss(torch.tensor([1.0, 2.0]), torch.tensor([0.0, 3.0]))
+    out = loss.eval_logs(group_names=["a", "b"])
+    assert out["fairness/jain"] > 0 and not any(key.startswith("fairness/acc") for key in out)
