@@ -118,3 +118,34 @@ def test_eval_pairs_without_group_ids_give_the_metrics_without_groups():
         loss(torch.tensor([1.0, 2.0]), torch.tensor([0.0, 3.0]))
     out = loss.eval_logs(group_names=["a", "b"])
     assert out["fairness/jain"] > 0 and not any(key.startswith("fairness/acc") for key in out)
+
+
+class HostDPOLoss(torch.nn.Module):
+    """Stands in for OpenRLHF's DPOLoss: its own beta, returns (loss, chosen rewards, rejected rewards)."""
+
+    beta = 0.1
+
+    def forward(self, pc, pr, rc, rr):
+        chosen, rejected = self.beta * (pc - rc), self.beta * (pr - rr)
+        return -F.logsigmoid(chosen - rejected).mean(), chosen, rejected
+
+
+def test_dpo_loss_takes_its_beta_group_and_accumulation():
+    """beta given overrides the host's (the margins F is computed from use it); the process group and the
+    gradient accumulation reach the loss (accumulation 1 by default: micro-step 3 is step 3)."""
+    from openrlhf_fair.dpo_losses import FairDPOLoss
+
+    pc, pr = torch.tensor([-1.0, -2.0, -0.5]), torch.tensor([-3.0, -1.0, -2.5])
+    rc, rr = torch.tensor([-1.5, -1.5, -1.5]), torch.tensor([-1.5, -1.5, -1.5])
+    loss = FairDPOLoss(HostDPOLoss(), RewardFairnessConfig(reg=0.1), beta=0.5)
+    with torch.no_grad():
+        loss(pc, pr, rc, rr)
+    x = torch.sigmoid(0.5 * ((pc - rc) - (pr - rr))).double()
+    assert loss.eval_logs()["fairness/F"] == pytest.approx(float(x.sum() ** 2 / (3 * (x**2).sum())), rel=1e-6)
+    group = object()
+    assert FairDPOLoss(HostDPOLoss(), RewardFairnessConfig(reg=0.1), process_group=group).process_group is group
+    nan = torch.tensor([math.nan, -1.0, -1.0], requires_grad=True)
+    for kwargs, named in (({}, "step 3 (micro-step 3)"), ({"steps_per_update": 2}, "step 2 (micro-step 3)")):
+        fair = FairDPOLoss(HostDPOLoss(), RewardFairnessConfig(reg=0.1), **kwargs)
+        with pytest.raises(FairnessTrainingError, match=re.escape(named)):
+            fair(nan, pr, rc, rr, step=3)
