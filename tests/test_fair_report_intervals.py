@@ -156,7 +156,8 @@ def test_selection_metrics_by_hand():
 def test_verdicts():
     down, flat, up = Estimate(-0.1, -0.2, -0.05), Estimate(0.0, -0.1, 0.1), Estimate(0.1, 0.05, 0.2)
     assert _verdict(down, down) == "reduced on the audit pairs and in selection"
-    assert "comes back in selection" in _verdict(down, flat) and "larger" in _verdict(down, up)
+    assert _verdict(down, flat) == "reduced on the audit pairs; in selection **not shown** (interval includes 0)"
+    assert _verdict(down, up) == "reduced on the audit pairs, **comes back in selection** (larger than the baseline's)"
     assert _verdict(flat, down) == "not reduced beyond noise on the audit pairs"
     assert "larger than the baseline's" in _verdict(up, flat)
 

@@ -160,8 +160,10 @@ def _verdict(audit: Estimate, selection: Estimate) -> str:
     if audit.hi < 0:
         if selection.hi < 0:
             return "reduced on the audit pairs and in selection"
-        return "reduced on the audit pairs, **comes back in selection**" + (
-            " (larger than the baseline's)" if selection.lo > 0 else " (no reduction beyond noise)")
+        if selection.lo > 0:
+            return "reduced on the audit pairs, **comes back in selection** (larger than the baseline's)"
+        # Within noise in selection: too few prompts, or the bias really returns; the audit cannot tell which.
+        return "reduced on the audit pairs; in selection **not shown** (interval includes 0)"
     if audit.lo > 0:
         return "larger than the baseline's on the audit pairs"
     return "not reduced beyond noise on the audit pairs"
