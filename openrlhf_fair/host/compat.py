@@ -34,7 +34,6 @@ from openrlhf_fair.host.patching import HostMismatchError
 DISTRIBUTIONS = ("openrlhf", "openrlhf-nightly")
 OLDEST_SUPPORTED = (0, 9, 3)
 SUPPORTED_RANGE = "0.9.3 through 0.11.x (and a source install of OpenRLHF's main branch)"
-NEWEST_RELEASE = "0.11.2"  # what the refusal suggests installing
 PARSED_ARGS_HOOK = {"nested": ("openrlhf.utils.config", "hierarchize"), "flat": ("openrlhf.utils", "get_strategy")}
 
 # Nested (0.10.2+) dotted name -> the flat (0.9.3 - 0.10.1) argument; a tuple lists alternatives, newest first,
@@ -134,8 +133,22 @@ def _refuse(version: str | None, root: Path, why: str) -> UnsupportedHostError:
     return UnsupportedHostError(
         f"openrlhf-fair: the installed OpenRLHF {version or '(version unknown)'} at {root} is not supported: {why}. "
         f"openrlhf-fair supports OpenRLHF {SUPPORTED_RANGE}; install one with "
-        f"`python3 -m openrlhf_fair.install --openrlhf {NEWEST_RELEASE}`."
+        f"`python3 -m openrlhf_fair.install --openrlhf {_default_release()}`."
     )
+
+
+def _default_release() -> str:
+    from openrlhf_fair import install  # stdlib only; the releases the installer knows and CI tests
+
+    return install.DEFAULT_OPENRLHF
+
+
+def tested_releases() -> str:
+    """The releases CI tests: the default with the whole suite, the matrix with the end-to-end runs."""
+    from openrlhf_fair import install
+
+    return ", ".join([f"{install.DEFAULT_OPENRLHF} (whole suite)"]
+                     + [f"{release} (end-to-end runs)" for release in install.CI_MATRIX])
 
 
 @functools.lru_cache(maxsize=None)
@@ -186,7 +199,7 @@ def installed_family() -> Family | None:
 
 def describe_host() -> str:
     try:
-        return f"{require_family().describe()}; supported: {SUPPORTED_RANGE}"
+        return f"{require_family().describe()}; supported: {SUPPORTED_RANGE}; tested: {tested_releases()}"
     except UnsupportedHostError as error:
         return str(error).removeprefix("openrlhf-fair: ")
 
