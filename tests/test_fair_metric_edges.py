@@ -149,3 +149,12 @@ def test_dpo_loss_takes_its_beta_group_and_accumulation():
         fair = FairDPOLoss(HostDPOLoss(), RewardFairnessConfig(reg=0.1), **kwargs)
         with pytest.raises(FairnessTrainingError, match=re.escape(named)):
             fair(nan, pr, rc, rr, step=3)
+
+
+def test_batch_sum_term_is_computed_in_float64():
+    """bf16 / float32 rewards (what the host hands over) are summed in float64, as the docstring promises."""
+    chosen = torch.tensor([1e4, 1.0, 3.0], dtype=torch.float32)
+    reject = torch.tensor([-1e4, 2e-3, -4.0], dtype=torch.float32)
+    term = reward_terms.batch_sum_term(chosen, reject, 0.5)
+    mean = (chosen.double().sum() + reject.double().sum()) / 6
+    assert term.dtype == torch.float64 and float(term) == pytest.approx(float(0.5 * 3 * mean**2), rel=1e-12)
