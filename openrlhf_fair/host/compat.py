@@ -8,8 +8,9 @@ version strings alone (a source checkout of main carries whatever version its se
 | nested | 0.10.2 - 0.11.x | dotted flags, nested args (`openrlhf/utils/config.py:hierarchize`) | ``hierarchize`` | samples_generator.py | DeepSpeed config (``torch_adam``) |
 | flat | 0.9.3 - 0.10.1 | flat flags, flat ``argparse.Namespace`` (``--micro_train_batch_size``) | ``openrlhf.utils.get_strategy`` (every CLI's first call in ``train(args)``) | samples_generator.py from 0.9.9, experience_maker.py in 0.9.3 - 0.9.8 | ``create_optimizer``'s FusedAdam / DeepSpeedCPUAdam |
 
-Below 0.9.3 there is no ``_process_response_into_experience``; such a release, or a structure that matches no
-family, is refused (`require_family`) naming the installed version and the supported range.
+A release below 0.9.3 (0.9.0 and older lack ``SamplesGenerator._process_response_into_experience``; 0.9.2 has it
+but is untested), or a structure that matches no family, is refused (`require_family`) naming the installed
+version and the supported range.
 
 Host arguments are read through one accessor that knows both layouts: the add-on names every host argument by its
 nested (0.10.2+) dotted name, and `host_arg(args, "train.micro_batch_size")` reads ``args.train.micro_batch_size``
@@ -164,7 +165,7 @@ def require_family() -> Family:
     root = Path(list(spec.submodule_search_locations)[0])
     release = _release(version) if version else None
     if release is not None and release < OLDEST_SUPPORTED:
-        raise _refuse(version, root, "it is older than 0.9.3 (no SamplesGenerator._process_response_into_experience)")
+        raise _refuse(version, root, "it is older than 0.9.3, the oldest release the add-on is built and tested for")
     ppo_utils = root / "trainer" / "ppo_utils"
     generator = next((m for m in ("samples_generator", "experience_maker")
                       if "class SamplesGenerator" in _read(ppo_utils / f"{m}.py")), None)
