@@ -244,7 +244,9 @@ def main(argv: list[str] | None = None) -> int:
         run(pip + [torch_req] + index, env)
     # Keep whatever torch is installed now: no later step may swap it for another build.
     constraint = Path(tempfile.mkdtemp()) / "torch-constraint.txt"
-    constraint.write_text(f"torch=={probe(python, 'import json, torch; print(json.dumps(torch.__version__))')}\n")
+    # The distribution's version, not torch.__version__: PyPI's CUDA wheels say 2.14.1 there and 2.14.1+cu130 here.
+    torch_version = probe(python, "import json, importlib.metadata as m; print(json.dumps(m.version('torch')))")
+    constraint.write_text(f"torch=={torch_version}\n")
     pinned = pip + ["-c", str(constraint)]
 
     if release is not None:
