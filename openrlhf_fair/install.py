@@ -44,7 +44,7 @@ OPENRLHF_RELEASES = (
 DEFAULT_OPENRLHF = OPENRLHF_RELEASES[-1]  # .ci/run: the whole suite
 # .ci/run's version matrix: the tests marked host_matrix on each of these too, each in its own environment
 # (a release joins once they pass there).
-CI_MATRIX: tuple[str, ...] = ()
+CI_MATRIX: tuple[str, ...] = ("0.10.4", "0.9.3")  # one 0.10.x nested-args release, the oldest flat-args one
 SUPPORTED_RANGE = f"{OPENRLHF_RELEASES[0]} to {OPENRLHF_RELEASES[-1]}"
 # Declared by OpenRLHF but left out: CUDA-only builds (added back with --cuda) and optional tools that no module
 # imports when it loads (loggers, quantisation, a code formatter).
