@@ -147,3 +147,36 @@ def test_demo_train_pairs_below_the_group_count_is_refused(tmp_path, capsys, mon
         assert rc == 2 and f"{flag} 1 is below the number of category groups (2: harmless, helpful)" in err
     assert demo.main(["--seeds", "0", "--out", str(tmp_path / "d")]) == 2
     assert "--seeds must be >= 1" in capsys.readouterr().err
+
+
+def test_pairs_are_tokenised_in_this_process(monkeypatch, tmp_path):
+    """datasets >= 5 runs `map(num_proc=1)` in a forked pool; forked from a process with threads (pytest, tqdm,
+    the demo) its manager can hang for ever (it did in a CI rehearsal). The report tokenises in this process."""
+    import os
+
+    import datasets
+
+    from openrlhf_fair.cpu_backend.stand_ins import install, uninstall
+    from openrlhf_fair.fixtures import build_tiny_tokenizer
+    from openrlhf_fair.report import scoring
+
+    record, real_map = tmp_path / "pids", datasets.Dataset.map
+
+    def spy(self, function=None, *args, **kwargs):
+        def recorded(*a, **k):  # a file, so that calls in a worker process are seen too
+            with open(record, "a") as f:
+                f.write(f"{os.getpid()}\n")
+            return function(*a, **k)
+        return real_map(self, recorded, *args, **kwargs)
+
+    monkeypatch.setattr(datasets.Dataset, "map", spy)
+    installed = install("flash_attn")
+    try:
+        tokenizer = build_tiny_tokenizer()
+        rows = [{"prompt": f"question {i}", "chosen": "a good answer", "rejected": "a bad one"} for i in range(3)]
+        pairs = scoring.tokenize_pairs(rows, tokenizer, 32)
+    finally:
+        if installed:
+            uninstall("flash_attn")
+    assert len(pairs.items) == 3
+    assert set(record.read_text().split()) == {str(os.getpid())}

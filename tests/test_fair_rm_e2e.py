@@ -140,7 +140,7 @@ def eval_rewards(root: Path, name: str):
         strategy = SimpleNamespace(args=SimpleNamespace(data=SimpleNamespace(
             prompt_key="prompt", chosen_key="chosen", rejected_key="rejected", apply_chat_template=False)),
             ring_attn_group=None)
-        dataset = RewardDataset(Dataset.from_list(rows), tokenizer, 64, strategy, num_processors=1)
+        dataset = RewardDataset(Dataset.from_list(rows), tokenizer, 64, strategy, num_processors=None)
         assert len(dataset) == len(rows)
         host = SimpleNamespace(tokenizer=tokenizer, strategy=strategy)
         host.concatenated_inputs = lambda *a: RewardModelTrainer.concatenated_inputs(host, *a)

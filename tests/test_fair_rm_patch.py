@@ -324,7 +324,7 @@ def make_dataset(host, tokenizer, data, packing=False):
 
     strategy = FakeStrategy(packing=packing)
     strategy.args.data = SimpleNamespace(prompt_key="prompt", chosen_key="chosen", rejected_key="rejected", apply_chat_template=False)
-    return host.reward_dataset.RewardDataset(datasets.Dataset.from_list(data), tokenizer, 64, strategy, num_processors=1)
+    return host.reward_dataset.RewardDataset(datasets.Dataset.from_list(data), tokenizer, 64, strategy, num_processors=None)
 
 
 def test_group_labels_ride_along_without_changing_the_batch(host, tokenizer):
@@ -372,7 +372,7 @@ def test_group_labels_follow_the_rows_the_host_keeps(host, tokenizer):
     undo = apply_group_labels("category")
     try:
         dpo = host.reward_dataset.RewardDataset(datasets.Dataset.from_list(data), tokenizer, 64, strategy,
-                                                is_dpo=True, num_processors=1)  # fmt: skip
+                                                is_dpo=True, num_processors=None)  # fmt: skip
     finally:
         undo()
     assert len(dpo) == 5 and dpo.fair_group_names == ["harmless", "helpful", "other"]

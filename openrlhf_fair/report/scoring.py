@@ -104,7 +104,8 @@ def _reward_dataset(rows, tokenizer, max_len, prompt_key, chosen_key, rejected_k
     strategy = SimpleNamespace(args=args)
     keep = [k for k in (prompt_key, chosen_key, rejected_key) if k]
     dataset = Dataset.from_list([{k: row[k] for k in keep} for row in rows])
-    return RewardDataset(dataset, tokenizer, max_len, strategy, input_template=input_template, num_processors=1)
+    return RewardDataset(dataset, tokenizer, max_len, strategy, input_template=input_template,
+                         num_processors=None)  # in this process: datasets >= 5 forks a pool even for num_proc=1
 
 
 @dataclass
