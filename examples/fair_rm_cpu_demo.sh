@@ -34,6 +34,10 @@ COMMON=(
     --ds.zero_stage 2 --ds.param_dtype bf16 --ds.attn_implementation sdpa
     --logger.logging_steps 1
 )
+# The host flags in the installed OpenRLHF's spelling (unchanged on 0.10.2+, flat names such as --pretrain and
+# --micro_train_batch_size on 0.9.3-0.10.1).
+SPELLED=$(python -m openrlhf_fair.host.compat "${COMMON[@]}")
+mapfile -t COMMON <<< "$SPELLED"
 openrlhf train_rm "${COMMON[@]}" --ckpt.output_dir "$OUT/models/bt"
 openrlhf train_rm "${COMMON[@]}" --ckpt.output_dir "$OUT/models/fr" --fairness_reg "$ALPHA"
 openrlhf train_rm "${COMMON[@]}" --ckpt.output_dir "$OUT/models/fc" --fairness_coef "$GAMMA"

@@ -6,7 +6,7 @@
 #   METHODS="fr" bash examples/train_rm_llama_hh_fairness.sh
 #   bash examples/train_rm_llama_hh_fairness.sh slurm      # only print the commands (run them from your launcher)
 #
-# Needs: pip install openrlhf-fair, OpenRLHF 0.11.2 with flash-attn on the node, the Hugging Face hub reachable
+# Needs: pip install openrlhf-fair, OpenRLHF (0.9.3-0.11.x) with flash-attn on the node, the Hugging Face hub reachable
 # (or a local copy: set PRETRAIN / DATASET to paths). The paper's settings: 1 epoch, lr 2e-6, alpha 0.1,
 # gamma 0.5, tau -1 (Jain); the authors used 32 pairs per device per step. Fairness is computed over each
 # rank's micro-batch, so keep --train.micro_batch_size >= 2 (8 here; raise it if memory allows).
@@ -50,6 +50,8 @@ EOC
      # --logger.wandb.key [WANDB_TOKENS]
      # HH-RLHF's chosen/rejected are whole "\n\nHuman: ... \n\nAssistant: ..." transcripts: no prompt key, no
      # chat template. --fairness_group_key does not work with --ds.packing_samples.
+    # The host flags in the installed OpenRLHF's spelling (flat names such as --pretrain on 0.9.3-0.10.1).
+    training_commands=$(python -m openrlhf_fair.host.compat $training_commands | tr '\n' ' ')
     if [[ ${1} != "slurm" ]]; then
         deepspeed --module $training_commands
     else

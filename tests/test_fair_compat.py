@@ -280,3 +280,16 @@ def test_version_line_names_family_range_and_the_releases_ci_tests(tmp_path, ins
     line = compat.describe_host()
     assert line.startswith("OpenRLHF 0.9.3 (flat args, 0.9.3-0.10.1 family); supported: 0.9.3 through 0.11.x")
     assert line.endswith(f"tested: {install.DEFAULT_OPENRLHF} (whole suite), 0.9.3 (end-to-end runs)")
+
+
+def test_shell_scripts_get_the_host_spelling_one_token_per_line(tmp_path):
+    """`python -m openrlhf_fair.host.compat ARGS...` (examples/fair_rm_cpu_demo.sh) prints host_argv(ARGS), one
+    token per line, so that a path with spaces stays one token; on this nested release the flags are unchanged."""
+    import subprocess
+    import sys
+
+    args = ["--model.model_name_or_path", str(tmp_path / "a model"), "--train.micro_batch_size", "16", "--fairness_reg", "1"]
+    script = 'SPELLED=$("$0" -m openrlhf_fair.host.compat "$@"); mapfile -t OUT <<< "$SPELLED"; printf "<%s>" "${OUT[@]}"'
+    result = subprocess.run(["bash", "-c", script, sys.executable, *args], capture_output=True, text=True, check=True)
+    assert result.stdout == "".join(f"<{token}>" for token in compat.host_argv(args))
+    assert compat.host_argv(args) == args  # nested family: identity

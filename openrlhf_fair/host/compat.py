@@ -301,3 +301,9 @@ def in_host_spelling(text: str) -> str:
     if family is None or family.nested:
         return text
     return _DOTTED_FLAG.sub(lambda m: host_flag(m.group(1)) if m.group(1) in FLAT_NAMES else m.group(0), text)
+
+
+if __name__ == "__main__":  # for shell scripts: one token per line, e.g. mapfile -t ARGS < <(python -m ... "${ARGS[@]}")
+    import sys
+
+    print("\n".join(host_argv(sys.argv[1:])))
