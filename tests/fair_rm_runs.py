@@ -39,17 +39,22 @@ PLAIN_HOST = (
 
 
 def build_workdir(root: Path) -> Path:
-    """A tiny Llama and 64 train / 32 eval short preference pairs (both categories) from the bundled data."""
+    """A tiny Llama and 64 train / 32 eval short preference pairs (16 of each category in eval) from the bundled
+    data. The tiny tokenizer makes about one token per character and the host keeps the first 64 tokens, so the
+    eval pairs have short prompts (40 characters) and a chosen and rejected response that differ in their first
+    24 characters: every eval pair is two different token sequences (with the train split's 120-character
+    prompts about half of them were one sequence twice, and accuracy with chosen and rejected swapped passed)."""
     from openrlhf_fair.fixtures import build_tiny_llama
 
     build_tiny_llama(root / "tiny")
     with gzip.open(DATA, "rt") as f:
         rows = [json.loads(line) for line in f]
-    for split, n in (("train", 64), ("test", 32)):
-        picked = [r for r in rows if r["split"] == split][:n]
+    train = [r for r in rows if r["split"] == "train"][:64]
+    test = [r for r in rows if r["split"] == "test" and r["chosen"][:24] != r["rejected"][:24]][:32]
+    for split, picked, prompt_chars in (("train", train, 120), ("test", test, 40)):
         with open(root / f"{split}.jsonl", "w") as out:
             for r in picked:
-                short = {"prompt": r["prompt"][-120:], "chosen": r["chosen"][:100], "rejected": r["rejected"][:100]}
+                short = {"prompt": r["prompt"][-prompt_chars:], "chosen": r["chosen"][:100], "rejected": r["rejected"][:100]}
                 out.write(json.dumps({**short, "category": r["category"]}) + "\n")
     return root
 

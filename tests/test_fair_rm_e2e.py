@@ -148,6 +148,8 @@ def eval_rewards(root: Path, name: str):
         with torch.no_grad():
             for start in range(0, len(rows), 8):
                 c_ids, c_mask, r_ids, r_mask, _ = dataset.collate_fn([dataset[i] for i in range(start, min(start + 8, len(rows)))])
+                for a, am, b, bm in zip(c_ids.squeeze(1), c_mask.squeeze(1), r_ids.squeeze(1), r_mask.squeeze(1)):
+                    assert not torch.equal(a[am.bool()], b[bm.bool()]), "an eval pair is one token sequence twice"
                 c, r, _ = RewardModelTrainer.concatenated_forward(
                     host, model, c_ids.squeeze(1), c_mask.squeeze(1), r_ids.squeeze(1), r_mask.squeeze(1))
                 chosen.append(c.float().double())
@@ -188,6 +190,14 @@ def test_fr_group_eval_metrics_equal_a_recomputation_from_the_saved_model(rm_run
         # a pair whose recomputed margin is within the tolerance of 0 may count either way
         lo, hi = float((m > tol["abs"]).double().mean()), float((m > -tol["abs"]).double().mean())
         assert lo <= eval_metric(logs, f"acc/{g}") <= hi, (g, eval_metric(logs, f"acc/{g}"), lo, hi)
+    # The groups' accuracies weighted by their sizes are the host's own eval accuracy (the same rewards in the
+    # same process: exact), and that is not the accuracy with chosen and rejected swapped.
+    host_acc = logs["eval/acc_mean"][-1]
+    weighted = sum(eval_metric(logs, f"acc/{g}") * int(mask[g].sum()) for g in names) / len(groups)
+    assert weighted == pytest.approx(host_acc, abs=1e-6), (weighted, host_acc)
+    swapped_lo, swapped_hi = float((margins < -tol["abs"]).double().mean()), float((margins < tol["abs"]).double().mean())
+    print(f"eval accuracy {host_acc:.3f}, swapped {swapped_lo:.3f} .. {swapped_hi:.3f}")
+    assert not swapped_lo <= host_acc <= swapped_hi, f"the test cannot tell accuracy {host_acc} from its swapped value"
     level = {g: float(torch.cat([chosen[mask[g]], rejected[mask[g]]]).mean()) for g in names}
     chosen_only = {g: float(chosen[mask[g]].mean()) for g in names}
     check("reward_gap", max(level.values()) - min(level.values()), max(chosen_only.values()) - min(chosen_only.values()))
