@@ -158,3 +158,82 @@ def test_batch_sum_term_is_computed_in_float64():
     term = reward_terms.batch_sum_term(chosen, reject, 0.5)
     mean = (chosen.double().sum() + reject.double().sum()) / 6
     assert term.dtype == torch.float64 and float(term) == pytest.approx(float(0.5 * 3 * mean**2), rel=1e-12)
+
+
+# ----------------------------------------------------------------------------------------------- fairness.py
+def _f_of_margins_float64(margins, tau, temperature, normalize=True):
+    x = torch.sigmoid(torch.as_tensor(margins, dtype=torch.float64) / temperature)
+    p = x / x.sum()
+    f = (p ** (1 - tau)).sum() ** (1 / tau)
+    return float(f / x.numel()) if normalize else float(f)
+
+
+def test_allocation_from_margins_divides_by_the_temperature_default_one():
+    """x = sigmoid(m / T), T = 1 unless given (catches T = 2 as default and m * T)."""
+    from openrlhf_fair.fairness import allocation_from_margins
+
+    m = torch.tensor([2.0, -1.0, 0.5], dtype=torch.float64)
+    assert torch.equal(allocation_from_margins(m), torch.sigmoid(m))
+    assert torch.allclose(allocation_from_margins(m, temperature=0.25), torch.sigmoid(m / 0.25), rtol=1e-15, atol=0)
+
+
+def test_fairness_of_margins_uses_its_temperature_and_normalisation():
+    """Catches a call that passes `normalize` where the temperature goes (T = True = 1, normalised always)."""
+    from openrlhf_fair.fairness import fairness_of_margins
+
+    m = [1.5, -0.5, 0.2, 3.0]
+    for tau in (-1.0, 0.5, 2.0):
+        for temperature, normalize in ((0.3, True), (1.0, False), (2.5, False)):
+            ours = float(fairness_of_margins(torch.tensor(m, dtype=torch.float64), tau, temperature, normalize))
+            sign = 1.0 if tau < 1 else -1.0
+            assert ours == pytest.approx(sign * _f_of_margins_float64(m, tau, temperature, normalize), rel=1e-10)
+
+
+def test_exp_or_inf_is_inf_where_math_exp_overflows():
+    """math.exp raises OverflowError above log(max float64) = 709.78: exp_or_inf must give inf there."""
+    from openrlhf_fair.fairness import exp_or_inf
+
+    assert exp_or_inf(709.9) == math.inf and exp_or_inf(1e4) == math.inf
+    assert exp_or_inf(708.5) == math.exp(708.5) and exp_or_inf(-800.0) == 0.0
+
+
+def test_bad_margins_are_refused_naming_the_margins():
+    from openrlhf_fair.fairness import allocation_from_margins, log_fairness_of_margins
+
+    for call in (allocation_from_margins, log_fairness_of_margins):
+        with pytest.raises(FairnessInputError, match=r"^margins contains 1 NaN/Inf"):
+            call(torch.tensor([1.0, math.nan]))
+
+
+# ----------------------------------------------------------------------------------------------- report, patch
+def test_report_pearson_is_computed_in_float64():
+    """Lengths and rewards with a large common offset: float32 (torch's default for Python floats) loses the
+    differences and gives a wrong correlation."""
+    from openrlhf_fair.report.metrics import pearson
+
+    x = [1e8 + v for v in (0.0, 1.0, 2.0, 4.0)]
+    y = [1.0, 3.0, 2.0, 5.0]
+    xs, ys = torch.tensor(x, dtype=torch.float64), torch.tensor(y, dtype=torch.float64)
+    dx, dy = xs - xs.mean(), ys - ys.mean()
+    assert pearson(x, y) == pytest.approx(float((dx * dy).sum() / (dx.norm() * dy.norm())), rel=1e-12)
+    assert pearson(y, x) == pytest.approx(pearson(x, y), rel=1e-12)
+
+
+def test_patch_eval_logs_without_a_group_key():
+    """The eval call site on a run without --fairness_group_key (its eval dataset has no group names): the
+    eval metrics without groups, printed on one line."""
+    from types import SimpleNamespace
+
+    from openrlhf_fair.host.pairwise_trainer import eval_logs
+
+    loss = FairPairWiseLoss(bt_loss, RewardFairnessConfig(reg=0.1))
+    with torch.no_grad():
+        loss(torch.tensor([1.0, 2.0]), torch.tensor([0.0, 3.0]))
+    printed = []
+    trainer = SimpleNamespace(loss_fn=loss, eval_dataloader=SimpleNamespace(dataset=object()),
+                              strategy=SimpleNamespace(all_gather=lambda t: t, print=printed.append))
+    out = eval_logs(trainer)
+    x = torch.sigmoid(torch.tensor([1.0, -1.0], dtype=torch.float64))
+    assert out["fairness/jain"] == pytest.approx(float(x.sum() ** 2 / (2 * (x**2).sum())), rel=1e-6)
+    assert not any(key.startswith("fairness/acc") for key in out)
+    assert printed == ["openrlhf-fair eval: " + ", ".join(f"{k}={v:.4g}" for k, v in out.items())]
