@@ -197,11 +197,12 @@ def test_exp_or_inf_is_inf_where_math_exp_overflows():
     assert exp_or_inf(708.5) == math.exp(708.5) and exp_or_inf(-800.0) == 0.0
 
 
-def test_bad_margins_are_refused_naming_the_margins():
-    from openrlhf_fair.fairness import allocation_from_margins, log_fairness_of_margins
+def test_bad_margins_or_allocations_are_refused_naming_which():
+    from openrlhf_fair.fairness import allocation_from_margins, log_fairness, log_fairness_of_margins
 
-    for call in (allocation_from_margins, log_fairness_of_margins):
-        with pytest.raises(FairnessInputError, match=r"^margins contains 1 NaN/Inf"):
+    for call, name in ((allocation_from_margins, "margins"), (log_fairness_of_margins, "margins"),
+                       (log_fairness, "allocation x")):
+        with pytest.raises(FairnessInputError, match=rf"^{name} contains 1 NaN/Inf"):
             call(torch.tensor([1.0, math.nan]))
 
 
@@ -237,3 +238,10 @@ def test_patch_eval_logs_without_a_group_key():
     assert out["fairness/jain"] == pytest.approx(float(x.sum() ** 2 / (2 * (x**2).sum())), rel=1e-6)
     assert not any(key.startswith("fairness/acc") for key in out)
     assert printed == ["openrlhf-fair eval: " + ", ".join(f"{k}={v:.4g}" for k, v in out.items())]
+
+
+def test_non_positive_allocations_are_counted_in_the_message():
+    from openrlhf_fair.fairness import log_fairness
+
+    with pytest.raises(FairnessInputError, match=r"^allocation x must be strictly positive, 2 of 5 value\(s\) are <= 0"):
+        log_fairness(torch.tensor([0.5, 0.0, -1.0, 2.0, 1.0]))

@@ -405,6 +405,7 @@ def native_env(site: Path, extra: Path | None = None) -> dict:
 
 
 @pytest.mark.e2e
+@pytest.mark.quick  # trains nothing: part of the quick run
 @pytest.mark.timeout(300)
 def test_integration_tests_pass_on_a_patched_copy_in_native_mode(patched_copy, tmp_path):
     (tmp_path / "fair_native_guard.py").write_text(NATIVE_GUARD)

@@ -134,6 +134,7 @@ def _gini(xs):
 
 
 @pytest.mark.e2e
+@pytest.mark.quick  # trains nothing: part of the quick run
 @pytest.mark.timeout(240)
 def test_every_metric_matches_a_hand_computation(tiny_reward_models, report_run):
     _, paths = tiny_reward_models
