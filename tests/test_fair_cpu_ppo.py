@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 def ppo_args(**overrides):
     groups = {
         "vllm": dict(num_engines=1, tensor_parallel_size=1, sync_backend="nccl", sync_with_ray=False),
-        "train": dict(colocate_all=False, async_enable=False),
+        "train": dict(colocate_all=False, async_enable=False, seed=42),
         "data": dict(max_images_per_prompt=0),
     }
     for dotted, value in overrides.items():
@@ -74,6 +74,43 @@ def test_nccl_weight_sync_becomes_gloo_and_other_commands_are_untouched():
     assert args.vllm.sync_backend == "gloo"
     rm_args = SimpleNamespace(train=SimpleNamespace(batch_size=8))  # train_rm has no vllm group
     assert hierarchize(rm_args) is rm_args
+
+
+def test_the_run_seed_is_recorded_for_the_ray_actors(monkeypatch):
+    from openrlhf_fair.cpu_backend import ray_support
+
+    monkeypatch.setattr(ray_support, "_worker_seed", {"seed": None})
+    ray_support.check_parsed_args(ppo_args(train__seed=5))
+    assert ray_support._worker_seed == {"seed": 5}
+    ray_support.check_parsed_args(SimpleNamespace(train=SimpleNamespace(seed=9)))  # not train_ppo_ray's args
+    assert ray_support._worker_seed == {"seed": 5}
+
+
+def test_seed_worker_seeds_the_global_rngs_only_in_ray_workers(monkeypatch):
+    """What makes CPU PPO runs repeat: OpenRLHF's PPOTrainer actor shuffles its prompts from the global torch RNG
+    without seeding it (torch seeds it at random in each process)."""
+    import random
+
+    import numpy
+    import torch
+
+    from openrlhf_fair.cpu_backend import ray_support
+
+    saved = torch.get_rng_state(), random.getstate(), numpy.random.get_state()
+    try:
+        monkeypatch.delenv(ray_support.WORKER_ENV, raising=False)
+        torch.manual_seed(123)
+        ray_support.seed_worker({"seed": 7})  # the driver, or a test unpickling the args: nothing
+        assert torch.initial_seed() == 123
+        monkeypatch.setenv(ray_support.WORKER_ENV, "1")
+        ray_support.seed_worker({"seed": None})  # no seed parsed (e.g. an already running Ray): nothing
+        assert torch.initial_seed() == 123
+        ray_support.seed_worker({"seed": 7})
+        drawn = torch.randperm(12).tolist(), random.random(), numpy.random.rand()
+        torch.manual_seed(7), random.seed(7), numpy.random.seed(7)
+        assert drawn == (torch.randperm(12).tolist(), random.random(), numpy.random.rand())
+    finally:
+        torch.set_rng_state(saved[0]), random.setstate(saved[1]), numpy.random.set_state(saved[2])
 
 
 def test_ray_init_kwargs_local_start(monkeypatch):
@@ -426,15 +463,23 @@ def openrlhf_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "openrlhf_fair.cli.main"]
 
 
-def ppo_argv(tmp_path: Path, model: Path, extra: list[str]) -> list[str]:
+# `python -m openrlhf.cli.train_ppo_ray` with only the CPU backend active (the host cannot run on CPU without it).
+PLAIN_HOST = (
+    "import runpy, sys; from openrlhf_fair import cpu_backend; cpu_backend.activate('train_ppo_ray'); "
+    "sys.argv = ['train_ppo_ray.py', *sys.argv[1:]]; "
+    "runpy.run_module('openrlhf.cli.train_ppo_ray', run_name='__main__', alter_sys=True)"
+)
+
+
+def ppo_argv(tmp_path: Path, model: Path, extra: list[str], front: list[str] | None = None) -> list[str]:
     """A 3-step CPU `openrlhf train_ppo_ray` command line writing under ``tmp_path`` (prompts file included); host
-    flags spelled as the installed release spells them."""
+    flags spelled as the installed release spells them. ``front`` replaces `openrlhf --cpu train_ppo_ray`."""
     from openrlhf_fair.host.compat import host_argv
 
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"input": f"Human: {PROMPTS[i % 4]} Assistant:", "label": str(i % 2)})
                                + "\n" for i in range(STEPS * ROLLOUT_BATCH)))
-    return openrlhf_command() + ["--cpu", "train_ppo_ray"] + host_argv([
+    return (front or openrlhf_command() + ["--cpu", "train_ppo_ray"]) + host_argv([
         "--actor.model_name_or_path", str(model),
         "--vllm.num_engines", "1", "--vllm.sync_backend", "gloo",
         "--actor.num_gpus_per_node", "1", "--ref.num_gpus_per_node", "1",
@@ -452,8 +497,9 @@ def ppo_argv(tmp_path: Path, model: Path, extra: list[str]) -> list[str]:
 PPO_ENV = {"TORCHDYNAMO_DISABLE": "1", "RAY_DEDUP_LOGS": "0", "TOKENIZERS_PARALLELISM": "false", "RAY_ADDRESS": ""}
 
 
-def run_ppo(tmp_path: Path, model: Path, extra: list[str]) -> tuple[dict, dict, list[dict], Path]:
-    argv = ppo_argv(tmp_path, model, extra)
+def run_ppo(tmp_path: Path, model: Path, extra: list[str], front: list[str] | None = None
+            ) -> tuple[dict, dict, list[dict], Path]:
+    argv = ppo_argv(tmp_path, model, extra, front)
     rollout_log = tmp_path / "rollout.jsonl"
     env = {**PPO_ENV, "OPENRLHF_FAIR_ROLLOUT_LOG": str(rollout_log)}
     log = tmp_path / "train_ppo_ray.log"
@@ -492,19 +538,83 @@ def test_ppo_reward_model_gae_with_critic(tmp_path, tiny_llama):
     assert "train/critic_loss" in scalars and all(v == v for v in scalars["train/critic_loss"])
 
 
+def group_norm_ppo(folder: Path, model: Path, front: list[str] | None = None):
+    """A reward function file (`--reward.remote_url reward.py`) and group_norm, no critic, no fairness flag."""
+    reward_file = folder / "reward.py"
+    reward_file.write_text(REWARD_FUNC)
+    return run_ppo(folder, model, ["--reward.remote_url", str(reward_file), "--algo.advantage.estimator", "group_norm"],
+                   front)
+
+
+@pytest.fixture(scope="module")
+def group_norm_run(tmp_path_factory, tiny_llama):
+    """`openrlhf --cpu train_ppo_ray` with `group_norm_ppo`'s flags: (folder, (stats, scalars, syncs, saved
+    policy folder)); shared by the group_norm test and the flags-off bit identity test."""
+    folder = tmp_path_factory.mktemp("ppo_group_norm")
+    return folder, group_norm_ppo(folder, tiny_llama)
+
+
 @pytest.mark.e2e
 @pytest.mark.timeout(300)
-def test_ppo_reward_function_group_norm(tmp_path, tiny_llama):
+def test_ppo_reward_function_group_norm(group_norm_run, tiny_llama):
     """(b) a reward function file (`--reward.remote_url reward.py`) and group_norm, no critic."""
-    reward_file = tmp_path / "reward.py"
-    reward_file.write_text(REWARD_FUNC)
-    stats, scalars, syncs, final = run_ppo(tmp_path, tiny_llama, [
-        "--reward.remote_url", str(reward_file), "--algo.advantage.estimator", "group_norm",
-    ])
+    _, (stats, scalars, syncs, final) = group_norm_run
     check_policy_moved_and_reached_engine(tiny_llama, scalars, syncs, final)
     # the reward function ran in the rollout engine's actor and its extra log reached the trainer's metrics
     assert len(scalars["train/a_share"]) == STEPS
     assert "train/critic_loss" not in scalars
+
+
+def saved_weights(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    files = sorted(folder.glob("*.safetensors"))
+    assert files, f"no weights saved in {folder}"
+    return {key: value for path in files for key, value in load_file(str(path)).items()}
+
+
+def step_metrics(scalars: dict[str, list[float]]) -> dict[str, list[float]]:
+    """Every logged step metric but the wall-clock timings."""
+    return {tag: values for tag, values in scalars.items() if "timing" not in tag.split("/")}
+
+
+def same_bytes(a, b) -> bool:
+    import torch
+
+    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(a.reshape(-1).view(torch.uint8),
+                                                                      b.reshape(-1).view(torch.uint8))
+
+
+def assert_same_training(ours: tuple[dict, Path], plain: tuple[dict, Path]) -> None:
+    """Two runs' (scalars, saved policy folder): the same weights byte for byte and the same step metrics."""
+    (ours_scalars, ours_final), (plain_scalars, plain_final) = ours, plain
+    ours_weights, plain_weights = saved_weights(ours_final), saved_weights(plain_final)
+    assert ours_weights.keys() == plain_weights.keys() and len(plain_weights) > 5
+    differ = [key for key, value in plain_weights.items() if not same_bytes(ours_weights[key], value)]
+    assert not differ, f"{len(differ)} of {len(plain_weights)} saved tensors differ: {differ[:4]}"
+    ours_metrics, plain_metrics = step_metrics(ours_scalars), step_metrics(plain_scalars)
+    assert ours_metrics.keys() == plain_metrics.keys(), set(ours_metrics) ^ set(plain_metrics)
+    assert len(plain_metrics) > 10 and all(len(values) == STEPS for values in plain_metrics.values())
+    for tag, values in plain_metrics.items():
+        assert ours_metrics[tag] == values, tag
+
+
+@pytest.mark.host_matrix
+@pytest.mark.e2e
+@pytest.mark.timeout(500)
+def test_flags_off_is_bit_identical_to_plain_openrlhf(group_norm_run, tiny_llama, tmp_path):
+    """No fairness flag: `openrlhf --cpu train_ppo_ray` (the group_norm run) trains the same actor as plain
+    OpenRLHF (`python -m openrlhf.cli.train_ppo_ray`, the CPU backend only) with the same seed, byte for byte,
+    logs the same step metrics (wall-clock timings aside) and nothing about fairness. It means something because
+    CPU runs repeat: the CPU backend seeds each Ray actor with the run's seed (`ray_support.seed_worker`);
+    without that two plain runs trained on different prompt orders."""
+    folder, (_, scalars, _, final) = group_norm_run
+    _, plain_scalars, _, plain_final = group_norm_ppo(tmp_path, tiny_llama, front=[sys.executable, "-c", PLAIN_HOST])
+    assert_same_training((scalars, final), (plain_scalars, plain_final))
+    start, trained = saved_weights(tiny_llama), saved_weights(plain_final)
+    assert any(not trained[key].equal(start[key]) for key in trained if key in start), "no training"
+    assert "[Fairness shaping]" not in (folder / "train_ppo_ray.log").read_text(errors="replace")
+    assert not any("fairness" in tag for tag in scalars)
 
 
 def test_ray_start_failure_is_explained(monkeypatch):

@@ -18,6 +18,10 @@ and puts every model in a Ray actor that asks for ``num_gpus=1`` (or 0.2 when co
   unpickles one of OpenRLHF's actor classes; Ray's own processes and idle workers never import torch
   (an eager torch import in every worker made Ray's agents time out on 2 cores). Workers also get the one
   PPO-only CUDA fix: the replay buffer's target device (`_cpu_replay_buffer_init`).
+- `seed_worker(payload)` (each Ray actor that receives OpenRLHF's args, `host.ray_workers.carry_to_workers`)
+  seeds the actor's global RNGs with the run's ``--train.seed``, so that CPU runs repeat: OpenRLHF's
+  PPOTrainer actor never seeds, and its prompt loader shuffles from the global torch RNG, which torch seeds at
+  random in each new process (two runs with one seed trained on different prompt orders).
 
 Environment knobs: ``OPENRLHF_FAIR_RAY_NUM_GPUS`` / ``OPENRLHF_FAIR_RAY_NUM_CPUS`` (logical resources,
 default 16 / 16). An existing cluster (``RAY_ADDRESS``) is joined as is: it must offer GPUs (logical ones:
@@ -41,12 +45,18 @@ from openrlhf_fair.host.patching import patch_attribute, undo_all
 
 PATCH_ID = "openrlhf_fair.cpu_backend.ray_support"
 WORKER_TARGET = "openrlhf_fair.cpu_backend.ray_support:worker_process_setup"
+SEED_TARGET = "openrlhf_fair.cpu_backend.ray_support:seed_worker"
 WORKER_HOOK = ray_workers.PROCESS_START_HOOK
 WORKER_ENV = "OPENRLHF_FAIR_RAY_WORKER"  # set in Ray workers' environment by the driver
 LOOPBACK = "127.0.0.1"
 RAY_CLUSTER_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 DEFAULT_LOGICAL_GPUS = 16
 DEFAULT_LOGICAL_CPUS = 16
+
+
+# The payload `seed_worker` gets in every Ray actor: the run's seed, filled in by `check_parsed_args`. One dict,
+# carried by reference: the args' WorkerSetup is pickled when the actors are created, after every hook ran.
+_worker_seed: Dict[str, Any] = {"seed": None}
 
 
 class UnsupportedPpoOnCpu(UnsupportedOnCpu):
@@ -87,9 +97,11 @@ def check_ppo_args(args) -> None:
 
 
 def check_parsed_args(args) -> None:
-    """The parsed-args hook (`host.parsed_args`): PPO flag checks, and weight sync over gloo."""
+    """The parsed-args hook (`host.parsed_args`): PPO flag checks, weight sync over gloo, and the run's seed for
+    the Ray actors (`seed_worker`)."""
     if host_arg(args, "vllm.sync_backend") is not None:  # only train_ppo_ray's parser has it (default "nccl")
         check_ppo_args(args)
+        _worker_seed["seed"] = host_arg(args, "train.seed")
         if host_arg(args, "vllm.sync_backend") == "nccl":
             # NCCL (and, with --train.colocate_all, CUDA IPC) needs GPUs: the weight broadcast goes over gloo.
             set_host_arg(args, "vllm.sync_backend", "gloo")
@@ -271,6 +283,8 @@ def apply() -> Callable[[], None]:
         patch_attribute(ray, "init", _cpu_ray_init, PATCH_ID),
         parsed_args.on_parsed_args(PATCH_ID, check_parsed_args),
         patch_attribute(ppo_ray, "create_vllm_engines", _engines_ready, PATCH_ID),
+        ray_workers.carry_to_workers(SEED_TARGET, _worker_seed),
+        lambda: _worker_seed.update(seed=None),
     ]
     if vllm_stand_in:
         undos.append(_uninstall_vllm_stand_in)
@@ -314,6 +328,21 @@ def _apply_in_worker() -> Callable[[], None]:
 # --------------------------------------------------------------------------------------------------
 # Ray workers: at process start (host.ray_workers), lazy until the worker imports `openrlhf`.
 # --------------------------------------------------------------------------------------------------
+
+
+def seed_worker(payload: Dict[str, Any]) -> None:
+    """In a Ray worker of a CPU-backend job (unpickling OpenRLHF's args): seed python, numpy and torch with the
+    run's ``--train.seed`` (``payload["seed"]``) as OpenRLHF's DeepSpeed strategy seeds its model actors
+    (``transformers.set_seed`` in ``setup_distributed``, which those actors run again later). What it changes is
+    the PPOTrainer actor, which never seeds: its prompt loader (``strategy.setup_dataloader`` with no
+    distributed group: a torch sampler without a generator) shuffles from the global torch RNG. The CPU rollout
+    engine seeds itself from its engine args (``--train.seed`` + engine index, as vLLM). Elsewhere (the
+    driver, a test unpickling the args) it does nothing."""
+    if payload.get("seed") is None or os.environ.get(WORKER_ENV) != "1":
+        return
+    import transformers
+
+    transformers.set_seed(payload["seed"])
 
 
 def _activate_after_import(_module) -> None:
