@@ -81,3 +81,24 @@ def test_summary_intervals_and_paired_differences(tmp_path):
     assert diff["gap"]["mean"] == pytest.approx(-(0.3 + 0.4 + 0.2) / 3) and diff["seeds"] == [1, 2, 3]
     assert diff["reward_all"]["mean"] == pytest.approx((0.3 + 0.4 + 0.2) / 6)
     assert "| coef (3 seeds) |" in (tmp_path / "summary.md").read_text()
+
+
+def test_batched_sequence_logprobs_equal_one_sequence_at_a_time():
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from evaluate import sequence_logprobs
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                         num_attention_heads=2, num_key_value_heads=2)).eval()
+    samples = [([3, 4, 5], [6, 7]), ([8, 9], [10, 11, 12, 13]), ([14], [15])]
+    with torch.no_grad():
+        expected = []
+        for prompt, response in samples:  # float64 reference, one unpadded sequence at a time
+            logits = model.double()(torch.tensor([prompt + response])).logits[0].double()
+            logp = torch.log_softmax(logits, -1)
+            expected.append(sum(logp[len(prompt) - 1 + t, tok].item() for t, tok in enumerate(response)))
+        model.float()
+    got = sequence_logprobs(model, samples, batch_size=2)  # a padded batch of 2, then 1
+    assert got == pytest.approx(expected, abs=1e-4)

@@ -47,10 +47,22 @@ def sample(model, tokenizer, prompts: list[str], max_new_tokens: int, seed: int,
 
 
 @torch.no_grad()
-def sequence_logprob(model, prompt_ids: list[int], response_ids: list[int]) -> float:
-    ids = torch.tensor([prompt_ids + response_ids])
-    logits = model(ids).logits[0, len(prompt_ids) - 1 : -1].float()
-    return torch.log_softmax(logits, -1).gather(1, torch.tensor(response_ids)[:, None]).sum().item()
+def sequence_logprobs(model, samples: list[tuple[list[int], list[int]]], batch_size: int = 16) -> list[float]:
+    """sum_t log pi(y_t | x, y_<t) of each (prompt ids, response ids), in right-padded batches."""
+    totals = []
+    for start in range(0, len(samples), batch_size):
+        chunk = samples[start : start + batch_size]
+        width = max(len(p) + len(r) for p, r in chunk)
+        ids = torch.zeros((len(chunk), width), dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for i, (p, r) in enumerate(chunk):
+            ids[i, : len(p) + len(r)] = torch.tensor(p + r)
+            mask[i, : len(p) + len(r)] = 1
+        logp = torch.log_softmax(model(ids, attention_mask=mask).logits.float(), -1)
+        for i, (p, r) in enumerate(chunk):
+            positions = torch.arange(len(p) - 1, len(p) + len(r) - 1)  # the logits that predict the response
+            totals.append(logp[i, positions].gather(1, torch.tensor(r)[:, None]).sum().item())
+    return totals
 
 
 def evaluate_policy(cfg: dict, paths: dict, out: Path, policy: Path, result_file: Path, seed: int) -> dict:
@@ -67,14 +79,14 @@ def evaluate_policy(cfg: dict, paths: dict, out: Path, policy: Path, result_file
                                              add_generation_prompt=True) for r in rows]
     model = AutoModelForCausalLM.from_pretrained(str(policy), torch_dtype=torch.float32).eval()
     samples = sample(model, tokenizer, prompts, cfg["max_new_tokens"], seed=1000 + seed)
-    logp = [sequence_logprob(model, p, r) for p, r in samples]
+    logp = sequence_logprobs(model, samples)
     same_weights = Path(policy).resolve() == Path(paths["policy"]).resolve()
     if same_weights:
         logp_ref = logp
     else:
         del model
         ref = AutoModelForCausalLM.from_pretrained(str(paths["policy"]), torch_dtype=torch.float32).eval()
-        logp_ref = [sequence_logprob(ref, p, r) for p, r in samples]
+        logp_ref = sequence_logprobs(ref, samples)
         del ref
     responses = [tokenizer.decode(r, skip_special_tokens=True) for _, r in samples]
     rm_prompts = [r["rm_prompt"] for r in rows]
