@@ -11,8 +11,12 @@ batches, and print the ratios (target: at least 0.9).
 - report_shared: the same for a further model that shares the tokenizer (the report tokenises the pairs once per
   tokenizer: `scoring.tokenize_pairs`), i.e. everything above but the tokenisation;
 - bare: only `model(ids, attention_mask=mask)` for the same collated batches, tokenised beforehand.
-All run under torch.no_grad in the same process, in rotating order, median of --repeats each. The model is the backbone with a value head saved the way train_rm saves it (its head is
-untrained: speed does not depend on the weights' values).
+All run under torch.no_grad in the same process, in rotating order, median of --repeats each. The model is the
+backbone with a value head saved the way train_rm saves it (its head is untrained: speed does not depend on the
+weights' values).
+
+Clock: on CPU the ratios come from the process's CPU time (`time.process_time`, all its threads), which other work
+on a shared machine changes far less than wall time; wall times are printed too. On CUDA they come from wall time.
 """
 
 from __future__ import annotations
@@ -96,22 +100,28 @@ def main(argv=None) -> int:
         passes = {"report": report_pass, "report_shared": report_shared_pass, "bare": bare_pass}
         for run in passes.values():  # warm-up
             run()
-        times = {name: [] for name in passes}
+        wall = {name: [] for name in passes}
+        cpu = {name: [] for name in passes}
         names = list(passes)
         for k in range(args.repeats):
             for name in names[k % 3:] + names[: k % 3]:
-                start = time.perf_counter()
+                start, start_cpu = time.perf_counter(), time.process_time()
                 passes[name]()
                 if args.device.startswith("cuda"):
                     torch.cuda.synchronize()
-                times[name].append(time.perf_counter() - start)
+                wall[name].append(time.perf_counter() - start)
+                cpu[name].append(time.process_time() - start_cpu)
+    clock = "wall" if args.device.startswith("cuda") else "cpu"
+    times = wall if clock == "wall" else cpu
     rate = {name: len(rows) / statistics.median(t) for name, t in times.items()}
     print(json.dumps({"backbone": args.backbone, "pairs": len(rows), "max_len": args.max_len,
                       "batch_size": args.batch_size, "device": args.device, "threads": torch.get_num_threads(),
+                      "clock": clock,
                       **{f"{name}_pairs_per_s": round(r, 1) for name, r in rate.items()},
                       "ratio": round(rate["report"] / rate["bare"], 3),
                       "ratio_shared": round(rate["report_shared"] / rate["bare"], 3),
-                      "seconds": {k: [round(x, 2) for x in v] for k, v in times.items()}}, indent=2))
+                      "wall_seconds": {k: [round(x, 2) for x in v] for k, v in wall.items()},
+                      "cpu_seconds": {k: [round(x, 2) for x in v] for k, v in cpu.items()}}, indent=2))
     return 0
 
 
