@@ -599,7 +599,8 @@ def assert_same_training(ours: tuple[dict, Path], plain: tuple[dict, Path]) -> N
         assert ours_metrics[tag] == values, tag
 
 
-@pytest.mark.host_matrix
+# Not host_matrix: it costs two PPO runs per matrix release (the releases run side by side on CI's 2 cores), over
+# CI's time budget; passed by hand on 0.9.3 (flat family, 2 passed in 134 s with the group_norm test).
 @pytest.mark.e2e
 @pytest.mark.timeout(500)
 def test_flags_off_is_bit_identical_to_plain_openrlhf(group_norm_run, tiny_llama, tmp_path):
