@@ -47,3 +47,19 @@ def inequality_summary(x) -> dict[str, float]:
         "cv": coefficient_of_variation(x),
         "max_min_ratio": max_min_ratio(x),
     }
+
+
+def ppo_reference_weights(rewards, agents, coef: float, reg: float, clip=(0.0, 5.0)):
+    """PPO fairness weights for the default tau = -1, T = 1, independent of `openrlhf_fair.shaping`:
+    w_k = K * dPsi/dx_k by float64 autograd of Psi = U * F**coef + reg * F, F = Jain's index of the agents' mean
+    sigmoid(reward) (agents in sorted order), then clipped and divided by the mean over samples (shaping.py's
+    docstring). Returns (per-sample weights, F, U)."""
+    names = sorted(set(agents), key=str)
+    ids = torch.tensor([names.index(a) for a in agents])
+    x_sample = torch.sigmoid(torch.as_tensor(rewards, dtype=torch.float64))
+    x = torch.stack([x_sample[ids == k].mean() for k in range(len(names))]).requires_grad_()
+    K = x.numel()
+    U, F = x.mean(), x.sum() ** 2 / (K * (x**2).sum())
+    (grad,) = torch.autograd.grad(U * F**coef + reg * F, x)
+    w = (K * grad)[ids].clamp(*clip)
+    return w / w.mean(), float(F), float(U)

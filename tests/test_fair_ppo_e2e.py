@@ -8,6 +8,7 @@ import json
 import re
 
 import pytest
+from fair_reference import ppo_reference_weights
 
 pytestmark = pytest.mark.e2e
 
@@ -58,26 +59,10 @@ def logged_rewards(log, batches: int, per_batch: int = 8) -> list[list[dict]]:
     return [rows[i * per_batch:(i + 1) * per_batch] for i in range(batches)]
 
 
-def reference_weights(rewards, agents, coef, reg, clip=(0.0, 5.0)):
-    """Independent oracle (tau = -1, T = 1): w_k = K * dPsi/dx_k, Psi = U * F**coef + reg * F, F = Jain's index
-    of the agents' mean sigmoid(reward); clipped, then divided by the mean over samples. Returns (w, F, U)."""
-    import torch
-
-    names = sorted(set(agents), key=str)
-    ids = torch.tensor([names.index(a) for a in agents])
-    x_sample = torch.sigmoid(torch.tensor(rewards, dtype=torch.float64))
-    x = torch.stack([x_sample[ids == k].mean() for k in range(len(names))]).requires_grad_()
-    K = x.numel()
-    U, F = x.mean(), x.sum() ** 2 / (K * (x**2).sum())
-    (grad,) = torch.autograd.grad(U * F**coef + reg * F, x)
-    w = (K * grad)[ids].clamp(*clip)
-    return w / w.mean(), float(F), float(U)
-
-
 def check_values(step, batch, agents, coef, reg):
     """The logged fairness numbers of one step equal a recomputation from the rewards the reward function gave."""
     rewards = [row["reward"] for row in batch]
-    weights, F, U = reference_weights(rewards, agents, coef, reg)
+    weights, F, U = ppo_reference_weights(rewards, agents, coef, reg)
     assert step["fairness/F"] == pytest.approx(F, rel=1e-5)
     assert step["fairness/jain"] == pytest.approx(F, rel=1e-5)  # tau = -1: F is Jain's index of the agents
     assert step["fairness/utility"] == pytest.approx(U, rel=1e-5)

@@ -15,6 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from fair_reference import ppo_reference_weights
 
 from openrlhf_fair.fairness import FairnessInputError
 from openrlhf_fair.host.patching import HostMismatchError, ORIGINAL_ATTR, is_patched
@@ -113,21 +114,6 @@ def sample_agents(config, batch, n=N_SAMPLES):
     return list(range(len(index)))
 
 
-def reference_weights(rewards, agents, coef, reg, clip=(0.0, 5.0)):
-    """Independent oracle for the default tau = -1, T = 1: w_k = K * dPsi/dx_k by float64 autograd of
-    Psi = U * F**coef + reg * F, F = Jain's index of the agents' mean sigmoid(reward), then clipped and
-    divided by the mean over samples (shaping.py's docstring)."""
-    names = sorted(set(agents), key=str)
-    ids = torch.tensor([names.index(a) for a in agents])
-    x_sample = torch.sigmoid(torch.as_tensor(rewards, dtype=torch.float64))
-    x = torch.stack([x_sample[ids == k].mean() for k in range(len(names))]).requires_grad_()
-    K = x.numel()
-    U, F = x.mean(), x.sum() ** 2 / (K * (x**2).sum())
-    (grad,) = torch.autograd.grad(U * F**coef + reg * F, x)
-    w = (K * grad)[ids].clamp(*clip)
-    return w / w.mean()
-
-
 def run(host, estimator, batch, n=N_SAMPLES):
     return make_maker(host, estimator, n).compute_advantages_and_returns(copy.deepcopy(batch))
 
@@ -144,7 +130,7 @@ def test_advantages_scaled_exactly_by_the_weights_returns_unchanged(host, hm, es
 
     rewards = torch.cat([exp.rewards for exp in shaped])  # the final rewards the shaping saw
     assert torch.equal(rewards, torch.cat([exp.rewards for exp in base]))
-    weights = reference_weights(rewards, sample_agents(config, batch, n), config.coef, config.reg)
+    weights, _, _ = ppo_reference_weights(rewards, sample_agents(config, batch, n), config.coef, config.reg)
     assert weights.max() > 1.05 and weights.min() < 0.95  # a real reweighting, not a no-op
     changed = False
     for b, s, w in zip(base, shaped, weights.split([len(e.rewards) for e in batch])):
@@ -292,7 +278,7 @@ def test_label_unit_uses_carried_labels_and_logs_mean_reward_per_label(host, hm)
     shaped = run(host, "group_norm", batch)
     rewards = torch.cat([e.rewards for e in shaped]).double()
     labels = [LABELS[i // N_SAMPLES] for e in batch for i in e.index]
-    weights = reference_weights(rewards, labels, config.coef, config.reg)
+    weights, _, _ = ppo_reference_weights(rewards, labels, config.coef, config.reg)
     assert weights.max() > 1.05 and weights.min() < 0.95  # a real reweighting, not a no-op
     for b, s, w in zip(base, shaped, weights.split([len(e.rewards) for e in batch])):
         torch.testing.assert_close(s.advantages, b.advantages * w.float()[:, None], rtol=1e-5, atol=1e-6)
