@@ -201,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", choices=sorted(CONFIGS), default="cpu")
     p.add_argument("--out", type=Path, default=Path("ppo_fairness_run"))
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    p.add_argument("--base-seeds", type=int, nargs="*", default=None,
+                   help="evaluate the base policy with these seeds' sampling only (default: every --seeds); the base "
+                        "is one model, so one seed gives its numbers and more seeds only its sampling noise")
     p.add_argument("--estimators", nargs="+", choices=ESTIMATORS, default=list(ESTIMATORS))
     p.add_argument("--methods", nargs="+", choices=sorted(METHODS), default=["plain", "coef", "reg"])
     p.add_argument("--stage", choices=["prepare", "train", "evaluate", "summarise", "all"], default="all")
@@ -225,7 +228,7 @@ def main(argv=None) -> int:
     from evaluate import evaluate_policy  # examples/ppo_fairness/evaluate.py
 
     for seed in args.seeds:  # seed by seed, so that an interrupted series leaves complete seeds
-        if args.stage in ("evaluate", "all"):
+        if args.stage in ("evaluate", "all") and (args.base_seeds is None or seed in args.base_seeds):
             evaluate_policy(cfg, paths, out, paths["policy"], out / "eval" / f"base-s{seed}.json", seed)
         for estimator in args.estimators:
             for method in args.methods:
