@@ -85,14 +85,14 @@ class FairPairWiseLoss(nn.Module):
     # ------------------------------------------------------------------------------------------- the host's calls
     def batch_inputs(self, batch, step: Optional[int] = None) -> dict:
         """Keyword arguments for this loss's call on the host batch ``batch`` (its 5th element carries the group
-        ids with a group key, `host.reward_dataset`) at host micro-step ``step`` (None in evaluation)."""
+        ids with a group key, `host.labels`) at host micro-step ``step`` (None in evaluation)."""
         inputs = {} if step is None else {"step": step}
         if self.config.group_key is not None:
             group_ids = getattr(batch[4], "group_ids", None)
             if group_ids is None:
                 raise FairnessTrainingError(
                     f"openrlhf-fair: --fairness_group_key {self.config.group_key} is set but the batch carries no "
-                    "group labels (the dataset patch openrlhf_fair.host.reward_dataset did not reach this dataloader)"
+                    "group labels (the dataset patch openrlhf_fair.host.labels did not reach this dataloader)"
                 )
             inputs["group_ids"] = group_ids
         return inputs
@@ -148,7 +148,7 @@ class FairPairWiseLoss(nn.Module):
         if self.config.group_key is not None and ids is None:
             raise FairnessTrainingError(
                 f"{self._where(step)}: --fairness_group_key {self.config.group_key} is set but the batch carries "
-                "no group labels (the dataset patch openrlhf_fair.host.reward_dataset is not applied)"
+                "no group labels (the dataset patch openrlhf_fair.host.labels is not applied)"
             )
         extra, extra_metrics = extra_terms(chosen_reward, reject_reward, self.config, ids, gather=self._gather)
         margins, ids = self._gather((chosen_reward - reject_reward).reshape(-1), ids)

@@ -132,8 +132,7 @@ def test_debug_switch_gives_the_traceback(fake_host, monkeypatch):
 def test_every_addon_error_class_is_a_known_error():
     from openrlhf_fair.data_checks import DataError
     from openrlhf_fair.host.patching import HostMismatchError
-    from openrlhf_fair.host.prompts_dataset import LabelColumnError
-    from openrlhf_fair.host.reward_dataset import GroupKeyError
+    from openrlhf_fair.host.labels import GroupKeyError, LabelColumnError
     from openrlhf_fair.preflight import PreflightError
 
     for error in (FairnessConfigError, HostMismatchError, GroupKeyError, LabelColumnError, PreflightError, DataError):

@@ -28,13 +28,13 @@ def host():
 
 @pytest.fixture
 def dpo_patch(host, monkeypatch):
-    from openrlhf_fair.host import dpo_trainer
+    from openrlhf_fair.host import pairwise_trainer
 
     monkeypatch.setenv("OPENRLHF_FAIR_PATCH_MODE", "runtime")  # the installed OpenRLHF may carry patches/
     undos = []
 
     def apply(config):
-        undos.append(dpo_trainer.apply_fairness(config))
+        undos.append(pairwise_trainer.apply_dpo_fairness(config))
         return undos[-1]
 
     yield apply

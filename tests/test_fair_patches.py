@@ -318,7 +318,7 @@ def test_native_host_dpo_trainer_gets_fair_loss_and_logs_through_the_hook(stand_
     from openrlhf.utils.extension_hooks import get_loss_logs
     from openrlhf_fair.config import RewardFairnessConfig
     from openrlhf_fair.dpo_losses import FairDPOLoss
-    from openrlhf_fair.host import dpo_trainer
+    from openrlhf_fair.host import pairwise_trainer
     from openrlhf_fair.host.patching import is_patched
 
     ns = SimpleNamespace
@@ -332,9 +332,9 @@ def test_native_host_dpo_trainer_gets_fair_loss_and_logs_through_the_hook(stand_
         world_size=1, accumulated_gradient=1, print=lambda *msg: None, _unwrap_model=lambda model: model,
     )  # fmt: skip
     model = ns(config=PretrainedConfig())
-    undo = dpo_trainer.apply_fairness(RewardFairnessConfig(reg=0.1))
+    undo = pairwise_trainer.apply_dpo_fairness(RewardFairnessConfig(reg=0.1))
     try:
-        assert not any(is_patched(host.DPOTrainer, name) for name in dpo_trainer.WRAPPED_METHODS)
+        assert not any(is_patched(host.DPOTrainer, name) for name in pairwise_trainer.WRAPPED_METHODS)
         trainer = host.DPOTrainer(model, None, strategy, None, None, None, None, None, beta=0.1)
         assert isinstance(trainer.loss_fn, FairDPOLoss) and model.config.openrlhf_fair["reg"] == 0.1
         logps = [torch.tensor([-3.0, -4.0, -5.0, -2.0], requires_grad=True) for _ in range(2)]
@@ -352,17 +352,17 @@ def test_native_host_group_key_falls_back_to_runtime_patches_only_in_auto_mode(s
     import openrlhf.datasets.reward_dataset as host_dataset
     import openrlhf.trainer.dpo_trainer as host
     from openrlhf_fair.config import RewardFairnessConfig
-    from openrlhf_fair.host import dpo_trainer
+    from openrlhf_fair.host import pairwise_trainer
     from openrlhf_fair.host.patching import HostMismatchError, is_patched
 
     config = RewardFairnessConfig(reg=0.1, group_key="category")
     with pytest.raises(HostMismatchError, match="--fairness_group_key .* needs a runtime patch"):
-        dpo_trainer.apply_fairness(config)
+        pairwise_trainer.apply_dpo_fairness(config)
     assert not is_patched(host.DPOTrainer, "__init__")
     monkeypatch.setenv("OPENRLHF_FAIR_PATCH_MODE", "auto")
-    undo = dpo_trainer.apply_fairness(config)
+    undo = pairwise_trainer.apply_dpo_fairness(config)
     try:
-        assert not any(is_patched(host.DPOTrainer, name) for name in dpo_trainer.WRAPPED_METHODS)
+        assert not any(is_patched(host.DPOTrainer, name) for name in pairwise_trainer.WRAPPED_METHODS)
         assert is_patched(host_dataset.RewardDataset, "process_data")
     finally:
         undo()

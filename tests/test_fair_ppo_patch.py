@@ -392,7 +392,7 @@ def test_label_column_reaches_the_sample(host, hm):
 def test_label_column_missing_or_ambiguous_is_a_clear_error(host, hm, rows, match):
     from openrlhf.trainer.ppo_utils.samples_generator import SamplesGenerator
 
-    from openrlhf_fair.host.prompts_dataset import LabelColumnError
+    from openrlhf_fair.host.labels import LabelColumnError
 
     hm.apply_in_process(PPOFairnessConfig(coef=0.5, unit="label:category"))
     good = _prompt_dataset(host, [{"input": "a?", "category": "x"}])

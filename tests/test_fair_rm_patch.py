@@ -32,19 +32,19 @@ def host():
 
 @pytest.fixture
 def rm_patch(host):
-    from openrlhf_fair.host import rm_trainer
+    from openrlhf_fair.host import pairwise_trainer
 
     undos = []
 
     def apply(config):
-        undo = rm_trainer.apply_fairness(config)
+        undo = pairwise_trainer.apply_rm_fairness(config)
         undos.append(undo)
         return undo
 
     yield apply
     for undo in reversed(undos):
         undo()
-    for name in rm_trainer.WRAPPED_METHODS:
+    for name in pairwise_trainer.WRAPPED_METHODS:
         assert not is_patched(host.rm_trainer.RewardModelTrainer, name), f"{name} left patched by a test"
 
 
@@ -129,8 +129,8 @@ def test_nothing_patched_when_fairness_flags_are_off(host):
     """No fairness flag: no config (so the runner applies nothing), and importing our host modules patches nothing."""
     argv = ["--model.model_name_or_path", "m", "--train.micro_batch_size", "8", "--model.loss_type", "sigmoid"]
     assert parse_fairness_args("train_rm", argv) == (None, argv)
-    import openrlhf_fair.host.reward_dataset  # noqa: F401
-    import openrlhf_fair.host.rm_trainer  # noqa: F401
+    import openrlhf_fair.host.labels  # noqa: F401
+    import openrlhf_fair.host.pairwise_trainer  # noqa: F401
 
     for name in TRAINER_METHODS:
         assert not is_patched(host.rm_trainer.RewardModelTrainer, name)
@@ -328,7 +328,7 @@ def make_dataset(host, tokenizer, data, packing=False):
 
 
 def test_group_labels_ride_along_without_changing_the_batch(host, tokenizer):
-    from openrlhf_fair.host.reward_dataset import GroupTaggedExtras, apply_group_labels
+    from openrlhf_fair.host.labels import GroupTaggedExtras, apply_group_labels
 
     plain = make_dataset(host, tokenizer, rows())
     expected = plain.collate_fn([plain[i] for i in range(6)])
@@ -349,7 +349,7 @@ def test_group_labels_ride_along_without_changing_the_batch(host, tokenizer):
 
 @pytest.mark.parametrize("packing, message", [(False, "has no column 'topic'"), (True, "packing_samples")])
 def test_group_key_errors_come_before_processing(host, tokenizer, packing, message):
-    from openrlhf_fair.host.reward_dataset import GroupKeyError, apply_group_labels
+    from openrlhf_fair.host.labels import GroupKeyError, apply_group_labels
 
     undo = apply_group_labels("topic" if not packing else "category")
     try:
@@ -363,7 +363,7 @@ def test_group_labels_follow_the_rows_the_host_keeps(host, tokenizer):
     """DPO drops rows whose prompt is too long for max_length; the labels of the kept rows stay theirs."""
     import datasets
 
-    from openrlhf_fair.host.reward_dataset import apply_group_labels
+    from openrlhf_fair.host.labels import apply_group_labels
 
     data = rows()
     data[1]["prompt"] = "Human: " + "very long question " * 40 + "Assistant:"  # row 1 (harmless) is dropped

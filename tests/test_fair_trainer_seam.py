@@ -33,10 +33,10 @@ def host():
 
 @pytest.fixture
 def rm_patch(host):
-    from openrlhf_fair.host import rm_trainer
+    from openrlhf_fair.host import pairwise_trainer
 
     undos = []
-    yield lambda config: undos.append(rm_trainer.apply_fairness(config))
+    yield lambda config: undos.append(pairwise_trainer.apply_rm_fairness(config))
     for undo in reversed(undos):
         undo()
 
@@ -46,7 +46,7 @@ def pairwise(chosen, reject, margin=None):
 
 
 def tagged_batch(group_ids, names=("harmless", "helpful")):
-    from openrlhf_fair.host.reward_dataset import GroupTaggedExtras
+    from openrlhf_fair.host.labels import GroupTaggedExtras
 
     return (None, None, None, None, GroupTaggedExtras([0.0] * len(group_ids), group_ids, list(names)))
 

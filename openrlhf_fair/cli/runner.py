@@ -20,11 +20,11 @@ import runpy
 import sys
 from pathlib import Path
 
-# One host module per patched host file; each exposes `apply_fairness(config) -> undo`.
-HOST_PATCH_MODULES = {
-    "train_rm": "openrlhf_fair.host.rm_trainer",
-    "train_dpo": "openrlhf_fair.host.dpo_trainer",
-    "train_ppo_ray": "openrlhf_fair.host.experience_maker",
+# The feature module and function each trainer command's fairness flags apply: ``function(config) -> undo``.
+HOST_FEATURES = {
+    "train_rm": ("openrlhf_fair.host.pairwise_trainer", "apply_rm_fairness"),
+    "train_dpo": ("openrlhf_fair.host.pairwise_trainer", "apply_dpo_fairness"),
+    "train_ppo_ray": ("openrlhf_fair.host.experience_maker", "apply_fairness"),
 }
 HOST_CLI_PACKAGE = "openrlhf.cli"
 DEBUG_ENV = "OPENRLHF_FAIR_DEBUG"
@@ -83,7 +83,8 @@ def _run_host_cli(command: str, argv: list[str], cpu: bool | None) -> int:
 
     cpu_backend.maybe_activate(command, cpu)
     if config is not None:
-        importlib.import_module(HOST_PATCH_MODULES[command]).apply_fairness(config)
+        feature, function = HOST_FEATURES[command]
+        getattr(importlib.import_module(feature), function)(config)
 
     module = f"{HOST_CLI_PACKAGE}.{command}"
     saved_argv = sys.argv

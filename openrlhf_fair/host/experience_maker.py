@@ -12,8 +12,7 @@ into its logged train metrics (``fairness/F``, ``fairness/jain``, ...).
 
 Where it runs: the experience maker lives in OpenRLHF's PPO trainer Ray actor (or the async training actor),
 which a driver-side patch does not reach; `host.ray_workers` carries `apply_in_worker` inside the args to
-every actor process. With ``--fair_unit label:KEY`` the label column is carried too (`host.prompts_dataset`,
-`host.samples_generator`).
+every actor process. With ``--fair_unit label:KEY`` the label column is carried too (`host.labels`).
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ from typing import Callable, List
 from openrlhf_fair.host import extension_hooks, native_hooks, ray_workers
 from openrlhf_fair.host.compat import host_arg
 from openrlhf_fair.host.patching import HostMismatchError, patch_attribute, require_attribute, undo_all
-from openrlhf_fair.host.samples_generator import LABEL_INFO_KEY  # carried per sample; popped before logging
+from openrlhf_fair.host.labels import LABEL_INFO_KEY  # carried per sample; popped before logging
 from openrlhf_fair.ppo_config import PPOFairnessConfig
 
 PATCH_ID = "openrlhf_fair.experience_maker"
@@ -95,7 +94,7 @@ def shape_experiences(maker, experiences: List, config: PPOFairnessConfig) -> Li
             if carried_labels is None or len(carried_labels) != len(exp.rewards):
                 raise HostMismatchError(
                     f"openrlhf-fair: --fair_unit {config.unit} needs each sample's label, but an experience arrived "
-                    "without it: the label patches (openrlhf_fair.host.samples_generator) did not run in the process "
+                    "without it: the label patches (openrlhf_fair.host.labels) did not run in the process "
                     "that generated the samples"
                 )
             labels.extend(carried_labels)
@@ -219,10 +218,10 @@ def apply_in_process(config: PPOFairnessConfig) -> Callable[[], None]:
         undos.append(native_hooks.register_experience_hook(
             lambda m, experiences: shape_experiences(m, experiences, config), HOOK_ID, settings=config, native=native))
         if config.label_key is not None:
-            from openrlhf_fair.host import prompts_dataset, samples_generator
+            from openrlhf_fair.host import labels
 
-            undos.append(prompts_dataset.apply_label_column(config.label_key))
-            undos.append(samples_generator.apply_label_tags(config.label_key))
+            undos.append(labels.apply_label_column(config.label_key))
+            undos.append(labels.apply_label_tags(config.label_key))
     except BaseException:
         undo()
         raise

@@ -1,13 +1,14 @@
 """The one seam between the add-on's features and OpenRLHF: hook points, native where the host has them.
 
-Features (`host.rm_trainer`, `host.dpo_trainer`, `host.experience_maker`) only register hooks; they never call
-into OpenRLHF's trainers otherwise. The hook points are those `patches/openrlhf-<version>/extension-hooks.diff`
-adds to OpenRLHF (``openrlhf/utils/extension_hooks.py`` and its call sites):
+Features (`host.pairwise_trainer` for train_rm / train_dpo, `host.experience_maker` for train_ppo_ray) only
+register hooks; they never call into OpenRLHF's trainers otherwise. The hook points are those
+`patches/openrlhf-<version>/extension-hooks.diff` adds to OpenRLHF (``openrlhf/utils/extension_hooks.py`` and its
+call sites):
 - ``rm_loss`` / ``dpo_loss`` (RewardModelTrainer / DPOTrainer): ``apply_loss_hooks`` in ``__init__``;
   ``get_loss_inputs`` and ``get_loss_logs`` in ``fit``; ``get_loss_inputs`` and ``get_eval_logs`` in ``evaluate``;
 - ``experience`` (RemoteExperienceMaker.compute_advantages_and_returns): ``apply_experience_hooks``.
 On a host with a point's call sites, hooks go into the host's registry and nothing is patched. Otherwise the
-point's one owning module installs the same call sites at run time (`host.trainer_call_sites` for the trainers,
+point's one owning module installs the same call sites at run time (`host.pairwise_trainer` for the trainers,
 `host.experience_maker` for PPO), calling the add-on's copy of that registry (`host.extension_hooks`, the very
 file the diff adds). Either way the features' code and numbers are the same.
 

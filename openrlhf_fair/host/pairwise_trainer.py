@@ -1,28 +1,53 @@
-"""The fairness feature of OpenRLHF's pairwise trainers (RewardModelTrainer for train_rm, DPOTrainer for
-train_dpo): one adapter, registered at the hook points of `host.native_hooks`.
+"""The fairness feature of OpenRLHF's pairwise trainers: RewardModelTrainer (openrlhf/trainer/rm_trainer.py) for
+train_rm and DPOTrainer (openrlhf/trainer/dpo_trainer.py) for train_dpo. One adapter for both, and the one module
+that patches those two classes.
 
-`apply_to_trainer(cls, config, ...)` registers for trainers of ``cls`` (native on a host with `patches/`, else
-at the call sites `host.trainer_call_sites` installs at run time):
+`apply_rm_fairness(config)` / `apply_dpo_fairness(config)` (called by the `openrlhf train_rm` / `train_dpo`
+runner only when a fairness flag is given) register, at the ``rm_loss`` / ``dpo_loss`` hook point of
+`host.native_hooks` (native on a host with `patches/`, else at the runtime call sites below):
 - a loss hook: checks the run (>= 2 pairs in the set F is computed over, group key vs packing) before training,
-  replaces the host's loss (PairWiseLoss/LogExpLoss, or DPOLoss) by `FairPairWiseLoss` / `FairDPOLoss` around
-  it, and records the settings in the model config (saved as ``openrlhf_fair`` in config.json). The loss then
-  tells the host which inputs it needs per batch (group ids, step: `FairPairWiseLoss.batch_inputs`) and gives
-  the step logs (``fairness/...``, means over the optimizer step, then over the ranks);
+  replaces the host's loss (PairWiseLoss/LogExpLoss, or DPOLoss: sigmoid, cDPO or IPO) by `FairPairWiseLoss` /
+  `FairDPOLoss` around it (for DPO the term and the metrics are over the implicit-reward margins), and records
+  the settings in the model config (saved as ``openrlhf_fair`` in config.json). The loss then tells the host
+  which inputs it needs per batch (group ids, step: `FairPairWiseLoss.batch_inputs`) and gives the step logs
+  (``fairness/...``, means over the optimizer step, then over the ranks);
 - an eval hook: the eval fairness metrics (`metrics.pairwise_eval_metrics` of the eval pairs, gathered over
   the ranks), which join the host's own eval logs (progress bar, wandb, TensorBoard).
-With ``--fairness_group_key`` the dataset patch `host.reward_dataset` is applied too.
+With ``--fairness_group_key`` the dataset patch `host.labels.apply_group_labels` is applied too.
+
+Runtime call sites (`install_call_sites`, on a host without `patches/`): around the host methods and calling
+them every time, the call sites that `patches/openrlhf-<version>/extension-hooks.diff` writes into them, all
+reading the add-on's hook registry (`host.extension_hooks`):
+- ``__init__``: ``self.loss_fn = apply_loss_hooks(self, self.loss_fn)`` after the host chose its loss;
+- ``fit`` and ``evaluate``: each batch's ``get_loss_inputs(loss_fn, batch, step)`` reaches the loss call as
+  keyword arguments (the host calls ``self.loss_fn(...)`` itself, so for the duration of the method the
+  trainer's ``loss_fn`` is a `_LossCall` that adds them; ``step`` is the host's micro-step, counted from the
+  ``consumed_samples`` of a resumed run as the host counts it);
+- ``save_logs_and_checkpoints``: ``get_loss_logs(loss_fn)`` averaged over the data-parallel ranks joins the
+  step's logs before the host logs them (the diff adds them to every micro-step's logs, before the same
+  all-reduce; the loss keeps the optimizer step's mean, so the logged values are the same);
+- ``evaluate``: ``get_eval_logs(trainer)`` joins the eval logs the host all-reduces and then logs: for the
+  duration of the method the strategy's ``all_reduce`` adds them to the first dict it is given, which in the
+  host's evaluate is its eval logs.
+Nothing happens at import time.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import functools
+import inspect
+from typing import Any, Callable
 
 from openrlhf_fair.config import FairnessConfigError, RewardFairnessConfig
-from openrlhf_fair.host import native_hooks, trainer_call_sites
+from openrlhf_fair.host import extension_hooks as hooks
+from openrlhf_fair.host import native_hooks
 from openrlhf_fair.host.compat import host_arg
-from openrlhf_fair.host.patching import require_attribute, undo_all
+from openrlhf_fair.host.patching import HostMismatchError, patch_attribute, require_attribute, undo_all
 
 SAVED_CONFIG_KEY = "openrlhf_fair"
+RM_PATCH_ID = "openrlhf_fair.rm_trainer"
+DPO_PATCH_ID = "openrlhf_fair.dpo_trainer"
+CALL_SITES_PATCH_ID = "openrlhf_fair.pairwise_trainer"
 
 
 # --------------------------------------------------------------------------------------------- checks
@@ -47,7 +72,7 @@ def check_run(config: RewardFairnessConfig, strategy) -> None:
             + (" or use --fairness_scope global on several ranks." if config.scope == "micro" else ".")
         )
     if config.group_key is not None:
-        from openrlhf_fair.host.reward_dataset import check_group_key_with_host_args
+        from openrlhf_fair.host.labels import check_group_key_with_host_args
 
         check_group_key_with_host_args(config.group_key, args)
 
@@ -98,6 +123,37 @@ def eval_logs(trainer) -> dict[str, float]:
 
 
 # --------------------------------------------------------------------------------------------- apply
+def apply_rm_fairness(config: RewardFairnessConfig) -> Callable[[], None]:
+    """Hook RewardModelTrainer (and patch RewardDataset with a group key) for ``config``; return the undo.
+
+    Applying the same config twice is harmless; a different config on top of an applied one is an error.
+    """
+    _check_config(config)
+    from openrlhf.trainer import rm_trainer as host
+
+    cls = require_attribute(host, "RewardModelTrainer", "the reward-model trainer of train_rm")
+    return apply_to_trainer(cls, config, RM_PATCH_ID, "rm_loss")
+
+
+def apply_dpo_fairness(config: RewardFairnessConfig) -> Callable[[], None]:
+    """Hook DPOTrainer (and patch RewardDataset with a group key) for ``config``; return the undo.
+
+    Applying the same config twice is harmless; a different config on top of an applied one is an error.
+    """
+    _check_config(config)
+    from openrlhf.trainer import dpo_trainer as host
+
+    from openrlhf_fair.dpo_losses import FairDPOLoss
+
+    cls = require_attribute(host, "DPOTrainer", "the DPO trainer of train_dpo")
+    return apply_to_trainer(cls, config, DPO_PATCH_ID, "dpo_loss", loss_class=FairDPOLoss)
+
+
+def _check_config(config) -> None:
+    if not isinstance(config, RewardFairnessConfig):
+        raise TypeError(f"apply_fairness needs a RewardFairnessConfig, got {type(config).__name__}")
+
+
 _applied: dict[str, RewardFairnessConfig] = {}  # patch id -> the config applied (until undone)
 
 
@@ -112,7 +168,7 @@ def apply_to_trainer(cls, config: RewardFairnessConfig, patch_id: str, hook_poin
         native_hooks.require_runtime_patching("--fairness_group_key (group labels from the dataset)")
     native = native_hooks.use_native_hook(hook_point)
     if not native:
-        trainer_call_sites.check_host(cls)
+        check_host(cls)
     undos: list[Callable[[], None]] = []
 
     def undo() -> None:
@@ -121,13 +177,13 @@ def apply_to_trainer(cls, config: RewardFairnessConfig, patch_id: str, hook_poin
 
     try:
         if not native:
-            undos.append(trainer_call_sites.install_call_sites(cls))
+            undos.append(install_call_sites(cls))
         undos.append(native_hooks.register_loss_hook(
             cls, lambda trainer, loss_fn: fair_loss_for(trainer, loss_fn, config, loss_class),
             f"{patch_id}.loss_hook", settings=config, native=native))
         undos.append(native_hooks.register_eval_hook(cls, eval_logs, f"{patch_id}.eval_hook", settings=config, native=native))
         if config.group_key is not None:
-            from openrlhf_fair.host.reward_dataset import apply_group_labels
+            from openrlhf_fair.host.labels import apply_group_labels
 
             undos.append(apply_group_labels(config.group_key))
     except BaseException:
@@ -135,3 +191,183 @@ def apply_to_trainer(cls, config: RewardFairnessConfig, patch_id: str, hook_poin
         raise
     _applied[patch_id] = config
     return undo
+
+
+# --------------------------------------------------------------------------------------------- runtime call sites
+# The host methods wrapped, and the parameters each wrapper reads (checked before anything is patched).
+WRAPPED_PARAMETERS = {
+    "__init__": ("strategy",),
+    "fit": ("args", "consumed_samples"),
+    "save_logs_and_checkpoints": ("step_bar", "logs_dict"),
+    "evaluate": ("eval_dataloader",),
+}
+WRAPPED_METHODS = tuple(WRAPPED_PARAMETERS)
+
+
+def check_parameters(method: Callable, names: tuple[str, ...]) -> inspect.Signature:
+    """The host method's signature (seen through wrappers that set ``__wrapped__``), which must have ``names``."""
+    signature = inspect.signature(method)
+    missing = [name for name in names if name not in signature.parameters]
+    if missing:
+        raise HostMismatchError(
+            f"openrlhf-fair: {getattr(method, '__qualname__', method)}{signature} has no parameter(s) "
+            f"{', '.join(missing)}; the trainer patch needs updating for this OpenRLHF version"
+        )
+    return signature
+
+
+def _bind(signature: inspect.Signature, *args, **kwargs) -> inspect.BoundArguments:
+    bound = signature.bind(*args, **kwargs)
+    bound.apply_defaults()
+    return bound
+
+
+class _LossCall:
+    """The trainer's loss, called with the keyword arguments `get_loss_inputs` gave for the current batch."""
+
+    def __init__(self, loss_fn) -> None:
+        self.loss_fn = loss_fn
+        self.inputs: dict = {}
+
+    def __call__(self, *args, **kwargs):  # a patched host passing them itself (runtime mode there) wins
+        return self.loss_fn(*args, **{**self.inputs, **kwargs})
+
+    def __getattr__(self, name):
+        return getattr(self.loss_fn, name)
+
+
+class _Batches:
+    """Iterates the host dataloader unchanged, handing each batch's loss inputs to the `_LossCall` first."""
+
+    def __init__(self, dataloader, call: _LossCall, first_step=None) -> None:
+        self._dataloader, self._call, self._step = dataloader, call, first_step
+
+    def __iter__(self):
+        for batch in self._dataloader:
+            self._call.inputs = hooks.get_loss_inputs(self._call.loss_fn, batch, self._step)
+            if self._step is not None:
+                self._step += 1
+            yield batch
+
+    def __len__(self) -> int:
+        return len(self._dataloader)
+
+    def __getattr__(self, name):
+        return getattr(self._dataloader, name)
+
+
+def _wrap_init(original):
+    @functools.wraps(original)
+    def __init__(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        self.loss_fn = hooks.apply_loss_hooks(self, self.loss_fn)
+
+    return __init__
+
+
+def _wrap_fit(original):
+    signature = check_parameters(original, WRAPPED_PARAMETERS["fit"])
+
+    @functools.wraps(original)
+    def fit(self, *args, **kwargs):
+        bound = _bind(signature, self, *args, **kwargs)
+        host_args, consumed = bound.arguments["args"], bound.arguments["consumed_samples"]
+        first_step = consumed // host_arg(host_args, "train.batch_size") * self.strategy.accumulated_gradient + 1  # as the host
+        loss_fn, dataloader = self.loss_fn, self.train_dataloader
+        self.loss_fn = call = _LossCall(loss_fn)
+        self.train_dataloader = _Batches(dataloader, call, first_step)
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            self.loss_fn, self.train_dataloader = loss_fn, dataloader
+
+    return fit
+
+
+def _wrap_save_logs(original):
+    signature = check_parameters(original, WRAPPED_PARAMETERS["save_logs_and_checkpoints"])
+
+    @functools.wraps(original)
+    def save_logs_and_checkpoints(self, *args, **kwargs):
+        bound = _bind(signature, self, *args, **kwargs)
+        logs = hooks.get_loss_logs(self.loss_fn)
+        if logs:  # every rank calls this at the same steps, so the all-reduce is safe
+            logs = self.strategy.all_reduce(logs)
+            logs_dict = bound.arguments["logs_dict"]
+            if logs_dict is None or logs_dict is signature.parameters["logs_dict"].default:
+                # a fresh dict, never the host's shared default (0.9.3 - 0.10.x: ``logs_dict={}``)
+                logs_dict = bound.arguments["logs_dict"] = {}
+            logs_dict.update(logs)
+            step_bar = bound.arguments["step_bar"]
+            if step_bar is not None:
+                step_bar.set_postfix(logs_dict)
+        return original(*bound.args, **bound.kwargs)
+
+    return save_logs_and_checkpoints
+
+
+def _wrap_evaluate(original):
+    signature = check_parameters(original, WRAPPED_PARAMETERS["evaluate"])
+
+    @functools.wraps(original)
+    def evaluate(self, *args, **kwargs):
+        bound = _bind(signature, self, *args, **kwargs)
+        loss_fn, strategy = self.loss_fn, self.strategy  # inside fit, loss_fn is fit's _LossCall
+        self.loss_fn = call = _LossCall(loss_fn.loss_fn if isinstance(loss_fn, _LossCall) else loss_fn)
+        bound.arguments["eval_dataloader"] = _Batches(bound.arguments["eval_dataloader"], call)
+        host_all_reduce, shadowed = strategy.all_reduce, strategy.__dict__.get("all_reduce")
+        added: list[bool] = []
+
+        def all_reduce(data, *a, **k):
+            if isinstance(data, dict) and not added:
+                added.append(True)
+                data = {**data, **hooks.get_eval_logs(self)}
+            return host_all_reduce(data, *a, **k)
+
+        strategy.all_reduce = all_reduce
+        try:
+            result = original(*bound.args, **bound.kwargs)
+        finally:
+            if shadowed is None:
+                del strategy.all_reduce
+            else:
+                strategy.all_reduce = shadowed
+            self.loss_fn = loss_fn
+        if not added:
+            raise HostMismatchError(
+                f"openrlhf-fair: {type(self).__name__}.evaluate no longer all-reduces its eval logs through "
+                "strategy.all_reduce; the eval-logs call site needs updating for this OpenRLHF version"
+            )
+        return result
+
+    return evaluate
+
+
+_MAKERS = {
+    "__init__": _wrap_init,
+    "fit": _wrap_fit,
+    "save_logs_and_checkpoints": _wrap_save_logs,
+    "evaluate": _wrap_evaluate,
+}
+
+
+def check_host(cls: type) -> None:
+    """Fail loudly, before anything is patched, when a wrapped method or parameter of ``cls`` moved."""
+    for name, parameters in WRAPPED_PARAMETERS.items():
+        check_parameters(require_attribute(cls, name, f"{cls.__name__} method wrapped by openrlhf-fair"), parameters)
+
+
+def install_call_sites(cls: Any) -> Callable[[], None]:
+    """Install the hook points' call sites on the trainer class ``cls``; return the undo (all or nothing).
+
+    Installing them again is harmless (a no-op undo).
+    """
+    check_host(cls)
+    undos: list[Callable[[], None]] = []
+    try:
+        for name, make in _MAKERS.items():
+            undos.append(patch_attribute(cls, name, make, f"{CALL_SITES_PATCH_ID}.{name}"))
+    except BaseException:
+        undo_all(undos)()
+        raise
+    return undo_all(undos)
