@@ -15,6 +15,9 @@ every method with N training seeds on the same data (models LABEL_sSEED); the re
 mean and 95% interval over test pairs and seeds, and each method's paired difference to Bradley-Terry.
 `--sweep` trains a small grid (including the `inverse` coefficient form). `--best-of-n N` adds the report's
 best-of-N selection audit. Every step's full log is kept under OUT/logs/.
+
+This module is the command line and the run; its steps live in `demo_methods` (what to train), `demo_data` (the
+pairs) and `demo_training` (the train_rm subprocesses).
 """
 
 from __future__ import annotations
@@ -22,196 +25,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import shlex
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
+from openrlhf_fair.demo_data import PACKAGE_DATA, check_pair_counts, prepare_data
+from openrlhf_fair.demo_methods import KIND_NAMES, METHOD_KINDS, SWEEP, Method, parse_methods
 from openrlhf_fair.demo_training import DemoError, run_training, train_command, training_runs
 
-__all__ = ["Method", "SWEEP", "main", "parse_methods", "prepare_data", "train_command"]
-
-# Shipped inside the package (the wheel carries it); examples/data in a checkout links here.
-PACKAGE_DATA = Path(__file__).resolve().parent / "data" / "helpful_harmless_pairs.jsonl.gz"
-
-
-# ----------------------------------------------------------------------------------------------- methods
-@dataclass(frozen=True)
-class MethodKind:
-    """One kind of reward model the demo trains: the train_rm flag its strength sets, under which parameter name."""
-
-    name: str
-    strength: Optional[str] = None  # the parameter holding the strength (None: plain Bradley-Terry)
-    flag: Optional[str] = None  # the train_rm flag it goes to
-    label: str = ""  # label prefix of the strength, e.g. fr_a1 for reg=1
-    fairness: bool = True  # takes the shared fairness parameters (tau, T, group_key)
-
-
-# Labels keep the letters of the first release (fr_a1, fc_paper_g0.5) so that the stored results stay comparable.
-METHOD_KINDS = {kind.name: kind for kind in (
-    MethodKind("bt", fairness=False),
-    MethodKind("fr", "reg", "--fairness_reg", "a"),  # Fairness Regularization
-    MethodKind("fc", "coef", "--fairness_coef", "g"),  # Fairness Coefficient (with its form)
-    MethodKind("level", "reg", "--fairness_level_reg", "r"),  # reward-level fairness
-    MethodKind("rc", "coef", "--reward_centering", "c", fairness=False),  # baseline: reward centering
-    MethodKind("bsr", "coef", "--batch_sum_reg", "c", fairness=False),  # baseline: batch-sum regularisation
-)}
-_KIND_NAMES = ", ".join(METHOD_KINDS)
-
-
-@dataclass
-class Method:
-    """One reward model to train: a kind of METHOD_KINDS, its parameters and its label."""
-
-    kind: str
-    params: dict = field(default_factory=dict)
-    label: str = ""
-
-    def fairness_flags(self) -> list[str]:
-        kind, p = METHOD_KINDS[self.kind], self.params
-        if kind.flag is None:
-            return []
-        flags = [kind.flag, str(p[kind.strength])]
-        if self.kind == "fc":
-            flags += ["--fairness_coef_form", p["form"]]
-        if kind.fairness:
-            flags += ["--fairness_tau", str(p["tau"]), "--fairness_temperature", str(p["temperature"])]
-            if p.get("group_key"):
-                flags += ["--fairness_group_key", p["group_key"]]
-        return flags
-
-
-_PARAM_NAMES = {"reg": float, "coef": float, "form": str, "tau": float, "temperature": float, "T": float,
-                "group_key": str, "label": str}
-_OLD_PARAM_NAMES = {"alpha": "reg", "gamma": "coef"}  # the first release's names, still accepted
-
-
-def _num(v) -> str:
-    return f"{v:g}" if isinstance(v, float) else str(v)
-
-
-def _default_params(kind: MethodKind, defaults: dict) -> dict:
-    params = {}
-    if kind.fairness:
-        params.update(tau=defaults["tau"], temperature=defaults["temperature"], group_key=defaults["group_key"])
-    if kind.strength:
-        params[kind.strength] = defaults[kind.name]
-    if kind.name == "fc":
-        params["form"] = defaults["form"]
-    return params
-
-
-def _label(kind: MethodKind, params: dict) -> str:
-    label = kind.name
-    if kind.name == "fc":
-        label += f"_{params['form']}"
-    if kind.strength:
-        label += f"_{kind.label}{_num(params[kind.strength])}"
-    if kind.fairness:
-        if params["tau"] != -1.0:
-            label += f"_tau{_num(params['tau'])}"
-        if params["temperature"] != 1.0:
-            label += f"_T{_num(params['temperature'])}"
-        if params.get("group_key"):
-            label += "_group"
-    return label
-
-
-def parse_methods(spec: str, defaults: dict) -> list[Method]:
-    """``"bt,fr,fc"`` or with parameters ``"fr:reg=0.1,fc:coef=0.5:form=inverse,level:reg=1:group_key=category"``.
-
-    ``defaults`` holds each kind's strength under the kind's name (fr, fc, level, rc, bsr) and the shared form,
-    tau, temperature and group_key."""
-    methods = []
-    for item in [s.strip() for s in spec.split(",") if s.strip()]:
-        name, *assignments = item.split(":")
-        if name not in METHOD_KINDS:
-            raise DemoError(f"--methods: unknown method {name!r} in {item!r} ({_KIND_NAMES})")
-        kind = METHOD_KINDS[name]
-        params = _default_params(kind, defaults)
-        given = {}
-        for a in assignments:
-            if "=" not in a:
-                raise DemoError(f"--methods: expected key=value in {item!r}, got {a!r}")
-            key, value = a.split("=", 1)
-            key = _OLD_PARAM_NAMES.get(key, key)
-            if key not in _PARAM_NAMES:
-                raise DemoError(f"--methods: unknown parameter {key!r} in {item!r} ({', '.join(_PARAM_NAMES)})")
-            key = "temperature" if key == "T" else key
-            if key != "label" and key not in params:
-                taken = f"only {', '.join(params)}" if params else "no fairness parameters"
-                raise DemoError(f"--methods: {name} takes {taken}, not {key!r} ({item!r})")
-            try:
-                given[key] = _PARAM_NAMES[key](value)
-            except ValueError as e:
-                raise DemoError(f"--methods: bad value for {key} in {item!r}: {e}") from e
-        label = given.pop("label", None)
-        params.update(given)
-        methods.append(Method(name, params, label or _label(kind, params)))
-    labels = [m.label for m in methods]
-    if len(set(labels)) != len(labels):
-        raise DemoError(f"--methods: two methods have the same label ({labels}); add label=NAME")
-    if not methods:
-        raise DemoError("--methods: nothing to train")
-    return methods
-
-
-# A small grid for the Pareto table: both methods at the paper's and at stronger settings, both FC forms, and
-# FR over the per-group mean allocations (--fairness_group_key), which targets the category gap directly.
-SWEEP = ("bt,fr:reg=0.1,fr:reg=1,fc:coef=0.5:form=paper,fc:coef=0.5:form=inverse,"
-         "fr:reg=1:group_key=category")
-
-
-# ----------------------------------------------------------------------------------------------- data
-def _write_jsonl(rows, path: Path) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-
-
-def _balanced_sample(rows, n_total: int, group_key: str, rng: random.Random) -> list[dict]:
-    groups = sorted({r[group_key] for r in rows})
-    per = n_total // len(groups)
-    out = []
-    for g in groups:
-        members = [r for r in rows if r[group_key] == g]
-        if len(members) < per:
-            raise DemoError(f"only {len(members)} usable {group_key}={g!r} pairs, {per} wanted: lower the pair count")
-        out += rng.sample(members, per)
-    rng.shuffle(out)
-    return out
-
-
-def prepare_data(args, tokenizer, data_dir: Path) -> dict:
-    """Filter no-signal pairs, sample balanced train / eval / test subsets, write them as .jsonl; return a summary."""
-    from openrlhf_fair.report import identical_after_truncation, load_pairs
-
-    rng = random.Random(args.seed)
-    summary = {"source": str(args.data), "max_len": args.max_len, "dropped_identical_after_truncation": {}}
-    subsets = {}
-    for split, n in (("train", args.train_pairs), ("test", args.test_pairs)):
-        rows = load_pairs(args.data, group_key=args.group_key, split=split)
-        same = identical_after_truncation(rows, tokenizer, args.max_len)
-        dropped = {}
-        for r, s in zip(rows, same):
-            if s:
-                dropped[r[args.group_key]] = dropped.get(r[args.group_key], 0) + 1
-        totals = {}
-        for r in rows:
-            totals[r[args.group_key]] = totals.get(r[args.group_key], 0) + 1
-        summary["dropped_identical_after_truncation"][split] = {g: f"{dropped.get(g, 0)}/{t}" for g, t in totals.items()}
-        kept = [r for r, s in zip(rows, same) if not s]
-        subsets[split] = _balanced_sample(kept, n, args.group_key, rng)
-    # OpenRLHF computes the reward mean/std it saves on an eval set; a small slice of train is enough here.
-    subsets["eval"] = subsets["train"][: max(8, min(64, len(subsets["train"]) // 10))]
-    data_dir.mkdir(parents=True, exist_ok=True)
-    for name, rows in subsets.items():
-        _write_jsonl(rows, data_dir / f"{name}.jsonl")
-        summary[f"{name}_pairs"] = len(rows)
-    return summary
+__all__ = ["DemoError", "METHOD_KINDS", "Method", "PACKAGE_DATA", "SWEEP", "main", "parse_methods", "prepare_data",
+           "train_command"]
 
 
 # ----------------------------------------------------------------------------------------------- CLI
@@ -233,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "Face model folder")
     p.add_argument("--out", default="openrlhf_fair_demo", help="output folder (data, models, logs, report)")
     p.add_argument("--methods", default="bt,fr,fc",
-                   help=f"comma list of {_KIND_NAMES} (fr: Fairness Regularization, fc: Fairness Coefficient, level: "
+                   help=f"comma list of {KIND_NAMES} (fr: Fairness Regularization, fc: Fairness Coefficient, level: "
                         "reward-level fairness, rc / bsr: the reward-centering / batch-sum baselines), optionally "
                         "with parameters, e.g. 'bt,fr:reg=0.1,fc:coef=0.5:form=inverse,level:reg=1:group_key=category'")
     p.add_argument("--sweep", action="store_true", help=f"train the small grid {SWEEP!r} and add a Pareto table")
@@ -299,20 +124,6 @@ class DemoResult:
     report: object = None  # openrlhf_fair.report.Report
 
 
-def _check_pair_counts(args) -> None:
-    """Refuse pair counts the balanced sampling cannot meet, before any model or tokenizer is loaded."""
-    from openrlhf_fair.report import load_pairs
-
-    for flag, n in (("--train-pairs", args.train_pairs), ("--test-pairs", args.test_pairs)):
-        if n < 1:
-            raise DemoError(f"{flag} must be >= 1, got {n}")
-    groups = sorted({r[args.group_key] for r in load_pairs(args.data, group_key=args.group_key, split="train")})
-    for flag, n in (("--train-pairs", args.train_pairs), ("--test-pairs", args.test_pairs)):
-        if n < len(groups):
-            raise DemoError(f"{flag} {n} is below the number of {args.group_key} groups ({len(groups)}: "
-                            f"{', '.join(groups)}): pairs are balanced across groups, give at least {len(groups)}")
-
-
 def run_demo(args) -> DemoResult:
     import torch
 
@@ -327,7 +138,7 @@ def run_demo(args) -> DemoResult:
         raise DemoError(f"data file not found: {args.data}{hint}")
     if args.micro_batch_size < 2:
         raise DemoError("--micro-batch-size must be >= 2: fairness over one pair is constant (zero gradient)")
-    _check_pair_counts(args)
+    check_pair_counts(args)
     defaults = {"fr": args.reg, "fc": args.coef, "level": args.level_reg, "rc": args.baseline_coef,
                 "bsr": args.baseline_coef, "form": args.form, "tau": args.tau, "temperature": args.temperature,
                 "group_key": args.fair_group_key}

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from openrlhf_fair.demo import Method
+    from openrlhf_fair.demo_methods import Method
 
 __all__ = ["DemoError", "openrlhf_command", "run_training", "train_command", "training_runs"]
 
