@@ -10,6 +10,7 @@ import torch
 from openrlhf_fair.cli.flags import parse_fairness_args
 from openrlhf_fair.config import FairnessConfigError, RewardFairnessConfig
 from openrlhf_fair.host.patching import HostMismatchError, is_patched
+from test_fair_rm_patch import FakeStrategy as RewardModelStrategy
 
 METHODS = ("__init__", "fit", "save_logs_and_checkpoints", "evaluate")
 
@@ -44,25 +45,13 @@ def dpo_patch(host, monkeypatch):
         assert not is_patched(host.DPOTrainer, name), f"{name} left patched by a test"
 
 
-class FakeStrategy:
-    """The parts of OpenRLHF's DeepspeedStrategy that DPOTrainer.__init__ touches."""
+class FakeStrategy(RewardModelStrategy):
+    """The parts of OpenRLHF's DeepspeedStrategy that DPOTrainer.__init__ touches: the reward-model trainer's fake
+    (test_fair_rm_patch) with DPO's model flags."""
 
     def __init__(self, micro=4, ipo=False):
-        self.args = SimpleNamespace(
-            model=SimpleNamespace(aux_loss_coef=0, nll_loss_coef=0, label_smoothing=0.0, ipo_enable=ipo),
-            ds=SimpleNamespace(packing_samples=False, ring_attn_size=1, tensor_parallel_size=1),
-            logger=SimpleNamespace(wandb=SimpleNamespace(key=None), tensorboard_dir=None),
-            train=SimpleNamespace(micro_batch_size=micro),
-        )
-        self.world_size = 1
-        self.accumulated_gradient = 2
-        self.printed = []
-
-    def print(self, *msg):
-        self.printed.append(" ".join(map(str, msg)))
-
-    def _unwrap_model(self, model):
-        return model
+        super().__init__(micro=micro)
+        self.args.model = SimpleNamespace(aux_loss_coef=0, nll_loss_coef=0, label_smoothing=0.0, ipo_enable=ipo)
 
 
 class TinyPolicy(torch.nn.Module):

@@ -301,7 +301,7 @@ def test_unpatched_host_uses_runtime_patches_and_native_mode_names_what_is_missi
 def test_native_host_hook_points_are_detected(stand_ins_for_host):
     from openrlhf_fair.host import native_hooks
 
-    assert all(native_hooks.has_native_hook(point) for point in native_hooks.HOOK_POINTS)
+    assert all(not native_hooks.missing_call_sites(point) for point in native_hooks.HOOK_POINTS)
     assert native_hooks.patch_mode() == "native" and not native_hooks.runtime_patching_allowed()
 
 
@@ -334,7 +334,7 @@ def test_native_host_dpo_trainer_gets_fair_loss_and_logs_through_the_hook(stand_
     model = ns(config=PretrainedConfig())
     undo = pairwise_trainer.apply_dpo_fairness(RewardFairnessConfig(reg=0.1))
     try:
-        assert not any(is_patched(host.DPOTrainer, name) for name in pairwise_trainer.WRAPPED_METHODS)
+        assert not any(is_patched(host.DPOTrainer, name) for name in pairwise_trainer.WRAPPED_PARAMETERS)
         trainer = host.DPOTrainer(model, None, strategy, None, None, None, None, None, beta=0.1)
         assert isinstance(trainer.loss_fn, FairDPOLoss) and model.config.openrlhf_fair["reg"] == 0.1
         logps = [torch.tensor([-3.0, -4.0, -5.0, -2.0], requires_grad=True) for _ in range(2)]
@@ -362,7 +362,7 @@ def test_native_host_group_key_falls_back_to_runtime_patches_only_in_auto_mode(s
     monkeypatch.setenv("OPENRLHF_FAIR_PATCH_MODE", "auto")
     undo = pairwise_trainer.apply_dpo_fairness(config)
     try:
-        assert not any(is_patched(host.DPOTrainer, name) for name in pairwise_trainer.WRAPPED_METHODS)
+        assert not any(is_patched(host.DPOTrainer, name) for name in pairwise_trainer.WRAPPED_PARAMETERS)
         assert is_patched(host_dataset.RewardDataset, "process_data")
     finally:
         undo()

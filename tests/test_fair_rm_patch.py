@@ -44,7 +44,7 @@ def rm_patch(host):
     yield apply
     for undo in reversed(undos):
         undo()
-    for name in pairwise_trainer.WRAPPED_METHODS:
+    for name in pairwise_trainer.WRAPPED_PARAMETERS:
         assert not is_patched(host.rm_trainer.RewardModelTrainer, name), f"{name} left patched by a test"
 
 

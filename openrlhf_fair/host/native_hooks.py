@@ -102,10 +102,6 @@ def missing_call_sites(point: str) -> list[str]:
     return missing
 
 
-def has_native_hook(point: str) -> bool:
-    return not missing_call_sites(point)
-
-
 def use_native_hook(point: str) -> bool:
     """Whether the add-on should register a native hook for ``point`` (else patch at run time).
 

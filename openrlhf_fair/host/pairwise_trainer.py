@@ -201,7 +201,6 @@ WRAPPED_PARAMETERS = {
     "save_logs_and_checkpoints": ("step_bar", "logs_dict"),
     "evaluate": ("eval_dataloader",),
 }
-WRAPPED_METHODS = tuple(WRAPPED_PARAMETERS)
 
 
 def check_parameters(method: Callable, names: tuple[str, ...]) -> inspect.Signature:

@@ -116,11 +116,6 @@ def carry_to_workers(target: str, payload: Any) -> Callable[[], None]:
     return undo
 
 
-def registered() -> dict[str, Any]:
-    """A copy of the setups the next hierarchized args will carry: target -> payload."""
-    return dict(_registered)
-
-
 def with_process_start(runtime_env: dict[str, Any], entries) -> dict[str, Any]:
     """A copy of a Ray ``runtime_env`` whose worker processes run each ``target(payload)`` at start (step 4).
 
