@@ -245,3 +245,18 @@ def test_non_positive_allocations_are_counted_in_the_message():
 
     with pytest.raises(FairnessInputError, match=r"^allocation x must be strictly positive, 2 of 5 value\(s\) are <= 0"):
         log_fairness(torch.tensor([0.5, 0.0, -1.0, 2.0, 1.0]))
+
+
+def test_data_parallel_size_of_a_single_process_and_its_defaults():
+    """The global-scope check's rank count: world // ring attention // tensor parallel, 1 for a single process
+    whose strategy has no world size and whose command line sets neither parallelism."""
+    from types import SimpleNamespace
+
+    from openrlhf_fair.host.compat import host_args_like
+    from openrlhf_fair.host.pairwise_trainer import data_parallel_size
+
+    assert data_parallel_size(SimpleNamespace(args=host_args_like({}))) == 1
+    assert data_parallel_size(SimpleNamespace(world_size=None, args=host_args_like({}))) == 1
+    assert data_parallel_size(SimpleNamespace(world_size=4, args=host_args_like({}))) == 4
+    ranks = host_args_like({"ds.ring_attn_size": 2, "ds.tensor_parallel_size": 2})
+    assert data_parallel_size(SimpleNamespace(world_size=8, args=ranks)) == 2
