@@ -260,3 +260,30 @@ def test_data_parallel_size_of_a_single_process_and_its_defaults():
     assert data_parallel_size(SimpleNamespace(world_size=4, args=host_args_like({}))) == 4
     ranks = host_args_like({"ds.ring_attn_size": 2, "ds.tensor_parallel_size": 2})
     assert data_parallel_size(SimpleNamespace(world_size=8, args=ranks)) == 2
+    # a whole number of ranks (it is printed in the refusal): 3 ranks with tensor parallel 2 hold 1 data-parallel rank
+    odd = [data_parallel_size(SimpleNamespace(world_size=w, args=host_args_like({"ds.ring_attn_size": r,
+                                                                                  "ds.tensor_parallel_size": t})))
+           for w, r, t in ((3, 1, 2), (6, 4, 1), (8, 2, 2))]
+    assert odd == [1, 1, 2] and all(type(size) is int for size in odd)
+
+
+def test_micro_batch_refusal_counts_one_ranks_pairs_in_micro_scope_and_all_ranks_in_global_scope():
+    """OpenRLHF's default micro-batch of one pair is refused in micro scope even on several ranks (F is per
+    rank there), accepted in global scope over 2 ranks, and refused in global scope on one rank; each message
+    says which set F is computed over and how to fix it."""
+    from types import SimpleNamespace
+
+    from openrlhf_fair.config import FairnessConfigError
+    from openrlhf_fair.host.compat import host_args_like
+    from openrlhf_fair.host.pairwise_trainer import check_run
+
+    def strategy(world):
+        return SimpleNamespace(world_size=world, args=host_args_like({"train.micro_batch_size": 1}))
+
+    with pytest.raises(FairnessConfigError, match=r"but the micro-batch has 1 \(--train.micro_batch_size 1;.*"
+                                                  r"or use --fairness_scope global on several ranks\.$"):
+        check_run(RewardFairnessConfig(reg=0.1), strategy(2))
+    check_run(RewardFairnessConfig(reg=0.1, scope="global"), strategy(2))
+    with pytest.raises(FairnessConfigError, match=r"but the global micro-batch \(1 data-parallel rank\(s\)\) has 1 "
+                                                  r"\(--train.micro_batch_size 1;.*\(the authors used 32\)\.$"):
+        check_run(RewardFairnessConfig(reg=0.1, scope="global"), strategy(1))
