@@ -287,3 +287,14 @@ def test_micro_batch_refusal_counts_one_ranks_pairs_in_micro_scope_and_all_ranks
     with pytest.raises(FairnessConfigError, match=r"but the global micro-batch \(1 data-parallel rank\(s\)\) has 1 "
                                                   r"\(--train.micro_batch_size 1;.*\(the authors used 32\)\.$"):
         check_run(RewardFairnessConfig(reg=0.1, scope="global"), strategy(1))
+
+
+def test_group_key_with_packing_is_refused_naming_the_key():
+    from types import SimpleNamespace
+
+    from openrlhf_fair.host.compat import host_args_like
+    from openrlhf_fair.host.pairwise_trainer import check_run
+
+    packed = SimpleNamespace(world_size=1, args=host_args_like({"train.micro_batch_size": 8, "ds.packing_samples": True}))
+    with pytest.raises(Exception, match=r"^--fairness_group_key category is not supported with --ds.packing_samples"):
+        check_run(RewardFairnessConfig(reg=0.1, group_key="category"), packed)
