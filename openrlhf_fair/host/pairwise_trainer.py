@@ -48,6 +48,7 @@ SAVED_CONFIG_KEY = "openrlhf_fair"
 RM_PATCH_ID = "openrlhf_fair.rm_trainer"
 DPO_PATCH_ID = "openrlhf_fair.dpo_trainer"
 CALL_SITES_PATCH_ID = "openrlhf_fair.pairwise_trainer"
+EVAL_LOGS_PATCH_ID = "openrlhf_fair.pairwise_trainer.eval_logs"
 
 
 # --------------------------------------------------------------------------------------------- checks
@@ -314,23 +315,23 @@ def _wrap_evaluate(original):
         loss_fn, strategy = self.loss_fn, self.strategy  # inside fit, loss_fn is fit's _LossCall
         self.loss_fn = call = _LossCall(loss_fn.loss_fn if isinstance(loss_fn, _LossCall) else loss_fn)
         bound.arguments["eval_dataloader"] = _Batches(bound.arguments["eval_dataloader"], call)
-        host_all_reduce, shadowed = strategy.all_reduce, strategy.__dict__.get("all_reduce")
         added: list[bool] = []
 
-        def all_reduce(data, *a, **k):
-            if isinstance(data, dict) and not added:
-                added.append(True)
-                data = {**data, **hooks.get_eval_logs(self)}
-            return host_all_reduce(data, *a, **k)
+        def adding_eval_logs(host_all_reduce):
+            def all_reduce(data, *a, **k):
+                if isinstance(data, dict) and not added:
+                    added.append(True)
+                    data = {**data, **hooks.get_eval_logs(self)}
+                return host_all_reduce(data, *a, **k)
 
-        strategy.all_reduce = all_reduce
+            return all_reduce
+
+        # on this strategy instance, for the duration of the call, under the patch contract (undone in `finally`)
+        undo_all_reduce = patch_attribute(strategy, "all_reduce", adding_eval_logs, EVAL_LOGS_PATCH_ID)
         try:
             result = original(*bound.args, **bound.kwargs)
         finally:
-            if shadowed is None:
-                del strategy.all_reduce
-            else:
-                strategy.all_reduce = shadowed
+            undo_all_reduce()
             self.loss_fn = loss_fn
         if not added:
             raise HostMismatchError(
