@@ -12,7 +12,7 @@ import torch
 
 from openrlhf_fair import cpu_backend, fixtures
 from openrlhf_fair.cpu_backend import cli_args, launch, stand_ins, strategy
-from openrlhf_fair.host import parsed_args
+from openrlhf_fair.host import import_hooks, parsed_args
 from openrlhf_fair.host.patching import is_patched
 
 
@@ -23,7 +23,7 @@ def no_flash_attn_modules():
     def take_modules():
         return {k: sys.modules.pop(k) for k in list(sys.modules) if k == "flash_attn" or k.startswith("flash_attn.")}
 
-    was_served = stand_ins.is_served("flash_attn")
+    was_served = import_hooks.serves("flash_attn")
     saved = take_modules()
     stand_ins.uninstall("flash_attn")
     yield

@@ -115,6 +115,7 @@ def test_seed_worker_seeds_the_global_rngs_only_in_ray_workers(monkeypatch):
 
 def test_ray_init_kwargs_local_start(monkeypatch):
     from openrlhf_fair.cpu_backend import ray_support
+    from openrlhf_fair.host import ray_workers
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.setenv("OPENRLHF_FAIR_RAY_NUM_GPUS", "12")
@@ -125,16 +126,17 @@ def test_ray_init_kwargs_local_start(monkeypatch):
     env = full["runtime_env"]["env_vars"]
     assert env["NCCL_DEBUG"] == "WARN" and env["OPENRLHF_FAIR_CPU"] == "1" and env[ray_support.WORKER_ENV] == "1"
     assert env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0"
-    assert full["runtime_env"]["worker_process_setup_hook"] == ray_support.WORKER_HOOK
+    assert full["runtime_env"]["worker_process_setup_hook"] == ray_workers.PROCESS_START_HOOK
     assert host == {"runtime_env": {"env_vars": {"NCCL_DEBUG": "WARN"}}}  # the caller's dict is not modified
 
 
 def test_ray_init_kwargs_existing_cluster_and_conflicts(monkeypatch):
     from openrlhf_fair.cpu_backend import ray_support
+    from openrlhf_fair.host import ray_workers
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     joined = ray_support.ray_init_kwargs({"address": "127.0.0.1:6379"})
-    assert "num_gpus" not in joined and joined["runtime_env"]["worker_process_setup_hook"] == ray_support.WORKER_HOOK
+    assert "num_gpus" not in joined and joined["runtime_env"]["worker_process_setup_hook"] == ray_workers.PROCESS_START_HOOK
     with pytest.raises(ray_support.RayStartError, match="worker_process_setup_hook"):
         ray_support.ray_init_kwargs({"runtime_env": {"worker_process_setup_hook": "other.hook"}})
     monkeypatch.setenv("OPENRLHF_FAIR_RAY_NUM_GPUS", "many")

@@ -46,7 +46,6 @@ from openrlhf_fair.host.patching import patch_attribute, undo_all
 PATCH_ID = "openrlhf_fair.cpu_backend.ray_support"
 WORKER_TARGET = "openrlhf_fair.cpu_backend.ray_support:worker_process_setup"
 SEED_TARGET = "openrlhf_fair.cpu_backend.ray_support:seed_worker"
-WORKER_HOOK = ray_workers.PROCESS_START_HOOK
 WORKER_ENV = "OPENRLHF_FAIR_RAY_WORKER"  # set in Ray workers' environment by the driver
 LOOPBACK = "127.0.0.1"
 RAY_CLUSTER_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"

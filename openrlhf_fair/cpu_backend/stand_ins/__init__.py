@@ -48,10 +48,6 @@ def is_stand_in(module) -> bool:
     return Path(getattr(module, "__file__", "") or "").resolve().is_relative_to(HERE)
 
 
-def is_served(name: str) -> bool:
-    return import_hooks.serves(name)
-
-
 def install(name: str) -> bool:
     """Serve ``name`` from its stand-in unless the real package is importable; True when the stand-in serves it."""
     if not (HERE / name / "__init__.py").is_file():
