@@ -376,7 +376,11 @@ def reward_func(queries, prompts, labels):
 
 PROMPTS = ["How do I bake bread?", "What is the capital of France?", "Tell me a joke.", "Can you help me?"]
 STEPS = 3
-ROLLOUT_BATCH = 4
+# One prompt per rollout batch, so that a run with a given seed repeats (the flags-off bit identity test compares
+# two runs): OpenRLHF sends each prompt to the engine as its own Ray call and collects the results as they finish
+# (SamplesGenerator, ray.wait). With 4 prompts, 3 of 12 runs came out of a different order at step 2 or 3.
+ROLLOUT_BATCH = 1
+SAMPLES_PER_PROMPT = 2
 
 
 def memory_mb(pids: list[int]) -> tuple[float, float]:
@@ -486,8 +490,9 @@ def ppo_argv(tmp_path: Path, model: Path, extra: list[str], front: list[str] | N
         "--vllm.num_engines", "1", "--vllm.sync_backend", "gloo",
         "--actor.num_gpus_per_node", "1", "--ref.num_gpus_per_node", "1",
         "--data.prompt_dataset", str(prompts), "--data.input_key", "input", "--data.label_key", "label",
-        "--rollout.batch_size", str(ROLLOUT_BATCH), "--rollout.n_samples_per_prompt", "2",
-        "--rollout.micro_batch_size", "4", "--train.batch_size", "8", "--train.micro_batch_size", "4",
+        "--rollout.batch_size", str(ROLLOUT_BATCH), "--rollout.n_samples_per_prompt", str(SAMPLES_PER_PROMPT),
+        "--rollout.micro_batch_size", "2", "--train.batch_size", str(ROLLOUT_BATCH * SAMPLES_PER_PROMPT),
+        "--train.micro_batch_size", "2",
         "--rollout.max_new_tokens", "12", "--data.max_len", "48",
         "--train.num_episodes", "1", "--ds.zero_stage", "2", "--ds.param_dtype", "bf16",
         "--actor.adam.lr", "1e-3", "--actor.lr_warmup_ratio", "0",
