@@ -298,3 +298,11 @@ def test_group_key_with_packing_is_refused_naming_the_key():
     packed = SimpleNamespace(world_size=1, args=host_args_like({"train.micro_batch_size": 8, "ds.packing_samples": True}))
     with pytest.raises(Exception, match=r"^--fairness_group_key category is not supported with --ds.packing_samples"):
         check_run(RewardFairnessConfig(reg=0.1, group_key="category"), packed)
+
+
+def test_a_direct_fairness_loss_call_names_step_one_and_the_rewards():
+    """`fairness_loss` (the pure computation) called without a step is step 1; a NaN reward is named as such."""
+    loss = FairPairWiseLoss(bt_loss, RewardFairnessConfig(reg=0.1))
+    chosen, reject = torch.tensor([1.0, math.nan]), torch.tensor([0.0, 0.0])
+    with pytest.raises(FairnessTrainingError, match=r"at training step 1 \(micro-step 1\): NaN/Inf in the rewards; "):
+        loss.fairness_loss(torch.tensor(0.5), chosen, reject)
