@@ -306,3 +306,25 @@ def test_a_direct_fairness_loss_call_names_step_one_and_the_rewards():
     chosen, reject = torch.tensor([1.0, math.nan]), torch.tensor([0.0, 0.0])
     with pytest.raises(FairnessTrainingError, match=r"at training step 1 \(micro-step 1\): NaN/Inf in the rewards; "):
         loss.fairness_loss(torch.tensor(0.5), chosen, reject)
+
+
+def test_level_fairness_in_global_scope_is_over_the_gathered_levels():
+    """With --fairness_scope global the levels go through the loss's data-parallel gather (here a stand-in that
+    adds another rank's two levels), so level F covers all ranks' pairs, not this rank's alone."""
+    loss = FairPairWiseLoss(bt_loss, RewardFairnessConfig(level_reg=1.0, scope="global"))
+    other = torch.tensor([5.0, -3.0], dtype=torch.float64)
+    loss._gather = lambda values, ids: (torch.cat([values, other.to(values.dtype)]), ids)
+    chosen = torch.tensor([1.0, 0.5], dtype=torch.float64, requires_grad=True)
+    reject = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    _, step_metrics = loss.fairness_loss(bt_loss(chosen, reject), chosen, reject)
+    log_f, items = reward_terms.level_log_fairness(torch.cat([reward_terms.pair_levels(chosen, reject).detach(), other]))
+    assert items == 4 and step_metrics["fairness/level_F"] == pytest.approx(float(log_f.exp()), rel=1e-12)
+
+
+def test_nan_rejected_rewards_and_margins_are_named():
+    loss = FairPairWiseLoss(bt_loss, RewardFairnessConfig(reg=0.1))
+    ok = torch.tensor([1.0, 2.0])
+    with pytest.raises(FairnessTrainingError, match=r"\): NaN/Inf in the rewards; "):
+        loss.fairness_loss(torch.tensor(0.5), ok, torch.tensor([0.0, math.nan]))
+    with pytest.raises(FairnessTrainingError, match=r"\): NaN/Inf in the margin; "):
+        loss.fairness_loss(torch.tensor(0.5), ok, torch.zeros(2), torch.tensor([math.nan, 0.0]))
