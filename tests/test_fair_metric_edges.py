@@ -328,3 +328,9 @@ def test_nan_rejected_rewards_and_margins_are_named():
         loss.fairness_loss(torch.tensor(0.5), ok, torch.tensor([0.0, math.nan]))
     with pytest.raises(FairnessTrainingError, match=r"\): NaN/Inf in the margin; "):
         loss.fairness_loss(torch.tensor(0.5), ok, torch.zeros(2), torch.tensor([math.nan, 0.0]))
+
+
+def test_measure_only_warns_about_a_single_pair_naming_the_step():
+    loss = FairPairWiseLoss(bt_loss, RewardFairnessConfig(), steps_per_update=2)  # no fairness flag: measure only
+    with pytest.warns(RuntimeWarning, match=r"at training step 2 \(micro-step 3\): fairness F is computed over 1 pair"):
+        loss(torch.tensor([1.0], requires_grad=True), torch.tensor([0.0]), step=3)
