@@ -334,3 +334,12 @@ def test_measure_only_warns_about_a_single_pair_naming_the_step():
     loss = FairPairWiseLoss(bt_loss, RewardFairnessConfig(), steps_per_update=2)  # no fairness flag: measure only
     with pytest.warns(RuntimeWarning, match=r"at training step 2 \(micro-step 3\): fairness F is computed over 1 pair"):
         loss(torch.tensor([1.0], requires_grad=True), torch.tensor([0.0]), step=3)
+
+
+@pytest.mark.parametrize("settings", [dict(reg=0.1), dict(coef=0.5), dict(coef=0.5, level_reg=1.0)],
+                         ids=["fr", "fc", "fc+level"])
+def test_the_loss_keeps_the_host_losss_dtype(settings):
+    """The fairness math runs in float64; the loss handed back to the host is in the host loss's dtype."""
+    loss = FairPairWiseLoss(bt_loss, RewardFairnessConfig(**settings))
+    out = loss(torch.tensor([1.0, 0.5, -0.2], requires_grad=True), torch.tensor([0.0, 1.0, 0.3]))
+    assert out.dtype == torch.float32
