@@ -343,3 +343,24 @@ def test_the_loss_keeps_the_host_losss_dtype(settings):
     loss = FairPairWiseLoss(bt_loss, RewardFairnessConfig(**settings))
     out = loss(torch.tensor([1.0, 0.5, -0.2], requires_grad=True), torch.tensor([0.0, 1.0, 0.3]))
     assert out.dtype == torch.float32
+
+
+def test_ppo_agent_ids_must_be_integers_one_per_sample():
+    from openrlhf_fair.ppo_config import PPOFairnessConfig
+    from openrlhf_fair.shaping import fairness_weights
+
+    rewards, config = torch.tensor([0.5, -1.0, 2.0, 0.0]), PPOFairnessConfig(coef=0.5)
+    for bad in (torch.tensor([0.0, 0.0, 1.0, 1.0]), torch.tensor([True, True, False, False]), torch.tensor([0, 1])):
+        with pytest.raises(FairnessInputError, match=r"^agent_ids must be 4 integers \(one per sample\)"):
+            fairness_weights(rewards, bad, config)
+
+
+def test_ppo_clipped_fraction_is_the_share_of_clipped_samples():
+    """A narrow clip range: the logged clipped_frac is (samples whose weight hit a bound) / samples."""
+    from openrlhf_fair.ppo_config import PPOFairnessConfig
+    from openrlhf_fair.shaping import fairness_weights
+
+    shaping = fairness_weights(torch.tensor([3.0, 3.0, -3.0, -3.0]), torch.tensor([0, 0, 1, 1]),
+                               PPOFairnessConfig(coef=0.5, weight_clip=(0.99, 1.01)))
+    assert shaping.num_clipped > 0
+    assert shaping.metrics()["clipped_frac"] == shaping.num_clipped / 4
