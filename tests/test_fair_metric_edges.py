@@ -364,3 +364,19 @@ def test_ppo_clipped_fraction_is_the_share_of_clipped_samples():
                                PPOFairnessConfig(coef=0.5, weight_clip=(0.99, 1.01)))
     assert shaping.num_clipped > 0
     assert shaping.metrics()["clipped_frac"] == shaping.num_clipped / 4
+
+
+def test_ppo_weights_follow_agent_ids_in_any_order_and_a_single_sample_is_a_batch():
+    """One sample per agent with the ids out of order gives the same weight per agent as in order (the fast path
+    must not pair sample i with agent i); a batch of one sample is valid (weight 1); 1 NaN reward is counted."""
+    from openrlhf_fair.ppo_config import PPOFairnessConfig
+    from openrlhf_fair.shaping import fairness_weights
+
+    config = PPOFairnessConfig(coef=0.5)
+    rewards = torch.tensor([2.0, -1.0, 0.5])
+    in_order = fairness_weights(rewards, torch.tensor([0, 1, 2]), config).sample_weights
+    for ids in ([2, 0, 1], [1, 2, 0]):
+        assert torch.allclose(fairness_weights(rewards, torch.tensor(ids), config).sample_weights, in_order, rtol=1e-12)
+    assert fairness_weights(torch.tensor([0.5]), torch.tensor([0]), config).sample_weights.tolist() == [1.0]
+    with pytest.raises(FairnessInputError, match=r"^1 of 3 rewards are NaN/Inf"):
+        fairness_weights(torch.tensor([1.0, math.nan, 0.0]), torch.tensor([0, 1, 2]), config)
