@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from rm_scoring import RewardScorer
+from rm_scoring import RewardScorer, right_padded
 
 GROUP_KEY = "category"
 
@@ -52,12 +52,7 @@ def sequence_logprobs(model, samples: list[tuple[list[int], list[int]]], batch_s
     totals = []
     for start in range(0, len(samples), batch_size):
         chunk = samples[start : start + batch_size]
-        width = max(len(p) + len(r) for p, r in chunk)
-        ids = torch.zeros((len(chunk), width), dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for i, (p, r) in enumerate(chunk):
-            ids[i, : len(p) + len(r)] = torch.tensor(p + r)
-            mask[i, : len(p) + len(r)] = 1
+        ids, mask = right_padded([p + r for p, r in chunk])
         logp = torch.log_softmax(model(ids, attention_mask=mask).logits.float(), -1)
         for i, (p, r) in enumerate(chunk):
             positions = torch.arange(len(p) - 1, len(p) + len(r) - 1)  # the logits that predict the response

@@ -40,19 +40,25 @@ class RewardScorer:
             ids.append(row)
         rewards = []
         for start in range(0, len(ids), batch_size):
-            chunk = ids[start : start + batch_size]
-            width = max(len(r) for r in chunk)
-            input_ids = torch.full((len(chunk), width), tok.pad_token_id or 0, dtype=torch.long)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for i, row in enumerate(chunk):  # right padding: the reward sits at the last attended token
-                input_ids[i, : len(row)] = torch.tensor(row)
-                mask[i, : len(row)] = 1
+            # right padding: the reward sits at the last attended token
+            input_ids, mask = right_padded(ids[start : start + batch_size], tok.pad_token_id or 0)
             out = self.model(input_ids.to(self.device), attention_mask=mask.to(self.device))
             rewards += out.float().cpu().tolist()
         return rewards
 
     def standardised(self, prompts: list[str], responses: list[str]) -> list[float]:
         return [(r - self.mean) / self.std for r in self.raw(prompts, responses)]
+
+
+def right_padded(rows: list[list[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input ids, attention mask) of token rows padded on the right to the longest one."""
+    width = max(len(row) for row in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        input_ids[i, : len(row)] = torch.tensor(row)
+        mask[i, : len(row)] = 1
+    return input_ids, mask
 
 
 def _load_reward_model(path: Path):
