@@ -152,7 +152,8 @@ def apply_dpo_fairness(config: RewardFairnessConfig) -> Callable[[], None]:
 
 def _check_config(config) -> None:
     if not isinstance(config, RewardFairnessConfig):
-        raise TypeError(f"apply_fairness needs a RewardFairnessConfig, got {type(config).__name__}")
+        raise TypeError("apply_rm_fairness / apply_dpo_fairness need a RewardFairnessConfig, "
+                        f"got {type(config).__name__}")
 
 
 _applied: dict[str, RewardFairnessConfig] = {}  # patch id -> the config applied (until undone)
