@@ -102,3 +102,50 @@ def test_batched_sequence_logprobs_equal_one_sequence_at_a_time():
         model.float()
     got = sequence_logprobs(model, samples, batch_size=2)  # a padded batch of 2, then 1
     assert got == pytest.approx(expected, abs=1e-4)
+
+
+# Runs the experiment's GPU command through `openrlhf` up to the first line of OpenRLHF's train(args), which is
+# `if not ray.is_initialized(): ray.init(...)`: by then the host's parser has read every flag and its own checks on
+# the parsed args have passed, and so have the add-on's flag parsing and pre-run data checks. flash_attn and vllm
+# are the CPU backend's import-only stand-ins (this machine has neither), and nothing else of the backend is on.
+GPU_COMMAND_CHECK = """
+import json, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+import experiment, ray
+from openrlhf_fair.cpu_backend import stand_ins
+out, estimator, method = Path(sys.argv[2]), sys.argv[3], sys.argv[4]
+rows = [{"question": f"q{i}", "rm_prompt": f"Human: q{i}\\n\\nAssistant:", "category": group}
+        for i, group in enumerate(["helpful", "harmless"] * 8)]
+experiment.write_jsonl(rows, out / "data" / "ppo_prompts.jsonl")
+(out / "reward_func.py").write_text("def reward_func(queries, prompts, labels):\\n    raise AssertionError\\n")
+cmd = experiment.ppo_command(experiment.CONFIGS["gpu"], {"policy": sys.argv[5], "reward_func": out / "reward_func.py"},
+                             out, estimator, method, 1)
+assert cmd[1] == "--no-cpu", cmd[:3]
+
+class ReachedTrain(Exception):
+    pass
+
+def reached_train():
+    raise ReachedTrain
+
+ray.is_initialized = reached_train
+for package in ("flash_attn", "vllm"):
+    stand_ins.install(package)
+from openrlhf_fair.cli.main import main
+try:
+    main(cmd[1:])
+except ReachedTrain:
+    print("REACHED train(args)")
+"""
+
+
+@pytest.mark.parametrize("estimator, method", [("gae", "reg"), ("group_norm", "coef")])
+def test_gpu_configuration_passes_openrlhfs_own_argument_checks(estimator, method, smollm2, tmp_path):
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", GPU_COMMAND_CHECK, str(EXAMPLE), str(tmp_path), estimator, method,
+                           str(smollm2)], capture_output=True, text=True, timeout=300)
+    assert "REACHED train(args)" in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
+    shaping = f"fair_coef={0.5 if method == 'coef' else 0}, fair_reg={0.5 if method == 'reg' else 0}"
+    assert shaping in done.stdout + done.stderr  # the add-on parsed its flags and will carry them to the actors
