@@ -3,6 +3,9 @@
     python examples/ppo_fairness/experiment.py --config cpu --out ppo_fairness_run      # 2 CPU cores
     python examples/ppo_fairness/experiment.py --config gpu --out ppo_fairness_gpu      # a CUDA machine with vLLM
 
+On 2 quiet CPU cores the full CPU grid (2 estimators x 3 methods x 3 seeds: 18 PPO runs of 5-7 min, 19 evaluations
+of about 1 min) takes about 2 h; `--estimators group_norm` about 1 h (examples/results/ppo_fairness/runs.json).
+
 Steps (each skipped when its output exists, so an interrupted series resumes):
 1. prepare: held-out and training prompts of two groups (`category`: helpful = AlpacaEval instructions, harmless =
    single-turn HH-RLHF requests, examples/data/), and two Bradley-Terry reward models on MiniLM trained with
