@@ -14,7 +14,6 @@ import statistics
 from pathlib import Path
 
 # Two-sided 95% quantiles of Student's t by degrees of freedom.
-METHODS = ("plain", "coef", "reg", "reg2")  # the order of the tables' rows (experiment.METHODS)
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
 
 
@@ -80,9 +79,10 @@ def summarise(out: Path) -> dict:
     md = [f"Under-rewarded group (lower reward on the base policy): **{under}**; favoured: **{favoured}**. "
           "Mean over seeds [95% t interval]; rewards are standardised RM rewards; KL = sum over response tokens "
           "of log pi - log pi_ref on the policy's samples; length in tokens.\n"]
+    methods = ["plain"] + sorted({m for _, m in runs} - {"plain"})  # the tables' rows: plain, then the others
     for estimator in sorted({e for e, _ in runs}):
         rows = [("base policy (before)", doc["base"])]
-        for method in METHODS:
+        for method in methods:
             per_seed = runs.get((estimator, method))
             if not per_seed:
                 continue
@@ -95,7 +95,7 @@ def summarise(out: Path) -> dict:
                 doc["vs_plain"][f"{estimator}/{method}"] = {
                     k: interval([per_seed[s][k] - plain[s][k] for s in paired]) for k in keys} | {"seeds": paired}
         md.append(f"\n### {estimator}\n\n" + table(rows, under, favoured))
-        diffs = [(f"{m} - plain", doc["vs_plain"][f"{estimator}/{m}"]) for m in METHODS[1:]
+        diffs = [(f"{m} - plain", doc["vs_plain"][f"{estimator}/{m}"]) for m in methods[1:]
                  if f"{estimator}/{m}" in doc["vs_plain"]]
         if diffs:
             md.append(f"\nPaired by seed, fairness run minus plain run ({estimator}):\n\n" + table(diffs, under, favoured))
