@@ -109,7 +109,7 @@ def test_batched_sequence_logprobs_equal_one_sequence_at_a_time():
 # the parsed args have passed, and so have the add-on's flag parsing and pre-run data checks. flash_attn and vllm
 # are the CPU backend's import-only stand-ins (this machine has neither), and nothing else of the backend is on.
 GPU_COMMAND_CHECK = """
-import json, sys
+import sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
 import experiment, ray
