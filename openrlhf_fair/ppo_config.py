@@ -3,7 +3,7 @@
 Built by `openrlhf_fair.cli.flags` from the command line, carried to OpenRLHF's Ray actors as a plain dict
 (`to_payload`), and handed to `openrlhf_fair.shaping` by the experience-maker patch; nothing reads a global
 config at run time. Imports neither torch nor openrlhf, so the flag parser stays cheap.
-The formulas and the reasons for each bound are in `openrlhf_fair.shaping`'s docstring.
+What the settings compute: `openrlhf_fair.shaping`; the derivation and the reasons for each bound: docs/ppo.md.
 """
 
 from __future__ import annotations

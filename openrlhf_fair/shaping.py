@@ -1,48 +1,15 @@
 """Fairness shaping for PPO: per-sample advantage weights from a fairness-aware objective of the rollout batch.
 
-The paper (Ouyang et al., ACL 2025) has no PPO code; this is the add-on's own transfer of its idea to
-on-policy RL. Rewards of one rollout batch are resources allocated to "agents", and the policy should
-improve a fairness-aware objective of that allocation, not only its sum.
+The paper (Ouyang et al., ACL 2025) has no PPO code; this is the add-on's own transfer of its idea to on-policy
+RL. What is computed, for the agents k = 1..K of one rollout batch (--fair_unit: samples, prompts or labels):
 
-Allocation (one value per agent k = 1..K)
-    x_i = sigmoid(r_i / T)                    r_i: the sample's final reward (after OpenRLHF's reward
-                                              normalisation and length penalties), T = --fair_temperature
-    agents (--fair_unit):  sample   each sample is an agent (default; like the paper's pairs)
-                           prompt   the n samples of one prompt, x_k = their mean
-                           label:KEY  the samples whose prompt has the same value in dataset column KEY
-    U = (1/K) sum_k x_k                       utility (mean resource)
-    F = f_tau(x) / K                          normalised fairness (`openrlhf_fair.fairness`; tau = -1: Jain)
+    x_k = sigmoid(r / T) (an agent's mean),  U = mean_k x_k,  F = f_tau(x) / K,  Psi = U * F**gamma + alpha * F
+    w_k = F**gamma * (1 + gamma * h_k) + alpha * F * h_k / U        (h_k: K * U * dlog|F|/dx_k, closed form)
+    weights clipped to --fair_weight_clip, divided by their mean over the batch's samples, and multiplied into
+    each sample's advantages after OpenRLHF's estimator computed them (returns unchanged).
 
-Objective (to maximise):
-    Psi = U * F**gamma + alpha * F            gamma = --fair_coef (paper's FC), alpha = --fair_reg (paper's FR)
-With gamma = alpha = 0, Psi = U: exactly what plain policy gradient improves.
-
-First-order policy-gradient argument. Let X_k(theta) = E_{pi_theta}[x] over agent k's prompts. Then
-    grad Psi = sum_k dPsi/dX_k * grad X_k = (1/K) sum_k w_k * grad X_k,   w_k = K * dPsi/dX_k,
-and (1/K) sum_k grad X_k = grad U is what the host's estimator already estimates from the batch (each agent's
-samples with their own advantages and baseline). So to first order, ascending Psi is ascending U with agent k's
-contribution scaled by w_k, evaluated at the current batch and held constant (stop-gradient), the same
-frozen-advantage approximation PPO makes. Two further approximations, stated: the host's per-sample signal is r,
-not sigmoid(r/T) (sigmoid is monotone, so only the per-sample factor sigmoid'(r/T)/T is ignored), and X_k is
-estimated by the batch's own samples. Scaling the advantages AFTER the host computed and normalised them keeps
-every estimator's baseline (gae, reinforce, rloo, reinforce_baseline, group_norm, dr_grpo, flash_reinforce) and
-keeps the weights from being normalised away: a constant per batch or per prompt group would vanish under
-group_norm, reinforce, reinforce_baseline and whitened gae. Returns (the critic's targets) stay unchanged.
-
-Closed form (float64). With p = x / sum x, the escort distribution q_k = p_k^(1-tau) / sum_j p_j^(1-tau), and
-    h_k = ((1 - tau) / tau) * (q_k / p_k - 1)         (tau -> 0: h_k = -(log p_k + H(p)), sum_k p_k h_k = 0),
-one has K * dlog|F|/dx_k = h_k / U, hence
-    w_k = F**gamma * (1 + gamma * h_k) + alpha * F * h_k / U.
-For tau = -1 (Jain), h_k = 2 * (1 - x_k * sum(x) / sum(x^2)): agents below sum(x^2)/sum(x) get h_k > 0, so w > 1
-for --fair_reg (and for --fair_coef) -- under-rewarded agents are pushed up. Since sum_k p_k w_k = F**gamma > 0,
-at least one weight is positive. tau > 1 makes F negative: allowed for --fair_reg only (F**gamma is undefined).
-
-Clipping and renormalisation. Weights are clipped to [low, high] (--fair_weight_clip, default 0 5) and then
-divided by their mean over the batch's SAMPLES, so the batch keeps its overall step size (mean weight 1):
-- low = 0: a weight never flips the sign of an advantage (that would un-learn an agent's good samples);
-- high = 5: bounds how much one poor agent can amplify its step when U is small or K is large (h_k grows
-  like 1/p_k); with the paper's defaults (tau = -1, gamma = 0.5, alpha = 0.1) typical weights stay in [0.5, 2].
-The bounds act before renormalisation, so a final weight may exceed `high` by the factor 1/mean(clipped).
+Why these weights ascend Psi to first order, why after the estimator, and why the bounds: the derivation in
+docs/ppo.md ("The derivation"), the one place it is written.
 
 This module imports torch only, never openrlhf.
 """
@@ -169,7 +136,7 @@ class FairnessShaping:
 
 
 def fairness_weights(rewards, agent_ids, config: PPOFairnessConfig) -> FairnessShaping:
-    """Per-sample advantage weights for one rollout batch (see the module docstring for the derivation).
+    """Per-sample advantage weights for one rollout batch (derivation: docs/ppo.md).
 
     `rewards`: (N,) final rewards; `agent_ids`: (N,) integers, samples with the same id form one agent.
     Raises FairnessInputError for NaN/Inf rewards. With one agent every weight is 1.

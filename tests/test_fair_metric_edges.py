@@ -1,4 +1,4 @@
-"""Edges of the metric and loss helpers that a mutation run (mutmut, README "Development") showed no test pinned:
+"""Edges of the metric and loss helpers that a mutation run (mutmut, docs/development.md) showed no test pinned:
 error messages naming their input, one-member and trailing empty groups, label names, normalised group F, the
 loss's hook inputs and the step its errors name. Each test says which wrong line it catches."""
 

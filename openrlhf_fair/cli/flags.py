@@ -48,7 +48,7 @@ FLAG_SETS: dict[str, tuple[type, str, str]] = {
         "Rewards of a rollout batch are resources of agents: x = sigmoid(reward / T), U = mean x, F = f_tau(x) / K. "
         "Each agent's advantages are scaled by w_k = K * dPsi/dx_k of Psi = U * F**GAMMA + ALPHA * F (clipped, "
         "renormalised to mean 1), after OpenRLHF's estimator computed them; returns stay unchanged. Other flags "
-        "alone (GAMMA = ALPHA = 0) only log F, Jain, Gini of the batch: a baseline.",
+        "alone (GAMMA = ALPHA = 0) only log F, Jain, Gini of the batch: a baseline. Derivation: docs/ppo.md.",
     ),
 }
 
@@ -196,3 +196,24 @@ def fairness_help(command: str) -> str:
     text = parser.format_help()
     # Drop argparse's usage line: it lists only our flags and would read like the whole command's usage.
     return text.split("\n\n", 1)[1].strip() if text.startswith("usage:") and "\n\n" in text else text.strip()
+
+
+def markdown_table(command: str) -> str:
+    """The command's add-on flags as a markdown table (flag, default, help), as README.md and docs/ show them.
+
+    Generated from the settings, so the tables in the docs cannot drift from ``--help``
+    (tests/test_fair_readme.py compares them).
+    """
+    config_class = FLAG_SETS[command][0]
+    rows = ["| flag | default | what it does |", "|---|---|---|"]
+    for field in fields_of(command):
+        meta = field.metadata
+        metavar = meta["metavar"]
+        if meta["choices"]:
+            metavar = "{" + ",".join(meta["choices"]) + "}"
+        metavar = " ".join(metavar) if isinstance(metavar, tuple) else metavar
+        default = field.default
+        default = "off" if default is None else " ".join(map(str, default)) if isinstance(default, tuple) else default
+        help_text = meta["help"].replace("|", "\\|")
+        rows.append(f"| `{flag_name(config_class, field)} {metavar}` | {default} | {help_text} |")
+    return "\n".join(rows)

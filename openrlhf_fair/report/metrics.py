@@ -2,8 +2,8 @@
 
 `pair_metrics` takes rewards of shape (B, n): row b is one resample of the n pairs (row 0 of a point estimate is
 the pairs themselves). Every metric comes back as a float64 tensor of shape (B,), so a bootstrap of 1,000
-resamples costs one call. Names are the project's metric namespace `fairness/<name>` (see the README's metric
-table), per group `fairness/<name>/<group>` with the group through `metrics.metric_safe_name`.
+resamples costs one call. Names are the project's metric namespace `fairness/<name>` (see the README's
+"What appears in the logs"), per group `fairness/<name>/<group>` with the group through `metrics.metric_safe_name`.
 
 This module imports torch only, never openrlhf.
 """
