@@ -15,7 +15,7 @@ Methods (Ouyang et al., ACL 2025, "Towards Reward Fairness in RLHF"), F = f_tau(
 - Neither given but another fairness flag (e.g. only ``--fairness_group_key``): the loss is the host's own
   (Bradley-Terry) and fairness is only measured and logged: a baseline to compare FR/FC against.
 - train_rm only, added to any of the above (`openrlhf_fair.reward_terms`): reward-level fairness
-  (``--fairness_level_reg``) and two baselines on reward levels, ``--reward_centering`` and ``--batch_sum_reg``.
+  (``--fairness_level_reg``, scale-free, temperature ``--fairness_level_temperature``) and two baselines on reward levels, ``--reward_centering`` and ``--batch_sum_reg``.
 """
 
 from __future__ import annotations
@@ -99,10 +99,17 @@ class RewardFairnessConfig:
         metavar="KEY", counterpart="--fair_unit label:KEY (agents = the prompts sharing a value of that column)")
     level_reg: Optional[float] = setting(
         None, "Reward-level fairness (the add-on's, after the paper's allocation view): loss += -LAMBDA * F_L, F_L = "
-              "f_tau(sigmoid((l - mean l) / T)) / n over the pairs' reward levels l = (r_chosen + r_rejected) / 2, or "
-              "over per-group mean allocations with --fairness_group_key (the intended use: it pulls the groups' "
-              "reward levels together; margins are not touched directly). Alone or with --fairness_reg/--fairness_coef. "
-              "Try 1.0 with a group key.", metavar="LAMBDA", flag="--fairness_level_reg", commands=("train_rm",))
+              "f_tau(sigmoid(z / T_L)) / n over the pairs' standardised reward levels z = (l - mean l) / std(l), "
+              "l = (r_chosen + r_rejected) / 2, or over per-group mean allocations with --fairness_group_key (the "
+              "intended use: it pulls the groups' reward levels together relative to their spread; margins are not "
+              "touched directly). Scale-free: multiplying or shifting every reward leaves F_L unchanged, so the term "
+              "cannot be met by shrinking the reward scale. Alone or with --fairness_reg/--fairness_coef. Try 1.0 "
+              "with a group key.", metavar="LAMBDA", flag="--fairness_level_reg", commands=("train_rm",))
+    level_temperature: float = setting(
+        1.0, "Temperature T_L of the level allocation sigmoid(z / T_L), in units of the batch's level std (z is the "
+             "standardised level): at 1 a level one std above the mean gets 0.73; smaller values make F_L more "
+             "sensitive to the group gap. 1 is a sensible start.", metavar="T_L",
+        flag="--fairness_level_temperature", commands=("train_rm",))
     reward_centering: Optional[float] = setting(
         None, "Reward centering (Eisenstein et al. 2023; TRL's center_rewards_coefficient): loss += COEF * "
               "mean((r_chosen + r_rejected)^2) over the micro-batch. TRL suggests 0.01.",
@@ -142,6 +149,9 @@ class RewardFairnessConfig:
         temperature = _finite("--fairness_temperature", self.temperature)
         if temperature <= 0:
             raise FairnessConfigError(f"--fairness_temperature must be > 0, got {temperature}")
+        level_temperature = _finite("--fairness_level_temperature", self.level_temperature)
+        if level_temperature <= 0:
+            raise FairnessConfigError(f"--fairness_level_temperature must be > 0, got {level_temperature}")
         if self.scope not in SCOPES:
             raise FairnessConfigError(f"--fairness_scope must be one of {SCOPES}, got {self.scope!r}")
         for name, flag in (("level_reg", "--fairness_level_reg"), ("reward_centering", "--reward_centering"),
@@ -181,7 +191,8 @@ class RewardFairnessConfig:
         else:
             what = "loss = base (the host's)"
         extras = [text for text, value in (
-            (f" - {self.level_reg} * F_L (reward-level fairness)", self.level_reg),
+            (f" - {self.level_reg} * F_L (reward-level fairness, allocation sigmoid(standardised level / "
+             f"{self.level_temperature}))", self.level_reg),
             (f" + {self.reward_centering} * mean((r_c + r_r)^2) (reward centering)", self.reward_centering),
             (f" + {self.batch_sum_reg} * B * mean(r)^2 (batch-sum regularisation)", self.batch_sum_reg)) if value is not None]
         if self.method == "none" and not extras:

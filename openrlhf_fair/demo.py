@@ -69,12 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fc's exponent (--fairness_coef; --gamma: the first release's name)")
     p.add_argument("--form", default="paper", choices=["paper", "inverse"], help="FC form (--fairness_coef_form)")
     p.add_argument("--level-reg", type=float, default=1.0, help="level's strength (--fairness_level_reg)")
+    p.add_argument("--level-temperature", type=float, default=1.0,
+                   help="level's temperature (--fairness_level_temperature), in units of the batch's level std")
     p.add_argument("--baseline-coef", type=float, default=0.01,
                    help="rc's and bsr's strength (--reward_centering / --batch_sum_reg; TRL suggests 0.01)")
     p.add_argument("--tau", type=float, default=-1.0, help="Lan et al.'s tau (-1: Jain's index)")
     p.add_argument("--temperature", type=float, default=1.0,
-                   help="allocation sigmoid(margin / T). A small model's margins stay ~0.1-0.3, so T < 1 makes the "
-                        "fairness term much stronger; T = 0.05 with reg = 1 collapsed every margin to 0 in our run")
+                   help="fr/fc's allocation sigmoid(margin / T). A small model's margins stay ~0.1-0.3, so T < 1 makes "
+                        "the fairness term much stronger; T = 0.05 with reg = 1 collapsed every margin to 0 in our run")
     p.add_argument("--fairness-group-key", dest="fair_group_key", default=None,
                    help="pass --fairness_group_key to every fr/fc model (fairness over per-group mean allocations)")
     p.add_argument("--epochs", type=int, default=1)
@@ -141,6 +143,7 @@ def run_demo(args) -> DemoResult:
     check_pair_counts(args)
     defaults = {"fr": args.reg, "fc": args.coef, "level": args.level_reg, "rc": args.baseline_coef,
                 "bsr": args.baseline_coef, "form": args.form, "tau": args.tau, "temperature": args.temperature,
+                "level_temperature": args.level_temperature,
                 "group_key": args.fair_group_key}
     methods = parse_methods(SWEEP if args.sweep else args.methods, defaults)
     if args.seeds < 1:

@@ -19,6 +19,7 @@ class MethodKind:
     flag: Optional[str] = None  # the train_rm flag it goes to
     label: str = ""  # label prefix of the strength, e.g. fr_a1 for reg=1
     fairness: bool = True  # takes the shared fairness parameters (tau, T, group_key)
+    temperature_flag: str = "--fairness_temperature"  # where its T goes
 
 
 # Labels keep the letters of the first release (fr_a1, fc_paper_g0.5) so that the stored results stay comparable.
@@ -26,7 +27,8 @@ METHOD_KINDS = {kind.name: kind for kind in (
     MethodKind("bt", fairness=False),
     MethodKind("fr", "reg", "--fairness_reg", "a"),  # Fairness Regularization
     MethodKind("fc", "coef", "--fairness_coef", "g"),  # Fairness Coefficient (with its form)
-    MethodKind("level", "reg", "--fairness_level_reg", "r"),  # reward-level fairness
+    MethodKind("level", "reg", "--fairness_level_reg", "r",  # reward-level fairness (scale-free)
+               temperature_flag="--fairness_level_temperature"),
     MethodKind("rc", "coef", "--reward_centering", "c", fairness=False),  # baseline: reward centering
     MethodKind("bsr", "coef", "--batch_sum_reg", "c", fairness=False),  # baseline: batch-sum regularisation
 )}
@@ -49,7 +51,7 @@ class Method:
         if self.kind == "fc":
             flags += ["--fairness_coef_form", p["form"]]
         if kind.fairness:
-            flags += ["--fairness_tau", str(p["tau"]), "--fairness_temperature", str(p["temperature"])]
+            flags += ["--fairness_tau", str(p["tau"]), kind.temperature_flag, str(p["temperature"])]
             if p.get("group_key"):
                 flags += ["--fairness_group_key", p["group_key"]]
         return flags
@@ -67,7 +69,8 @@ def _num(v) -> str:
 def _default_params(kind: MethodKind, defaults: dict) -> dict:
     params = {}
     if kind.fairness:
-        params.update(tau=defaults["tau"], temperature=defaults["temperature"], group_key=defaults["group_key"])
+        temperature = defaults.get(f"{kind.name}_temperature", defaults["temperature"])  # level: its own unit
+        params.update(tau=defaults["tau"], temperature=temperature, group_key=defaults["group_key"])
     if kind.strength:
         params[kind.strength] = defaults[kind.name]
     if kind.name == "fc":
@@ -95,7 +98,7 @@ def parse_methods(spec: str, defaults: dict) -> list[Method]:
     """``"bt,fr,fc"`` or with parameters ``"fr:reg=0.1,fc:coef=0.5:form=inverse,level:reg=1:group_key=category"``.
 
     ``defaults`` holds each kind's strength under the kind's name (fr, fc, level, rc, bsr) and the shared form,
-    tau, temperature and group_key."""
+    tau, temperature and group_key; ``level_temperature`` (if given) is level's T, in units of the level std."""
     methods = []
     for item in [s.strip() for s in spec.split(",") if s.strip()]:
         name, *assignments = item.split(":")

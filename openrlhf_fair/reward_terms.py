@@ -7,17 +7,27 @@ pairwise loss (`extra_terms`) and is off by default. Plain torch; never imports 
 
 Level fairness (``--fairness_level_reg LAMBDA``), the paper's resource-allocation view applied to levels:
     l_i = (c_i + r_i) / 2                      the pair's reward level
-    y_i = sigmoid((l_i - mean_j l_j) / T)      its allocation, relative to the batch's mean level
+    s   = std_j l_j                            the batch's level spread (population std, not detached)
+    y_i = sigmoid((l_i - mean_j l_j) / (T s))  its allocation: its standardised level, T = --fairness_level_temperature
     F_L = f_tau(y) / n                         Lan et al.'s fairness (tau = -1: Jain's index), or, with
                                                --fairness_group_key, over the per-group mean allocations
     loss += -LAMBDA * sign(1 - tau) * F_L
-The batch mean is subtracted because a reward model's levels have no anchor: with sigmoid(l / T) alone the
-cheapest way to raise F_L is to shift every reward up until all y_i saturate at 1 (F_L -> 1 while the gap between
-groups stays). Centred, F_L is invariant to that shift, so its gradient can only move levels relative to each
-other. Gradient (Jain, items y_k): dF_L/dy_k = (2 S1 / (n S2)) (1 - y_k S1 / S2), S1 = sum y, S2 = sum y^2, and
-dy_i/dl_j = y_i (1 - y_i) / T (delta_ij - 1/n); dl_j/dc_j = dl_j/dr_j = 1/2. So descent raises the items below
-S2 / S1 and lowers those above it, the pushes on the levels sum to zero (no drift), and a pair's chosen and
-rejected reward get the same push: the term never changes a margin directly.
+F_L is a function of the standardised levels z = (l - mean l) / s alone, so it is unchanged when every reward is
+shifted (a pairwise loss leaves that free: without the mean, sigmoid(l / T) lets the model raise F_L by shifting
+every reward up until all y_i saturate) and when every reward is multiplied by a constant c > 0. The second is
+why the temperature follows the spread: with a fixed T, shrinking every reward difference raises F_L as surely as
+closing the gap between groups, and a model trained that way did collapse its reward scale (the results of
+issue 12). s is not detached: F_L is then homogeneous of degree 0 in the levels, so its gradient is orthogonal to
+both the common shift and the common scale (sum_k dF_L/dl_k = 0 and sum_k (l_k - mean l) dF_L/dl_k = 0): no step
+can raise F_L by shrinking (or inflating) the scale; it can only move levels relative to each other and to the
+spread, i.e. pull the groups' levels together. (With s detached, the value would still be scale-free but each
+step's gradient would be the fixed-temperature one, with its pull toward a smaller scale.) The spread is the
+levels', not all 2B rewards': the margins stay out of F_L, so d/dc_i = d/dr_i = dF_L/dl_i / 2 and the term never
+pushes a margin directly. A batch whose levels are all equal (s = 0) has every y_i = 1/2 (s is floored at
+LEVEL_SPREAD_FLOOR, far below any reward scale, to keep 0/0 out).
+Chain rule (Jain, items y_k): dF_L/dy_k = (2 S1 / (n S2)) (1 - y_k S1 / S2), S1 = sum y, S2 = sum y^2;
+dy_i/dl_j = y_i (1 - y_i) / T * dz_i/dl_j, dz_i/dl_j = (delta_ij - 1/n - z_i z_j / n) / s. So descent raises the
+items below S2 / S1 and lowers those above it, up to the part along z that would change the scale.
 
 Reward centering (``--reward_centering COEF``; Eisenstein et al. 2023, TRL's ``center_rewards_coefficient``):
     loss += COEF * mean_i (c_i + r_i)^2,   d/dc_i = d/dr_i = 2 COEF (c_i + r_i) / n
@@ -36,8 +46,11 @@ import torch
 from openrlhf_fair.config import RewardFairnessConfig
 from openrlhf_fair.fairness import exp_or_inf, fairness_sign, log_fairness
 
-__all__ = ["pair_levels", "level_allocations", "level_log_fairness", "reward_centering_term", "batch_sum_term", "extra_terms",
-           "group_mean_allocations"]
+__all__ = ["LEVEL_SPREAD_FLOOR", "pair_levels", "level_spread", "level_allocations", "level_log_fairness",
+           "reward_centering_term", "batch_sum_term", "extra_terms", "group_mean_allocations"]
+
+LEVEL_SPREAD_FLOOR = 1e-15
+"""Smallest level spread s used (float64); F_L is exactly scale-free for any reward scale far above it."""
 
 
 def group_mean_allocations(x: torch.Tensor, group_ids: Optional[torch.Tensor]) -> torch.Tensor:
@@ -55,9 +68,15 @@ def pair_levels(chosen: torch.Tensor, reject: torch.Tensor) -> torch.Tensor:
     return (chosen.reshape(-1).to(torch.float64) + reject.reshape(-1).to(torch.float64)) / 2
 
 
+def level_spread(levels: torch.Tensor) -> torch.Tensor:
+    """s = population std of the levels (differentiable), floored at LEVEL_SPREAD_FLOOR."""
+    centred = levels - levels.mean()
+    return (centred**2).mean().clamp_min(LEVEL_SPREAD_FLOOR**2).sqrt()
+
+
 def level_allocations(levels: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """y_i = sigmoid((l_i - mean l) / T): each pair's allocation, relative to the batch's mean level."""
-    return torch.sigmoid((levels - levels.mean()) / temperature)
+    """y_i = sigmoid((l_i - mean l) / (T s)), s = level_spread(levels): each pair's standardised level."""
+    return torch.sigmoid((levels - levels.mean()) / (temperature * level_spread(levels)))
 
 
 def level_log_fairness(levels: torch.Tensor, *, tau: float = -1.0, temperature: float = 1.0,
@@ -104,7 +123,8 @@ def extra_terms(
         levels, level_ids = pair_levels(chosen, reject), group_ids
         if gather is not None:
             levels, level_ids = gather(levels, group_ids)
-        log_f, _ = level_log_fairness(levels, tau=config.tau, temperature=config.temperature, group_ids=level_ids)
+        log_f, _ = level_log_fairness(levels, tau=config.tau, temperature=config.level_temperature,
+                                      group_ids=level_ids)
         term = -config.level_reg * fairness_sign(config.tau) * log_f.exp()
         add(term)
         metrics["fairness/level_F"] = fairness_sign(config.tau) * exp_or_inf(float(log_f.detach()))

@@ -35,7 +35,9 @@ def test_reward_level_kinds_and_the_first_release_names():
     level, rc, bsr, old = demo.parse_methods("level:T=0.1:group_key=category,rc,bsr:coef=0.1,fr:alpha=3", DEFAULTS)
     assert level.label == "level_r2_T0.1_group"
     assert level.fairness_flags() == ["--fairness_level_reg", "2.0", "--fairness_tau", "-1.0",
-                                      "--fairness_temperature", "0.1", "--fairness_group_key", "category"]
+                                      "--fairness_level_temperature", "0.1", "--fairness_group_key", "category"]
+    own = demo.parse_methods("level,fr", {**DEFAULTS, "temperature": 0.05, "level_temperature": 1.0})
+    assert [m.params["temperature"] for m in own] == [1.0, 0.05]  # level's T is in units of the level std
     assert (rc.label, rc.fairness_flags()) == ("rc_c0.01", ["--reward_centering", "0.01"])
     assert (bsr.label, bsr.fairness_flags()) == ("bsr_c0.1", ["--batch_sum_reg", "0.1"])
     assert (old.label, old.fairness_flags()[:2]) == ("fr_a3", ["--fairness_reg", "3.0"])  # alpha= is reg=
@@ -160,7 +162,8 @@ def test_demo_flags_are_the_add_ons_flags():
         assert set_fields == {strength_field[method.kind]}
         assert getattr(config, strength_field[method.kind]) == method.params[kind.strength]
         if kind.fairness:
-            assert config.tau == method.params["tau"] and config.temperature == method.params["temperature"]
+            temperature = config.level_temperature if method.kind == "level" else config.temperature
+            assert config.tau == method.params["tau"] and temperature == method.params["temperature"]
             assert config.group_key == method.params.get("group_key")
         if method.kind == "fc":
             assert config.coef_form == method.params["form"]

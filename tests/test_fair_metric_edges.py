@@ -80,7 +80,7 @@ def test_a_trailing_group_without_pairs_is_left_out():
 def test_level_fairness_is_normalised():
     levels = torch.tensor([3.0, -1.0, 0.5, 2.0], dtype=torch.float64)
     log_f, items = reward_terms.level_log_fairness(levels)
-    y = torch.sigmoid(levels - levels.mean())
+    y = torch.sigmoid((levels - levels.mean()) / levels.std(correction=0))  # standardised levels
     assert items == 4
     assert float(log_f.exp()) == pytest.approx(float(y.sum() ** 2 / (4 * (y**2).sum())), rel=1e-12)
 

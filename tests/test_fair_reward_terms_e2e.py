@@ -18,7 +18,7 @@ def term_runs(rm_workdir, run_cli):
     """rm_workdir once the runs "level" and "baselines" saved their models there."""
     concurrently(
         lambda: run(run_cli, train_rm(rm_workdir, "level", "--fairness_level_reg", "1.0", "--fairness_group_key",
-                                      "category"), rm_workdir, "level"),
+                                      "category", "--fairness_level_temperature", "0.5"), rm_workdir, "level"),
         lambda: run(run_cli, train_rm(rm_workdir, "baselines", "--reward_centering", "0.5", "--batch_sum_reg", "0.5"),
                     rm_workdir, "baselines"))
     return rm_workdir
@@ -35,6 +35,7 @@ def test_level_fairness_trains_and_logs_its_metrics(term_runs):
         logs["train/fairness/base_loss"][0] + logs["train/fairness/level_term"][0], abs=1e-2)
     recorded = saved_config(term_runs, "level")["openrlhf_fair"]
     assert recorded["level_reg"] == 1.0 and recorded["group_key"] == "category" and recorded["method"] == "none"
+    assert recorded["level_temperature"] == 0.5
 
 
 @pytest.mark.timeout(600)

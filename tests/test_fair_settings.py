@@ -85,13 +85,14 @@ def test_deprecation_message_comes_from_rank_0_only(capsys, monkeypatch):
 
 def test_train_rm_only_settings_are_not_flags_of_train_dpo(capsys):
     rm_only = {f.name for f in fields_of("train_rm")} - {f.name for f in fields_of("train_dpo")}
-    assert rm_only == {"level_reg", "reward_centering", "batch_sum_reg"}
+    assert rm_only == {"level_reg", "level_temperature", "reward_centering", "batch_sum_reg"}
     with pytest.raises(SystemExit):
         parse_fairness_args("train_dpo", ["--reward_centering", "0.01"])
     assert "--reward_centering is a flag of train_rm, not of train_dpo" in capsys.readouterr().err
     config, _ = parse_fairness_args("train_rm", ["--reward_centering", "0.01", "--batch_sum_reg", "0.02",
-                                                 "--fairness_level_reg", "1"])
-    assert config == RewardFairnessConfig(reward_centering=0.01, batch_sum_reg=0.02, level_reg=1.0)
+                                                 "--fairness_level_reg", "1", "--fairness_level_temperature", "0.5"])
+    assert config == RewardFairnessConfig(reward_centering=0.01, batch_sum_reg=0.02, level_reg=1.0,
+                                          level_temperature=0.5)
     assert capsys.readouterr().err == ""  # new flags have no deprecated spelling
 
 
