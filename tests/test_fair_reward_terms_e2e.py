@@ -30,8 +30,9 @@ def test_level_fairness_trains_and_logs_its_metrics(term_runs):
     assert len(logs["train/fairness/level_F"]) == 4  # 64 pairs / batch 16, logged every step
     assert all(0.5 <= v <= 1.0 for v in logs["train/fairness/level_F"])  # Jain over 2 groups: in [1/2, 1]
     assert logs["train/fairness/level_term"] == pytest.approx([-v for v in logs["train/fairness/level_F"]], rel=1e-6)
-    # BT plus the level term: the logged loss is base_loss - 1.0 * F_L (no margin term: method none)
-    assert logs["train/loss"][0] == pytest.approx(
+    # BT plus the level term: the step's loss is base_loss - 1.0 * F_L (no margin term: method none). Both
+    # fairness metrics are means over the step's two micro-batches, so the host's mean (loss_mean) is the match.
+    assert logs["train/loss_mean"][0] == pytest.approx(
         logs["train/fairness/base_loss"][0] + logs["train/fairness/level_term"][0], abs=1e-2)
     recorded = saved_config(term_runs, "level")["openrlhf_fair"]
     assert recorded["level_reg"] == 1.0 and recorded["group_key"] == "category" and recorded["method"] == "none"
