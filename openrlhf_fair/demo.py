@@ -219,6 +219,18 @@ def run_demo(args) -> DemoResult:
     return DemoResult(summary, result)
 
 
+def reading(report) -> str:
+    """What the demo adds below the report's tables: the scale check (a model whose rewards are on a much smaller
+    scale than the baseline's); empty when there is nothing to say."""
+    from openrlhf_fair.report.analysis import scale_warnings
+
+    scale = scale_warnings(report.methods, report.baseline)
+    if not scale:
+        return ""
+    return ("\nReward scale: compare such models by gap / reward std, not by the raw gap, and normalise their "
+            "rewards before PPO.\n" + "\n".join(f"- {w}" for w in scale))
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from openrlhf_fair.report import ReportError
@@ -233,6 +245,8 @@ def main(argv=None) -> int:
         print(json.dumps(result.summary, indent=2))
         return 0
     print_summary(result.report)
+    if reading(result.report):
+        print(reading(result.report))
     s = result.summary
     print(f"\n{s['device']}, {s['cpu_count']} CPU cores; wall time {s['wall_seconds']['total']:.0f} s "
           f"(" + ", ".join(f"{k} {v:.0f} s" for k, v in s["wall_seconds"].items() if k != "total") + ")")

@@ -111,6 +111,25 @@ def analyse(pairs: PairSet, runs: list[ScoredRun], *, baseline: str | None = Non
     return results
 
 
+SCALE_WARNING_RATIO = 0.2
+"""A model whose reward std is below this share of the baseline's gets a warning (`scale_warnings`)."""
+
+
+def scale_warnings(results: list[MethodResult], baseline: str, ratio: float = SCALE_WARNING_RATIO) -> list[str]:
+    """One warning per model whose reward std (all its rewards on these pairs) is below ``ratio`` times the
+    baseline's: its raw differences (raw gap, margins) shrank with its scale, and PPO would see rewards on another
+    scale than the baseline's unless they are normalised."""
+    base = next(r for r in results if r.label == baseline).value("fairness/reward_std")
+    out = []
+    for res in results:
+        std = res.value("fairness/reward_std")
+        if res.label != baseline and base > 0 and std < ratio * base:
+            out.append(f"{res.label}: reward std {std:.3g} is below a fifth of {baseline}'s ({base:.3g}): its rewards "
+                       f"are on a much smaller scale, so its raw reward gap is not comparable (read gap / reward std), "
+                       f"and they need normalising before PPO (OpenRLHF's --reward.normalize_enable)")
+    return out
+
+
 def _dominates(a: MethodResult, b: MethodResult, draws) -> bool:
     better = False
     for name, sign in PARETO_CRITERIA:

@@ -177,10 +177,11 @@ def run_report(args) -> Report:
     if small:
         warnings.append("group(s) with fewer than 10 pairs, whose accuracy and correlations are noise: "
                         + ", ".join(f"{g} ({n} pairs)" for g, n in small.items()))
-    for w in warnings:
-        print(f"openrlhf-fair report: warning: {w}", file=sys.stderr)
     results = analysis.analyse(pairs, runs, baseline=args.baseline, resamples=args.resamples)
     baseline = args.baseline or results[0].label
+    warnings += analysis.scale_warnings(results, baseline)
+    for w in warnings:
+        print(f"openrlhf-fair report: warning: {w}", file=sys.stderr)
     audit = bestofn.run_audit(args, results, device, settings["max_len"]) if args.best_of_n else None
     settings["resamples"] = args.resamples
     report = Report(pairs, results, baseline, out, warnings, audit)

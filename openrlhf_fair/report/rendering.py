@@ -21,6 +21,7 @@ SUMMARY_COLUMNS = [
     ("fairness/worst_group_acc", "worst-group acc", "{:.3f}"),
     ("fairness/reward_gap", "reward gap (raw)", "{:.3f}"),
     ("fairness/reward_gap_over_std", "gap / reward std", "{:.3f}"),
+    ("fairness/reward_std", "reward std", "{:.3f}"),
     ("fairness/margin_gap", "margin gap", "{:.3f}"),
     ("fairness/jain", "Jain σ(m)", "{:.4f}"),
     ("fairness/gini", "Gini σ(m)", "{:.4f}"),
