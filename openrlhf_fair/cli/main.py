@@ -3,6 +3,7 @@
     openrlhf train_rm <OpenRLHF's train_rm flags> [--fairness_reg 0.1 ...]
     openrlhf train_ppo_ray <OpenRLHF's flags> [--fair_coef 0.5 ...]
     openrlhf-fair report --model PATH --data FILE --out DIR
+    openrlhf-fair debias --model PATH --data FILE --remove length --out DIR
     openrlhf-fair demo
     openrlhf-fair ppo-report --logdir TENSORBOARD_DIR --out DIR
 
@@ -19,6 +20,7 @@ import sys
 # The add-on's own subcommands: module with `main(argv) -> int`, and one line of help.
 ADDON_COMMANDS = {
     "report": ("openrlhf_fair.report", "evaluate saved reward models on labelled pairs: accuracy and fairness per group"),
+    "debias": ("openrlhf_fair.debias", "remove a bias direction (length, a group) from a saved reward model's value head, without retraining"),
     "demo": ("openrlhf_fair.demo", "train BT / fairness-regularised / fairness-coefficient reward models on real data and compare"),
     "ppo-report": ("openrlhf_fair.ppo_report", "plot per-group reward, fairness weights and F over the steps of train_ppo_ray runs (TensorBoard logs)"),
 }
@@ -74,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0 if argv else 2
     if args.command in ADDON_COMMANDS:
-        if args.command in ("report", "demo"):  # they load OpenRLHF's models: serve its CUDA-only imports if missing
+        if args.command in ("report", "debias", "demo"):  # they load OpenRLHF's models: serve its CUDA-only imports if missing
             from openrlhf_fair import cpu_backend
 
             cpu_backend.serve_missing_host_imports()
