@@ -18,7 +18,7 @@ def run(*cmd, **kwargs):
 def test_help_lists_host_and_addon_subcommands(program):
     result = run(str(BIN / program), "--help")
     assert result.returncode == 0, result.stderr
-    for name in ("train_rm", "train_dpo", "train_sft", "train_ppo_ray", "report", "demo"):
+    for name in ("train_rm", "train_dpo", "train_sft", "train_ppo_ray", "report", "debias", "demo"):
         assert f"  {name} " in result.stdout
 
 

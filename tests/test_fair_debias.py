@@ -207,3 +207,16 @@ def test_remove_values():
         parse_removals(["group:a", "group:b"])
     with pytest.raises(DebiasError, match="nothing to remove"):
         parse_removals([])
+
+
+def test_a_reward_that_is_not_w_dot_h_is_refused():
+    from openrlhf_fair.debias.checkpoint import HiddenStates, check_linear
+
+    h = torch.randn(30, 8, generator=_gen(18))
+    w = torch.randn(1, 8, generator=_gen(19))
+    reward = (h.double() @ w.double().reshape(-1)).float().double()  # as a float32 model computes it
+    states = HiddenStates(h, h.flip(0), reward, reward.flip(0), torch.zeros(30, dtype=torch.bool))
+    check_linear(states, w, "model")  # accepted
+    shifted = HiddenStates(h, h.flip(0), reward + 0.5, reward.flip(0) + 0.5, states.identical)  # a bias term
+    with pytest.raises(DebiasError, match="not w . h of the last token's hidden state"):
+        check_linear(shifted, w, "model")

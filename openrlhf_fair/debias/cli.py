@@ -117,8 +117,11 @@ def _check_options(args) -> list[Removal]:
         raise DebiasError(f"--out {out} exists and is not an empty folder: choose a new folder")
     if out.resolve() == model.resolve():
         raise DebiasError("--out must differ from --model: the original checkpoint is kept")
-    if not os.access(out.parent.resolve() if out.parent.exists() else Path.cwd(), os.W_OK):
-        raise DebiasError(f"--out {out}: its parent folder is not writable")
+    parent = out.resolve().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not os.access(parent, os.W_OK):
+        raise DebiasError(f"--out {out}: cannot write there ({parent} is not writable)")
     return removals
 
 
@@ -126,6 +129,8 @@ def _check_group_column(path, key: str) -> None:
     """A clear refusal when the group column of --remove group:KEY is not in the data."""
     from openrlhf_fair.data_checks import DataError, iter_rows
 
+    if not Path(path).is_file():
+        return  # load_pairs says so
     try:
         for row_no, row in iter_rows(path):
             if key not in row:
@@ -273,6 +278,7 @@ def run_debias(args) -> dict:
         "split": args.split,
         "group_key": group_key,
         "pairs": {"total": len(rows), "fit": len(fit), "fit_used": len(usable), "held_out": len(held)},
+        "held_out_pairs": held,  # row numbers (after --split / --max-pairs) of the pairs the figures are on
         "holdout": args.holdout,
         "seed": args.seed,
         "max_len": max_len,
@@ -303,8 +309,8 @@ def print_summary(record: dict, out) -> None:
     print(f"| {'-' * 26} | {'-' * 8} | {'-' * 8} |")
     for key, name in FIGURE_NAMES.items():
         b, a = record["before"][key], record["after"][key]
-        fmt = "+.3f" if "length" in key else ".3f" if key != "reward_std" else ".4g"
-        print(f"| {name:<26} | {b:>8{fmt}} | {a:>8{fmt}} |")
+        fmt = "+8.3f" if "length" in key else "8.3f" if key != "reward_std" else "#8.4g"
+        print(f"| {name:<26} | {b:{fmt}} | {a:{fmt}} |")
     print(f"\nnew reward model written to {out} (its config.json holds this record under '{checkpoint.RECORD_KEY}')")
 
 
