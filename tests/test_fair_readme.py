@@ -45,8 +45,7 @@ def test_readme_is_short():
 @pytest.mark.parametrize("command", sorted(FLAG_SETS))
 def test_flag_tables_are_the_settings_help(command):
     """Each flag table between <!-- flags:CMD --> markers, in the README and in docs/, is exactly what the settings
-    generate (regenerate with
-    `python -c "from openrlhf_fair.cli.flags import markdown_table; print(markdown_table('CMD'))"`)."""
+    generate (after a help text changed: `python tests/test_fair_readme.py` rewrites them)."""
     table = markdown_table(command)
     assert table.count("\n| `--") == len(table.splitlines()) - 2 >= 6
     tables = {}
@@ -115,3 +114,17 @@ def test_no_dates_loads_or_commit_hashes(path):
     assert "load average" not in text.lower()
     hashes = [h for h in re.findall(r"\b[0-9a-f]{7,40}\b", text) if re.search(r"[a-f]", h) and re.search(r"\d", h)]
     assert not hashes, f"commit hashes belong in examples/results/: {hashes}"
+
+
+def regenerate() -> None:
+    """Rewrite every flag table between markers in README.md and docs/ from the settings."""
+    for path in [README, *sorted(DOCS.rglob("*.md"))]:
+        text = path.read_text(encoding="utf-8")
+        for command in FLAG_SETS:
+            pattern = rf"(<!-- flags:{command} -->\n).*?(\n<!-- /flags:{command} -->)"
+            text = re.sub(pattern, lambda m: m.group(1) + markdown_table(command) + m.group(2), text, flags=re.S)
+        path.write_text(text, encoding="utf-8")
+
+
+if __name__ == "__main__":  # python tests/test_fair_readme.py: regenerate the flag tables after a help text changed
+    regenerate()
