@@ -159,6 +159,7 @@ def test_port_in_use_is_reported(run_cli, tiny_llama, preference_jsonl, tmp_path
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.quick  # trains nothing: part of the quick run
 @pytest.mark.timeout(300)
 def test_smollm2_fixture_is_the_pretrained_model(request):
     """The GGUF conversion keeps the pretrained weights and a working chat tokenizer (greedy answer is right).

@@ -73,6 +73,7 @@ DRIVER = textwrap.dedent(
 
 
 @pytest.mark.e2e
+@pytest.mark.quick  # trains nothing: part of the quick run
 def test_the_single_bootstrap_path_into_a_ray_actor():
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
     run = subprocess.run([sys.executable, "-c", DRIVER], capture_output=True, text=True, timeout=600, cwd=REPO, env=env)

@@ -205,6 +205,7 @@ def test_every_metric_matches_a_hand_computation(tiny_reward_models, report_run)
 
 
 @pytest.mark.e2e
+@pytest.mark.quick  # trains nothing: part of the quick run
 @pytest.mark.timeout(240)
 def test_files_and_plots_are_written(report_run):
     out, doc = report_run
@@ -228,6 +229,7 @@ def test_files_and_plots_are_written(report_run):
 
 
 @pytest.mark.e2e
+@pytest.mark.quick  # trains nothing: part of the quick run
 @pytest.mark.timeout(240)
 def test_missing_column_is_a_clear_error(tiny_reward_models, tmp_path, capsys):
     _, paths = tiny_reward_models
@@ -241,6 +243,7 @@ def test_missing_column_is_a_clear_error(tiny_reward_models, tmp_path, capsys):
 
 
 @pytest.mark.e2e
+@pytest.mark.quick  # trains nothing: part of the quick run
 @pytest.mark.timeout(240)
 def test_unreadable_model_is_a_clear_error(tiny_reward_models, pairs_file, tmp_path, capsys):
     base, _ = tiny_reward_models
@@ -279,6 +282,7 @@ def test_pearson():
 
 
 @pytest.mark.e2e
+@pytest.mark.quick  # trains nothing: part of the quick run
 @pytest.mark.timeout(240)
 def test_report_from_saved_rewards_reproduces_the_numbers(report_run, tmp_path):
     out, doc = report_run
@@ -296,6 +300,7 @@ def test_report_from_saved_rewards_reproduces_the_numbers(report_run, tmp_path):
 
 
 @pytest.mark.e2e
+@pytest.mark.quick  # trains nothing: part of the quick run
 def test_rewards_files_of_the_same_pairs_combine_and_others_are_refused(report_run, tmp_path, capsys):
     out, doc = report_run
     rows = [json.loads(line) for line in (out / "pair_rewards.jsonl").read_text().splitlines()]
@@ -322,6 +327,7 @@ def test_model_without_data_is_a_clear_error(tmp_path, capsys):
 
 
 @pytest.mark.e2e
+@pytest.mark.quick  # trains nothing: part of the quick run
 @pytest.mark.timeout(300)
 def test_seeds_and_best_of_n_against_a_hand_computation(tiny_reward_models, pairs_file, tmp_path):
     """Two models under one label are two runs (seeds) of one method; --best-of-n with the tiny generator: the
@@ -380,6 +386,7 @@ def test_seeds_and_best_of_n_against_a_hand_computation(tiny_reward_models, pair
 
 
 @pytest.mark.e2e
+@pytest.mark.quick  # trains nothing: part of the quick run
 @pytest.mark.timeout(240)
 def test_models_sharing_a_tokenizer_tokenise_the_pairs_once(tiny_reward_models, pairs_file, report_run, tmp_path,
                                                             monkeypatch):
@@ -401,6 +408,7 @@ def test_models_sharing_a_tokenizer_tokenise_the_pairs_once(tiny_reward_models, 
 
 
 @pytest.mark.e2e
+@pytest.mark.quick  # trains nothing: part of the quick run
 def test_tokenizer_fingerprint_tells_tokenizers_apart(tiny_reward_models):
     from transformers import AutoTokenizer
 

@@ -52,6 +52,7 @@ def test_reward_centering_and_batch_sum_reg_train_and_log_their_terms(term_runs)
     assert (recorded["reward_centering"], recorded["batch_sum_reg"], recorded["level_reg"]) == (0.5, 0.5, None)
 
 
+@pytest.mark.quick  # trains nothing: part of the quick run
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("flags, message", [
     (["--fairness_reg", "0.1", "--train.micro_batch_size", "1"], "at least 2 preference pairs"),

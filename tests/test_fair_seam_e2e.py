@@ -76,6 +76,7 @@ def test_native_and_runtime_modes_give_the_same_weights_and_metrics(rm_runs, pat
         assert scalars(rm_runs, name) == logged, name  # every tag, every step, the same value
 
 
+@pytest.mark.quick  # trains nothing: part of the quick run
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize(
     "extra, micro, message",

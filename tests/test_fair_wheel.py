@@ -94,6 +94,7 @@ def in_env(env_dir: Path, code: str) -> str:
 
 
 @pytest.mark.e2e
+@pytest.mark.quick  # trains nothing: part of the quick run
 @pytest.mark.timeout(900)
 def test_wheel_install_imports_from_the_wheel_and_ships_the_demo_data(wheel_env):
     where = json.loads(in_env(wheel_env, "import json, openrlhf_fair, openrlhf; from openrlhf_fair.demo import "
