@@ -21,7 +21,7 @@ PAIRS = PairSet(["a", "b", "b"], [1, 2, 3], [4, 5, 6], "three pairs")
 BASE_METRICS = {
     "fairness/acc": E(0.75, 0.5, 1.0), "fairness/worst_group_acc": E(0.5, 0.0, 1.0),
     "fairness/reward_gap": E(1.25, 0.5, 2.0), "fairness/reward_gap_over_std": E(0.5, 0.25, 0.75),
-    "fairness/margin_gap": E(0.25, 0.0, 0.5), "fairness/jain": E(0.9, 0.8, 1.0), "fairness/gini": E(0.05, 0.0, 0.1),
+    "fairness/reward_std": E(0.875, 0.5, 1.25), "fairness/margin_gap": E(0.25, 0.0, 0.5), "fairness/jain": E(0.9, 0.8, 1.0), "fairness/gini": E(0.05, 0.0, 0.1),
     "fairness/length_corr": E(0.3, -0.1, 0.6),
     # per group: a is the most accurate and gets the lowest reward; b the least accurate, the highest reward
     "fairness/acc/a": E(1.0, 1.0, 1.0), "fairness/acc/b": E(0.5, 0.0, 1.0),
@@ -39,11 +39,11 @@ FR_METRICS = {**BASE_METRICS, "fairness/acc": E(1.0, 1.0, 1.0), "fairness/acc/a"
 FR_VS_BASE = {
     "fairness/acc": E(0.25, 0.0, 0.5), "fairness/worst_group_acc": E(-0.5, -1.0, -0.25),
     "fairness/reward_gap": E(0.5, 0.25, 0.75), "fairness/reward_gap_over_std": E(-0.25, -0.5, 0.0),
-    "fairness/margin_gap": E(0.0, -0.125, 0.125), "fairness/jain": E(0.05, 0.01, 0.1),
+    "fairness/reward_std": E(-0.125, -0.25, 0.0), "fairness/margin_gap": E(0.0, -0.125, 0.125), "fairness/jain": E(0.05, 0.01, 0.1),
     "fairness/gini": E(-0.01, -0.02, -0.005), "fairness/length_corr": E(-0.2, -0.4, -0.1),
 }
 SUMMARY_KEYS = ["fairness/acc", "fairness/worst_group_acc", "fairness/reward_gap", "fairness/reward_gap_over_std",
-                "fairness/margin_gap", "fairness/jain", "fairness/gini", "fairness/length_corr"]
+                "fairness/reward_std", "fairness/margin_gap", "fairness/jain", "fairness/gini", "fairness/length_corr"]
 
 
 def _scored(label, path, identical):
@@ -69,11 +69,11 @@ def test_formats():
 
 def test_summary_table():
     lines = summary_table(_results(), PAIRS).splitlines()
-    assert lines[0] == ("| model | seeds | accuracy | worst-group acc | reward gap (raw) | gap / reward std | margin gap "
-                        "| Jain σ(m) | Gini σ(m) | corr(reward, length) |")
-    assert lines[1] == "|" + " --- |" * 10
+    assert lines[0] == ("| model | seeds | accuracy | worst-group acc | reward gap (raw) | gap / reward std | reward std "
+                        "| margin gap | Jain σ(m) | Gini σ(m) | corr(reward, length) |")
+    assert lines[1] == "|" + " --- |" * 11
     assert lines[2] == ("| base | 1 | 0.750 [0.500, 1.000] | 0.500 [0.000, 1.000] (b) | 1.250 [0.500, 2.000] (b > a) | "
-                        "0.500 [0.250, 0.750] | 0.250 [0.000, 0.500] | 0.9000 [0.8000, 1.0000] | "
+                        "0.500 [0.250, 0.750] | 0.875 [0.500, 1.250] | 0.250 [0.000, 0.500] | 0.9000 [0.8000, 1.0000] | "
                         "0.0500 [0.0000, 0.1000] | +0.300 [-0.100, +0.600] |")
     # fr: group a is now the worst and the highest; b's reward is NaN (left out of the extremes)
     assert lines[3].startswith("| fr | 2 | 1.000 [1.000, 1.000] | 0.000 [0.000, 1.000] (a) | 1.250 [0.500, 2.000] "
@@ -84,10 +84,10 @@ def test_summary_table():
 def test_differences_table():
     lines = differences_table(_results(), "base").splitlines()
     assert lines[0] == ("| model | Δ accuracy | Δ worst-group acc | Δ reward gap (raw) | Δ gap / reward std | "
-                        "Δ margin gap | Δ Jain σ(m) | Δ corr(reward, length) |")
-    assert lines[1] == "|" + " --- |" * 8
+                        "Δ reward std | Δ margin gap | Δ Jain σ(m) | Δ corr(reward, length) |")
+    assert lines[1] == "|" + " --- |" * 9
     assert lines[2] == ("| fr | +0.250 [+0.000, +0.500] | **-0.500 [-1.000, -0.250]** | **+0.500 [+0.250, +0.750]** | "
-                        "-0.250 [-0.500, +0.000] | +0.000 [-0.125, +0.125] | **+0.0500 [+0.0100, +0.1000]** | "
+                        "-0.250 [-0.500, +0.000] | -0.125 [-0.250, +0.000] | +0.000 [-0.125, +0.125] | **+0.0500 [+0.0100, +0.1000]** | "
                         "**-0.200 [-0.400, -0.100]** |")
     assert len(lines) == 3  # the baseline has no row
 
@@ -95,9 +95,9 @@ def test_differences_table():
 def test_runs_table():
     lines = runs_table(_results()).splitlines()
     assert lines[0].startswith("| model | run | accuracy | worst-group acc |") and len(lines) == 5
-    assert lines[2] == ("| base | base | 0.750 | 0.500 | 1.250 | 0.500 | 0.250 | 0.9000 | 0.0500 | +0.300 |")
-    assert lines[3] == ("| fr | seed1 | 1.000 | 0.000 | 1.250 | 0.500 | 0.250 | 0.9000 | 0.0500 | +0.300 |")
-    assert lines[4] == ("| fr | fr_seed2 | 0.500 | 0.000 | 1.250 | 0.500 | 0.250 | 0.9000 | 0.0500 | -0.250 |")
+    assert lines[2] == ("| base | base | 0.750 | 0.500 | 1.250 | 0.500 | 0.875 | 0.250 | 0.9000 | 0.0500 | +0.300 |")
+    assert lines[3] == ("| fr | seed1 | 1.000 | 0.000 | 1.250 | 0.500 | 0.875 | 0.250 | 0.9000 | 0.0500 | +0.300 |")
+    assert lines[4] == ("| fr | fr_seed2 | 0.500 | 0.000 | 1.250 | 0.500 | 0.875 | 0.250 | 0.9000 | 0.0500 | -0.250 |")
 
 
 def test_group_table():
