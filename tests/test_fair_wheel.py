@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -87,8 +88,10 @@ def wheel_env(wheel, tmp_path_factory) -> Path:
 
 
 def in_env(env_dir: Path, code: str) -> str:
+    # without PYTHONPATH: a developer's PYTHONPATH=<checkout> would import the checkout instead of the wheel
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     result = subprocess.run([env_dir / "bin" / "python", "-c", code], capture_output=True, text=True, timeout=120,
-                            cwd=env_dir)
+                            cwd=env_dir, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout.strip()
 
