@@ -33,6 +33,7 @@ class MethodResult:
     per_run: list[dict[str, float]]  # each run's value on all pairs
     vs_baseline: dict[str, Estimate] = field(default_factory=dict)  # empty for the baseline itself
     dominated_by: list[str] = field(default_factory=list)  # Pareto view
+    draws: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # metric -> (B,) bootstrap values
 
     def value(self, name: str) -> float:
         return self.metrics[name].value
@@ -98,7 +99,7 @@ def analyse(pairs: PairSet, runs: list[ScoredRun], *, baseline: str | None = Non
                                     plan.runs[len(method_runs)])
         points = {k: sum(p[k] for p in per_run) / len(per_run) for k in per_run[0]}
         results.append(MethodResult(label, method_runs, {k: estimate(points[k], draws[label][k]) for k in points},
-                                    per_run))
+                                    per_run, draws=draws[label]))
     base = next(r for r in results if r.label == baseline)
     for res in results:
         if res is not base:

@@ -9,7 +9,12 @@ runs, like the pair metrics):
 - fairness/bon_longest_wins: share of prompts where a longest candidate is selected (fairness/bon_longest_chance:
   what a random pick would give);
 - fairness/bon_reward/<group>: mean reward of the selections per group; fairness/bon_reward_gap its best-minus-
-  worst, and divided by the std of all the model's candidate rewards (fairness/bon_reward_gap_over_std).
+  worst, and divided by the std of all the model's candidate rewards (fairness/bon_reward_std;
+  fairness/bon_reward_gap_over_std);
+- fairness/bon_len_corr_within: length bias within one prompt: the correlation of reward with length over the N
+  candidates of a prompt, averaged over the prompts where it is defined (0 = none);
+  fairness/bon_longest_excess: bon_longest_wins minus bon_longest_chance (0 = a longest candidate wins no more
+  often than by chance).
 For every model against the baseline, the audit table says whether a bias reduced on the audit pairs (length
 correlation, group reward gap) is also reduced in selection, or comes back.
 """
@@ -17,7 +22,7 @@ correlation, group reward gap) is also reduced in selection, or comes back.
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -25,7 +30,7 @@ import torch
 from openrlhf_fair.report import sampling, scoring
 from openrlhf_fair.report.data import ReportError, load_pairs
 from openrlhf_fair.report.intervals import Estimate, difference, draw_indices, estimate, method_draws
-from openrlhf_fair.report.metrics import metric_safe_name
+from openrlhf_fair.report.metrics import _weighted_corr, metric_safe_name
 
 __all__ = ["BestOfNResult", "add_arguments", "check_arguments", "markdown_section", "run_audit",
            "selection_metrics"]
@@ -81,9 +86,13 @@ def selection_metrics(rewards, lengths, group_ids, group_names: list[str], promp
         "fairness/bon_longest_wins": (selected_len == longest).to(torch.float64),
         "fairness/bon_longest_chance": (ln == longest.unsqueeze(-1)).to(torch.float64).mean(-1),
     }
+    per_prompt["fairness/bon_longest_excess"] = (per_prompt["fairness/bon_longest_wins"]
+                                                 - per_prompt["fairness/bon_longest_chance"])
+    within = _weighted_corr(r, ln, torch.ones_like(r).unsqueeze(-1))[:, 0]  # (P,), NaN where undefined
     selected_reward = r.gather(-1, pick).squeeze(-1)
     idx = torch.arange(r.shape[0]).unsqueeze(0) if prompt_idx is None else torch.as_tensor(prompt_idx)
     out = {k: v[idx].mean(-1) for k, v in per_prompt.items()}
+    out["fairness/bon_len_corr_within"] = within[idx].nanmean(-1)
     onehot = torch.nn.functional.one_hot(gid[idx], len(group_names)).to(torch.float64)  # (B, P, k)
     count = onehot.sum(1)
     means = torch.where(count > 0, torch.einsum("bp,bpk->bk", selected_reward[idx], onehot) / count.clamp(min=1),
@@ -94,6 +103,7 @@ def selection_metrics(rewards, lengths, group_ids, group_names: list[str], promp
     for j, g in enumerate(group_names):
         out[f"fairness/bon_reward/{metric_safe_name(g)}"] = means[:, j]
     out["fairness/bon_reward_gap"] = gap
+    out["fairness/bon_reward_std"] = std
     out["fairness/bon_reward_gap_over_std"] = torch.where(std > 0, gap / torch.where(std > 0, std, 1.0), torch.nan)
     return out
 
@@ -105,6 +115,7 @@ class BestOfNResult:
     generator: str
     metrics: dict[str, dict[str, Estimate]]  # label -> metric -> estimate
     vs_baseline: dict[str, dict[str, Estimate]]  # label -> metric -> difference to the baseline
+    draws: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict, repr=False)  # label -> metric -> (B,)
 
     def as_json(self) -> dict:
         return {
@@ -153,7 +164,7 @@ def run_audit(args, methods, device: str, max_len: int) -> BestOfNResult:
     base = args.baseline or methods[0].label
     vs = {label: {k: difference(points[label][k], points[base][k], draws[label][k], draws[base][k])
                   for k in points[label]} for label in points if label != base}
-    return BestOfNResult(args.best_of_n, cands, str(generator), metrics, vs)
+    return BestOfNResult(args.best_of_n, cands, str(generator), metrics, vs, draws)
 
 
 def _verdict(audit: Estimate, selection: Estimate) -> str:

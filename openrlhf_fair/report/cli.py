@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from openrlhf_fair.report import analysis, bestofn, data, rendering, scoring
+from openrlhf_fair.report import analysis, audit, bestofn, data, rendering, scoring, stereotype
 from openrlhf_fair.report.data import PairSet, ReportError, ScoredRun
 
 __all__ = ["Report", "build_parser", "main", "run_report"]
@@ -29,6 +29,8 @@ class Report:
     out: Path
     warnings: list[str] = field(default_factory=list)
     best_of_n: bestofn.BestOfNResult | None = None
+    stereotype: stereotype.StereotypeResult | None = None
+    audit: audit.AuditResult | None = None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,6 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compute dtype (float32 default: bf16 rewards round to ~3 digits and create ties)")
     p.add_argument("--attn-implementation", default="sdpa", help="sdpa (default) or eager, flash_attention_2 on GPU")
     bestofn.add_arguments(p)
+    g = p.add_argument_group("stereotype probes and the audit's verdicts (the verdicts need two or more models)")
+    g.add_argument("--stereotype-probes", default=None, metavar="SOURCE",
+                   help="'crows-pairs' (bundled CrowS-Pairs, 1,508 pairs, CC BY-SA 4.0) or a .jsonl file with "
+                        "sent_more / sent_less / bias_type: report the share of pairs where the more stereotypical "
+                        "sentence gets the higher reward (0.5 = neutral), per bias type (default: off)")
+    g.add_argument("--stereotype-prompt", default="",
+                   help="prompt each probe sentence answers (default: none, the sentence is scored alone)")
     return p
 
 
@@ -117,6 +126,11 @@ def _check_options(args) -> None:
         raise ReportError(f"{len(args.label)} --label for {len(args.model)} --model: give one label per model or "
                           "none")
     bestofn.check_arguments(args)
+    if args.stereotype_probes:
+        if not args.model or args.rewards:
+            raise ReportError("--stereotype-probes scores the probe pairs with each model: give the models with "
+                              "--model (not --rewards)")
+        stereotype.load_probes(args.stereotype_probes)  # a bad file fails before the first model is scored
 
 
 def _score_models(args, rows, labels, max_len: int, device: str) -> list[ScoredRun]:
@@ -124,6 +138,7 @@ def _score_models(args, rows, labels, max_len: int, device: str) -> list[ScoredR
     runs, tokenized = [], {}
     keys = dict(prompt_key=args.prompt_key or None, chosen_key=args.chosen_key, rejected_key=args.rejected_key,
                 input_template=args.input_template, apply_chat_template=args.apply_chat_template)
+    probes = stereotype.load_probes(args.stereotype_probes) if args.stereotype_probes else None
     for label, path in zip(labels, args.model):
         model, tokenizer = scoring.load_reward_model(path, device=device, dtype=args.dtype,
                                                      attn_implementation=args.attn_implementation)
@@ -135,8 +150,14 @@ def _score_models(args, rows, labels, max_len: int, device: str) -> list[ScoredR
                 tokenized[fingerprint] = pairs
         chosen, rejected, identical = scoring.score_pairs(model, tokenizer, rows, batch_size=args.batch_size,
                                                           desc=f"report {label}", tokenized=pairs)
+        run = ScoredRun(label, str(path), chosen, rejected, identical)
+        if probes is not None:  # while the model is loaded
+            run.probe_rewards = stereotype.score_probes(
+                model, tokenizer, probes, prompt=args.stereotype_prompt, max_len=max_len, batch_size=args.batch_size,
+                input_template=args.input_template, apply_chat_template=args.apply_chat_template,
+                desc=f"stereotype probes {label}")
         del model
-        runs.append(ScoredRun(label, str(path), chosen, rejected, identical))
+        runs.append(run)
     return runs
 
 
@@ -182,9 +203,15 @@ def run_report(args) -> Report:
     warnings += analysis.scale_warnings(results, baseline)
     for w in warnings:
         print(f"openrlhf-fair report: warning: {w}", file=sys.stderr)
-    audit = bestofn.run_audit(args, results, device, settings["max_len"]) if args.best_of_n else None
+    bon = bestofn.run_audit(args, results, device, settings["max_len"]) if args.best_of_n else None
+    stereo = None
+    if args.stereotype_probes:
+        probes = stereotype.load_probes(args.stereotype_probes)
+        scored = {m.label: [r.probe_rewards for r in m.runs] for m in results}
+        stereo = stereotype.analyse_probes(probes, scored, baseline, args.resamples, prompt=args.stereotype_prompt)
+    verdicts = audit.run_audit(results, baseline, pairs, bon, stereo) if len(results) > 1 else None
     settings["resamples"] = args.resamples
-    report = Report(pairs, results, baseline, out, warnings, audit)
+    report = Report(pairs, results, baseline, out, warnings, bon, stereo, verdicts)
     _write(report, args.group_key, settings)
     return report
 
@@ -199,6 +226,12 @@ def _write(report: Report, group_key: str, settings: dict) -> None:
     if report.best_of_n is not None:
         extra["best_of_n"] = report.best_of_n.as_json()
         sections = bestofn.markdown_section(report.best_of_n, report.methods, report.baseline)
+    if report.stereotype is not None:
+        extra["stereotype"] = report.stereotype.as_json()
+        sections += stereotype.markdown_section(report.stereotype, report.baseline)
+    if report.audit is not None:
+        extra["audit"] = report.audit.as_json()
+        sections += audit.markdown_section(report.audit)
     doc = rendering.report_json(report.methods, report.pairs, baseline=report.baseline, settings=settings,
                                 extra=extra)
     rendering.write_json(out / "report.json", doc)
@@ -218,6 +251,10 @@ def print_summary(report: Report) -> None:
         print(rendering.pareto_table(report.methods))
     if report.best_of_n is not None:
         print("\n" + "\n".join(bestofn.markdown_section(report.best_of_n, report.methods, report.baseline)))
+    if report.stereotype is not None:
+        print("\n" + "\n".join(stereotype.markdown_section(report.stereotype, report.baseline)))
+    if report.audit is not None:
+        print("\n" + "\n".join(audit.markdown_section(report.audit)))
 
 
 def main(argv=None) -> int:

@@ -122,6 +122,7 @@ class ScoredRun:
     chosen: torch.Tensor  # float64 (n,)
     rejected: torch.Tensor
     identical: torch.Tensor  # bool (n,): chosen and rejected tokens identical after truncation
+    probe_rewards: tuple[torch.Tensor, torch.Tensor] | None = None  # --stereotype-probes: (more, less) rewards
 
 
 def write_pair_rewards(path: Path, pairs: PairSet, runs: list[ScoredRun], group_key: str) -> None:
