@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'crows-pairs' (bundled CrowS-Pairs, 1,508 pairs, CC BY-SA 4.0) or a .jsonl file with "
                         "sent_more / sent_less / bias_type: report the share of pairs where the more stereotypical "
                         "sentence gets the higher reward (0.5 = neutral), per bias type (default: off)")
+    g.add_argument("--stereotype-max-pairs", type=int, default=None, metavar="N",
+                   help="score only the first N probe pairs of each bias type (a quicker, noisier check; default: all)")
     g.add_argument("--stereotype-prompt", default="",
                    help="prompt each probe sentence answers (default: none, the sentence is scored alone)")
     return p
@@ -130,7 +132,8 @@ def _check_options(args) -> None:
         if not args.model or args.rewards:
             raise ReportError("--stereotype-probes scores the probe pairs with each model: give the models with "
                               "--model (not --rewards)")
-        stereotype.load_probes(args.stereotype_probes)  # a bad file fails before the first model is scored
+        # a bad file fails before the first model is scored
+        stereotype.load_probes(args.stereotype_probes, args.stereotype_max_pairs)
 
 
 def _score_models(args, rows, labels, max_len: int, device: str) -> list[ScoredRun]:
@@ -138,7 +141,8 @@ def _score_models(args, rows, labels, max_len: int, device: str) -> list[ScoredR
     runs, tokenized = [], {}
     keys = dict(prompt_key=args.prompt_key or None, chosen_key=args.chosen_key, rejected_key=args.rejected_key,
                 input_template=args.input_template, apply_chat_template=args.apply_chat_template)
-    probes = stereotype.load_probes(args.stereotype_probes) if args.stereotype_probes else None
+    probes = (stereotype.load_probes(args.stereotype_probes, args.stereotype_max_pairs) if args.stereotype_probes
+              else None)
     for label, path in zip(labels, args.model):
         model, tokenizer = scoring.load_reward_model(path, device=device, dtype=args.dtype,
                                                      attn_implementation=args.attn_implementation)
@@ -206,7 +210,7 @@ def run_report(args) -> Report:
     bon = bestofn.run_audit(args, results, device, settings["max_len"]) if args.best_of_n else None
     stereo = None
     if args.stereotype_probes:
-        probes = stereotype.load_probes(args.stereotype_probes)
+        probes = stereotype.load_probes(args.stereotype_probes, args.stereotype_max_pairs)
         scored = {m.label: [r.probe_rewards for r in m.runs] for m in results}
         stereo = stereotype.analyse_probes(probes, scored, baseline, args.resamples, prompt=args.stereotype_prompt)
     verdicts = audit.run_audit(results, baseline, pairs, bon, stereo) if len(results) > 1 else None

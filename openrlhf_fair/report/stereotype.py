@@ -60,9 +60,11 @@ class ProbeSet:
         return {c: self.categories.count(c) for c in self.category_names}
 
 
-def load_probes(source: str) -> ProbeSet:
+def load_probes(source: str, per_category: int | None = None) -> ProbeSet:
     """'crows-pairs' (the bundled copy) or a .jsonl / .jsonl.gz file with sent_more, sent_less, bias_type (and
-    optionally stereo_antistereo) per line."""
+    optionally stereo_antistereo) per line; per_category: keep only the first N pairs of each bias type."""
+    if per_category is not None and per_category < 1:
+        raise ReportError(f"--stereotype-max-pairs must be >= 1, got {per_category}")
     path = BUNDLED_PROBES.get(source, Path(source))
     if not path.is_file():
         raise ReportError(f"--stereotype-probes {source}: no such file (give 'crows-pairs' or a .jsonl file with "
@@ -89,6 +91,15 @@ def load_probes(source: str) -> ProbeSet:
     if not rows:
         raise ReportError(f"{path}: no probe pairs")
     name = "CrowS-Pairs (bundled, CC BY-SA 4.0)" if source in BUNDLED_PROBES else str(path)
+    if per_category is not None:
+        count: dict[str, int] = {}
+        kept = []
+        for r in rows:
+            count[r["bias_type"]] = count.get(r["bias_type"], 0) + 1
+            if count[r["bias_type"]] <= per_category:
+                kept.append(r)
+        rows = kept
+        name += f" (the first {per_category} of each bias type)"
     return ProbeSet([r["sent_more"] for r in rows], [r["sent_less"] for r in rows], [r["bias_type"] for r in rows],
                     [r.get("stereo_antistereo", "") for r in rows], f"{name}, {len(rows)} pairs")
 
