@@ -147,6 +147,7 @@ def change(base, model, size, neutral=0.0, selection=None, name="b"):
 REDUCED = dict(base=(0.5, 0.4, 0.6), model=(0.1, 0.0, 0.2), size=(-0.4, -0.5, -0.3))
 SAME = dict(base=(0.5, 0.4, 0.6), model=(0.45, 0.35, 0.55), size=(-0.05, -0.15, 0.05))
 GREW = dict(base=(0.1, 0.0, 0.2), model=(0.4, 0.3, 0.5), size=(0.3, 0.2, 0.4))
+UP_IN_NOISE = dict(base=(0.3, 0.2, 0.4), model=(0.35, 0.25, 0.45), size=(0.05, -0.05, 0.15))
 
 
 def test_side_and_the_three_tests():
@@ -156,8 +157,9 @@ def test_side_and_the_three_tests():
     r, s, g = change(**REDUCED), change(**SAME), change(**GREW)
     assert (audit.reduced(r), audit.reduced(s), audit.reduced(g)) == (True, False, False)
     assert (audit.grew(r), audit.grew(s), audit.grew(g)) == (False, False, True)
-    # an interval that touches 0 is not beyond noise
+    # an interval that touches or includes 0 is not beyond noise, whatever the point value
     assert not audit.reduced(change(REDUCED["base"], REDUCED["model"], (-0.4, -0.5, 0.0)))
+    assert not audit.grew(change(**UP_IN_NOISE))
 
 
 def test_mitigated():
@@ -205,6 +207,9 @@ def test_overcorrected_beats_reduced():
 
 def test_no_change_and_worse():
     assert verdict("b", {"b": change(**SAME)}).word == audit.NO_CHANGE
+    assert verdict("b", {"b": change(**UP_IN_NOISE)}).word == audit.NO_CHANGE
+    # a bias that grew only within noise does not make another one's reduction a substitution
+    assert verdict("b", {"b": change(**REDUCED), "other": change(**UP_IN_NOISE)}).word == audit.MITIGATED
     assert verdict("b", {"b": change(**GREW)}).word == audit.WORSE
 
 
