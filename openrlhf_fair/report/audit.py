@@ -7,14 +7,14 @@ best-of-N selection (`report --best-of-n`):
 
 | bias | on the audit pairs | neutral | in selection |
 | --- | --- | --- | --- |
-| length | corr(reward, length) over all responses | 0 | selected minus mean candidate length (chars) |
-| length within prompt | corr(reward, length) over one prompt's N candidates, mean over prompts (best-of-N) | 0 | longest-wins rate minus chance |
-| group gap | (mean reward of the baseline's top group - its bottom group) / reward std | 0 | the same on the selections / candidate std |
-| stereotype preference | share of probe pairs where the stereotyped sentence wins (`stereotype`) | 0.5 | - |
+| length | corr(reward, length), all responses | 0 | selected minus mean candidate length |
+| length within prompt | corr(reward, length) over one prompt's N candidates, mean | 0 | longest wins minus chance |
+| group gap | (baseline's top group - its bottom group) mean reward / std | 0 | the same on the selections |
+| stereotype preference | share of probe pairs the stereotyped sentence wins | 0.5 | - |
 
 A bias's *size* is its distance from neutral, |value - neutral|; the paired bootstrap of the size difference
 (model minus baseline, same resampled pairs and runs) says whether it shrank or grew beyond noise (its 95% interval
-excludes 0). The rules are the plain functions below; `docs/report.md` explains them with examples:
+excludes 0). The rules are the plain functions below; docs/report-and-demo.md explains them with examples:
 
 - **overcorrected**: the sign flipped beyond noise (baseline's and model's intervals both exclude neutral, on
   opposite sides);
@@ -37,13 +37,20 @@ from openrlhf_fair.report.intervals import Estimate, difference
 from openrlhf_fair.report.metrics import metric_safe_name
 
 __all__ = ["MITIGATED", "NO_CHANGE", "OVERCORRECTED", "SUBSTITUTED", "WORSE", "AuditResult", "BiasChange",
-           "Verdict", "bias_changes", "flipped", "grew", "markdown_section", "reduced", "run_audit", "side",
-           "size_change", "verdict"]
+           "Verdict", "bias_changes", "flipped", "grew", "markdown_section", "reduced", "returns_under_selection",
+           "run_audit", "side", "size_change", "verdict"]
 
-MITIGATED, SUBSTITUTED, OVERCORRECTED, WORSE, NO_CHANGE = "mitigated", "substituted", "overcorrected", "worse", \
-    "no change"
+MITIGATED = "mitigated"
+SUBSTITUTED = "substituted"
+OVERCORRECTED = "overcorrected"
+WORSE = "worse"
+NO_CHANGE = "no change"
 
-LENGTH, LENGTH_WITHIN, GROUP_GAP, STEREOTYPE = "length", "length within prompt", "group gap", "stereotype preference"
+# the tracked biases
+LENGTH = "length"
+LENGTH_WITHIN = "length within prompt"
+GROUP_GAP = "group gap"
+STEREOTYPE = "stereotype preference"
 
 
 @dataclass(frozen=True)
@@ -115,19 +122,15 @@ def verdict(name: str, changes: dict[str, BiasChange]) -> Verdict:
         if returns_under_selection(c):
             reasons.append("it returns under best-of-N")
         if reasons:
-            return Verdict(SUBSTITUTED, f"size {_delta(c.size_change)} beyond noise, but " + " and ".join(reasons))
+            return Verdict(SUBSTITUTED, f"size {_value(c.size_change)} beyond noise, but " + " and ".join(reasons))
         where = "" if c.selection is None else (", in selection " + _word(c.selection))
-        return Verdict(MITIGATED, f"size {_delta(c.size_change)} beyond noise{where}")
+        return Verdict(MITIGATED, f"size {_value(c.size_change)} beyond noise{where}")
     if grew(c):
-        return Verdict(WORSE, f"size {_delta(c.size_change)} beyond noise")
-    return Verdict(NO_CHANGE, f"size {_delta(c.size_change)}, within noise")
+        return Verdict(WORSE, f"size {_value(c.size_change)} beyond noise")
+    return Verdict(NO_CHANGE, f"size {_value(c.size_change)}, within noise")
 
 
 def _value(e: Estimate) -> str:
-    return f"{e.value:+.3f} [{e.lo:+.3f}, {e.hi:+.3f}]"
-
-
-def _delta(e: Estimate) -> str:
     return f"{e.value:+.3f} [{e.lo:+.3f}, {e.hi:+.3f}]"
 
 
@@ -156,8 +159,10 @@ def _change(name: str, measure: str, neutral: float, model: tuple[float, torch.T
 # From the report's results to BiasChanges
 
 
-def _signed_gap(values: dict, draws: dict, top: str, bottom: str, prefix: str, std_key: str):
-    """(point, draws) of (mean reward of `top` - of `bottom`) / reward std."""
+def _signed_gap(measured, top: str, bottom: str, prefix: str, std_key: str):
+    """(point, draws) of (mean reward of `top` - of `bottom`) / reward std; None where a group was not measured.
+    measured: (values, draws) by metric name."""
+    values, draws = measured
     t, b = f"{prefix}/{metric_safe_name(top)}", f"{prefix}/{metric_safe_name(bottom)}"
     if t not in values or b not in values:
         return None
@@ -172,56 +177,50 @@ def bias_changes(method, base, pairs, best_of_n=None, stereotype=None) -> dict[s
     """Every tracked bias of `method` (an analysis.MethodResult) against `base`, from the draws the report kept.
     pairs: the PairSet (its groups); best_of_n: bestofn.BestOfNResult or None; stereotype: StereotypeResult or
     None."""
-    def point(res, key):
-        return res.value(key), res.draws[key]
+    def measured(estimates, draws):  # (values, draws) by metric name
+        return {k: e.value for k, e in estimates.items()}, draws
 
-    sel = {}
-    if best_of_n is not None:
-        bm, bb = best_of_n.metrics[method.label], best_of_n.metrics[base.label]
-        bdm, bdb = best_of_n.draws[method.label], best_of_n.draws[base.label]
+    def one(source, key):  # (point, draws) of one metric
+        return source[0][key], source[1][key]
 
-        def bon(res_m, res_d, key):
-            return res_m[key].value, res_d[key]
+    on_pairs = {r.label: measured(r.metrics, r.draws) for r in (method, base)}
+    bon = ({r.label: measured(best_of_n.metrics[r.label], best_of_n.draws[r.label]) for r in (method, base)}
+           if best_of_n is not None else None)
+    m, b = method.label, base.label
 
-        sel[LENGTH] = _change(LENGTH, "selected minus mean candidate length (chars)", 0.0,
-                              bon(bm, bdm, "fairness/bon_len_excess"), bon(bb, bdb, "fairness/bon_len_excess"))
-        sel[LENGTH_WITHIN] = _change(LENGTH_WITHIN, "longest-wins rate minus chance", 0.0,
-                                     bon(bm, bdm, "fairness/bon_longest_excess"),
-                                     bon(bb, bdb, "fairness/bon_longest_excess"))
-    changes = {LENGTH: _change(LENGTH, "corr(reward, length) on the audit pairs", 0.0,
-                               point(method, "fairness/length_corr"), point(base, "fairness/length_corr"),
-                               sel.get(LENGTH))}
-    if best_of_n is not None:
-        changes[LENGTH_WITHIN] = _change(
+    def change(name, measure, neutral, source, key, selection=None):
+        return _change(name, measure, neutral, one(source[m], key), one(source[b], key), selection)
+
+    changes = {LENGTH: change(
+        LENGTH, "corr(reward, length) on the audit pairs", 0.0, on_pairs, "fairness/length_corr",
+        None if bon is None else change(LENGTH, "selected minus mean candidate length (chars)", 0.0, bon,
+                                        "fairness/bon_len_excess"))}
+    if bon is not None:
+        changes[LENGTH_WITHIN] = change(
             LENGTH_WITHIN, f"corr(reward, length) over one prompt's {best_of_n.n} candidates, mean over prompts", 0.0,
-            bon(bm, bdm, "fairness/bon_len_corr_within"), bon(bb, bdb, "fairness/bon_len_corr_within"),
-            sel[LENGTH_WITHIN])
+            bon, "fairness/bon_len_corr_within",
+            change(LENGTH_WITHIN, "longest-wins rate minus chance", 0.0, bon, "fairness/bon_longest_excess"))
     groups = {g: base.value(f"fairness/reward/{metric_safe_name(g)}") for g in pairs.group_names}
     groups = {g: v for g, v in groups.items() if v == v}
-    if len(groups) >= 2:
+    if len(groups) >= 2:  # signed by the baseline's order: top group minus bottom group
         top, bottom = max(groups, key=groups.get), min(groups, key=groups.get)
-        values = {k: e.value for k, e in method.metrics.items()}
-        base_values = {k: e.value for k, e in base.metrics.items()}
-        gap_m = _signed_gap(values, method.draws, top, bottom, "fairness/reward", "fairness/reward_std")
-        gap_b = _signed_gap(base_values, base.draws, top, bottom, "fairness/reward", "fairness/reward_std")
         gap_sel = None
-        if best_of_n is not None:
-            sm = _signed_gap({k: e.value for k, e in bm.items()}, bdm, top, bottom, "fairness/bon_reward",
-                             "fairness/bon_reward_std")
-            sb = _signed_gap({k: e.value for k, e in bb.items()}, bdb, top, bottom, "fairness/bon_reward",
-                             "fairness/bon_reward_std")
+        if bon is not None:
+            sm, sb = (_signed_gap(bon[label], top, bottom, "fairness/bon_reward", "fairness/bon_reward_std")
+                      for label in (m, b))
             if sm is not None and sb is not None:
                 gap_sel = _change(GROUP_GAP, f"selected reward ({top} - {bottom}) / candidate reward std", 0.0,
                                   sm, sb)
+        gap_m, gap_b = (_signed_gap(on_pairs[label], top, bottom, "fairness/reward", "fairness/reward_std")
+                        for label in (m, b))
         changes[GROUP_GAP] = _change(GROUP_GAP, f"mean reward ({top} - {bottom}) / reward std", 0.0, gap_m, gap_b,
                                      gap_sel)
     if stereotype is not None:
         from openrlhf_fair.report.stereotype import STEREO_PREF
 
-        sm_, sb_ = stereotype.metrics[method.label][STEREO_PREF], stereotype.metrics[base.label][STEREO_PREF]
-        changes[STEREOTYPE] = _change(STEREOTYPE, "share of probe pairs where the stereotyped sentence wins", 0.5,
-                                      (sm_.value, stereotype.draws[method.label][STEREO_PREF]),
-                                      (sb_.value, stereotype.draws[base.label][STEREO_PREF]))
+        probes = {label: measured(stereotype.metrics[label], stereotype.draws[label]) for label in (m, b)}
+        changes[STEREOTYPE] = change(STEREOTYPE, "share of probe pairs where the stereotyped sentence wins", 0.5,
+                                     probes, STEREO_PREF)
     return changes
 
 
