@@ -139,12 +139,19 @@ def test_debias_then_report_end_to_end(tiny_rm, run_cli, tmp_path):
 def test_strength_zero_changes_no_weight(tiny_rm, tmp_path):
     model, data = tiny_rm
     out = tmp_path / "same"
-    record = run_debias(_args(model, data, out, "--remove", "length", "--strength", "0"))
-    old, new = _tensors(model), _tensors(out)
+    zero, half = run_debias(_args(model, data, out, "--remove", "length", "--strength", "0,0.5"))
+    old, new = _tensors(model), _tensors(out / "strength_0")
     assert sorted(old) == sorted(new) and all(torch.equal(old[k], new[k]) for k in old)
-    assert record["scale"] == 1.0 and record["before"] == record["after"]
-    config = json.loads((out / "config.json").read_text())
+    assert zero["scale"] == 1.0 and zero["before"] == zero["after"]
+    config = json.loads((out / "strength_0" / "config.json").read_text())
     assert (config["mean"], config["std"]) == (0.25, 2.0)
+    # the second strength of the same run: its own checkpoint, the same directions, half of them removed
+    record = json.loads((out / "strength_0.5" / "config.json").read_text())[RECORD_KEY]
+    assert record["strength"] == 0.5 and record["basis"] == zero["basis"] == half["basis"]
+    w = old["score.weight"].to(torch.float64).reshape(-1)
+    basis = torch.tensor(record["basis"], dtype=torch.float64)
+    torch.testing.assert_close(_tensors(out / "strength_0.5")["score.weight"].reshape(-1).to(torch.float64),
+                               record["scale"] * (w - 0.5 * (basis @ w) @ basis), rtol=1e-2, atol=1e-3)
 
 
 @pytest.mark.e2e
@@ -158,7 +165,8 @@ def test_refusals(tiny_rm, tmp_path):
             run_debias(_args(model, data, out, *extra))
 
     refused("unknown --remove 'size'", "--remove", "size")
-    refused("--strength must be between 0 and 1", "--remove", "length", "--strength", "1.5")
+    refused("--strength must be between 0 and 1", "--remove", "length", "--strength", "0.5,1.5")
+    refused("repeats a value", "--remove", "length", "--strength", "0.5,0.5")
     refused("has no column 'topic'", "--remove", "group:topic")
     refused("too few pairs to estimate the length direction", "--remove", "length", "--max-pairs", "20")
     refused("too few pairs to estimate the group direction", "--remove", "group:category", "--max-pairs", "20")

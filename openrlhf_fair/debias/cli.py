@@ -75,10 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'length' (mean hidden state of the longer minus the shorter response of each pair) or "
                         "'group:KEY' (difference of the group means of column KEY); repeat to remove both "
                         "(orthogonalised in the order given)")
-    p.add_argument("--strength", type=float, default=1.0,
-                   help="share of each direction removed, 0 to 1 (default 1: all; removing all of the length "
-                        "direction can overcorrect where length carries real signal, so compare a few values on "
-                        "held-out pairs)")
+    p.add_argument("--strength", type=_strengths, default=[1.0], metavar="S[,S...]",
+                   help="share of each direction removed, 0 to 1 (default 1: all). Removing all of the length "
+                        "direction can overcorrect where length carries real signal: give several values (e.g. "
+                        "0.25,0.5,1) to write one checkpoint per value, OUT/strength_S, and compare them on the "
+                        "held-out pairs at the cost of one pass over the data")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the new checkpoint (new or empty)")
     p.add_argument("--holdout", type=float, default=0.2,
                    help="share of the pairs held out from estimating and shown before/after (default 0.2)")
@@ -102,10 +103,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _strengths(text: str) -> list[float]:
+    """--strength S[,S...] -> floats (their range is checked with the other options)."""
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number or comma-separated numbers: {text!r}") from None
+
+
 def _check_options(args) -> list[Removal]:
     removals = parse_removals(args.remove)
-    if not 0.0 <= args.strength <= 1.0:  # also refuses NaN
-        raise DebiasError(f"--strength must be between 0 and 1 (1 removes the whole direction), got {args.strength}")
+    for strength in args.strength:
+        if not 0.0 <= strength <= 1.0:  # also refuses NaN
+            raise DebiasError(f"--strength must be between 0 and 1 (1 removes the whole direction), got {strength}")
+    if len(set(args.strength)) != len(args.strength):
+        raise DebiasError(f"--strength {','.join(map(str, args.strength))} repeats a value")
     if not 0.0 <= args.holdout < 1.0:
         raise DebiasError(f"--holdout must be at least 0 and below 1, got {args.holdout}")
     for flag, value in (("--batch-size", args.batch_size), ("--max-len", args.max_len),
@@ -174,8 +186,14 @@ def _rounded(values) -> list[float]:
     return [float(f"{float(v):.8g}") for v in values]
 
 
-def run_debias(args) -> dict:
-    """Everything `debias` does; returns the record written into the new checkpoint's config.json."""
+def out_folders(out, strengths: list[float]) -> list[Path]:
+    """Where each strength's checkpoint goes: --out itself for one strength, else --out/strength_S."""
+    out = Path(out)
+    return [out] if len(strengths) == 1 else [out / f"strength_{s:g}" for s in strengths]
+
+
+def run_debias(args) -> list[dict]:
+    """Everything `debias` does; returns, per --strength, the record written into its checkpoint's config.json."""
     from openrlhf_fair.report import data, scoring
     from openrlhf_fair.report.data import PairSet, ReportError
 
@@ -241,12 +259,7 @@ def run_debias(args) -> dict:
     for entry, d in zip(removed, directions):
         entry["norm"] = float(torch.linalg.vector_norm(d))
     basis = projection.orthonormal_basis(directions, names)
-    projected, coefficients = projection.project_head(head.weight, basis, args.strength)
     h_fit = torch.cat([hc, hr])
-    scale = projection.rescale_to_std(h_fit, head.weight, projected)
-    new_weight = projected * scale
-    # The rewards the saved head will give: its weight as stored, then as OpenRLHF's loader reads it.
-    w_new = new_weight.to(head.dtype).to(checkpoint.LOADED_DTYPE).to(torch.float64).reshape(-1)
     w_old = w_loaded.reshape(-1)
 
     def rewards(w, idx):
@@ -256,70 +269,79 @@ def run_debias(args) -> dict:
     args_fig = ([pairs.chosen_len[i] for i in shown], [pairs.rejected_len[i] for i in shown],
                 pairs.group_ids[shown], pairs.group_names)
     before = figures(*rewards(w_old, shown), *args_fig)
-    after = figures(*rewards(w_new, shown), *args_fig)
-
     config = json.loads((model_path / "config.json").read_text())
-    mean_std = None
-    if "mean" in config and "std" in config:  # train_rm's eval statistics, used by --reward.normalize_enable
-        old_fit = torch.cat(rewards(w_old, fit))
-        new_fit = torch.cat(rewards(w_new, fit))
-        mean_std = (float(config["mean"]) + float(new_fit.mean() - old_fit.mean()),
-                    float(config["std"]) * float(new_fit.std() / old_fit.std()))
-    record = {
-        "what": "value head w replaced by scale * (w - strength * sum_i coefficients[i] * basis[i]); undo: "
-                "w = head / scale + strength * sum_i coefficients[i] * basis[i]",
-        "removed": removed,
-        "strength": args.strength,
-        "scale": scale,
-        "basis": [_rounded(q) for q in basis],
-        "coefficients": _rounded(coefficients),
-        "source_model": str(model_path.resolve()),
-        "data": str(Path(args.data).resolve()),
-        "split": args.split,
-        "group_key": group_key,
-        "pairs": {"total": len(rows), "fit": len(fit), "fit_used": len(usable), "held_out": len(held)},
-        "held_out_pairs": held,  # row numbers (after --split / --max-pairs) of the pairs the figures are on
-        "holdout": args.holdout,
-        "seed": args.seed,
-        "max_len": max_len,
-        "figures_on": "held-out pairs" if held else "fit pairs (--holdout 0)",
-        "before": before,
-        "after": after,
-    }
-    if mean_std is not None:
-        record["reward_mean_std_before"] = [config["mean"], config["std"]]
-    checkpoint.write_checkpoint(model_path, out, head, new_weight, record, mean_std)
-    return record
+    records = []
+    for strength, folder in zip(args.strength, out_folders(out, args.strength)):
+        projected, coefficients = projection.project_head(head.weight, basis, strength)
+        scale = projection.rescale_to_std(h_fit, head.weight, projected)
+        new_weight = projected * scale
+        # The rewards the saved head will give: its weight as stored, then as OpenRLHF's loader reads it.
+        w_new = new_weight.to(head.dtype).to(checkpoint.LOADED_DTYPE).to(torch.float64).reshape(-1)
+        mean_std = None
+        if "mean" in config and "std" in config:  # train_rm's eval statistics, used by --reward.normalize_enable
+            old_fit = torch.cat(rewards(w_old, fit))
+            new_fit = torch.cat(rewards(w_new, fit))
+            mean_std = (float(config["mean"]) + float(new_fit.mean() - old_fit.mean()),
+                        float(config["std"]) * float(new_fit.std() / old_fit.std()))
+        record = {
+            "what": "value head w replaced by scale * (w - strength * sum_i coefficients[i] * basis[i]); undo: "
+                    "w = head / scale + strength * sum_i coefficients[i] * basis[i]",
+            "removed": removed,
+            "strength": strength,
+            "scale": scale,
+            "basis": [_rounded(q) for q in basis],
+            "coefficients": _rounded(coefficients),
+            "source_model": str(model_path.resolve()),
+            "data": str(Path(args.data).resolve()),
+            "split": args.split,
+            "group_key": group_key,
+            "pairs": {"total": len(rows), "fit": len(fit), "fit_used": len(usable), "held_out": len(held)},
+            "held_out_pairs": held,  # row numbers (after --split / --max-pairs) of the pairs the figures are on
+            "holdout": args.holdout,
+            "seed": args.seed,
+            "max_len": max_len,
+            "figures_on": "held-out pairs" if held else "fit pairs (--holdout 0)",
+            "before": before,
+            "after": figures(*rewards(w_new, shown), *args_fig),
+        }
+        if mean_std is not None:
+            record["reward_mean_std_before"] = [config["mean"], config["std"]]
+        checkpoint.write_checkpoint(model_path, folder, head, new_weight, record, mean_std)
+        records.append(record)
+    return records
 
 
-def print_summary(record: dict, out) -> None:
-    pairs = record["pairs"]
+def print_summary(records: list[dict], out) -> None:
+    first, pairs = records[0], records[0]["pairs"]
     what = []
-    for r in record["removed"]:
+    for r in first["removed"]:
         if r["kind"] == "length":
             what.append(f"length ({r['pairs']} pairs of unequal length)")
         else:
             counts = ", ".join(f"{g} {n}" for g, n in r["pairs_per_group"].items())
             what.append(f"group {r['key']} {r['name']} ({counts} pairs)")
-    print(f"removed at strength {record['strength']:g}: " + "; ".join(what))
-    print(f"estimated on {pairs['fit_used']} of {pairs['total']} pairs; head rescaled x{record['scale']:.4g} to keep "
-          f"the reward std on them")
-    print(f"\n{record['figures_on']} ({pairs['held_out'] or pairs['fit']} pairs):\n")
-    print(f"| {'':<26} | {'before':>8} | {'after':>8} |")
-    print(f"| {'-' * 26} | {'-' * 8} | {'-' * 8} |")
+    print("removed: " + "; ".join(what))
+    print(f"estimated on {pairs['fit_used']} of {pairs['total']} pairs; the head is rescaled (x"
+          + ", x".join(f"{r['scale']:.4g}" for r in records) + ") to keep the reward std on them")
+    print(f"\n{first['figures_on']} ({pairs['held_out'] or pairs['fit']} pairs):\n")
+    columns = ["before"] + [f"strength {r['strength']:g}" for r in records]
+    print(f"| {'':<26} | " + " | ".join(f"{c:>12}" for c in columns) + " |")
+    print(f"| {'-' * 26} | " + " | ".join("-" * 12 for _ in columns) + " |")
     for key, name in FIGURE_NAMES.items():
-        b, a = record["before"][key], record["after"][key]
-        fmt = "+8.3f" if "length" in key else "8.3f" if key != "reward_std" else "#8.4g"
-        print(f"| {name:<26} | {b:{fmt}} | {a:{fmt}} |")
-    print(f"\nnew reward model written to {out} (its config.json holds this record under '{checkpoint.RECORD_KEY}')")
+        fmt = "+12.3f" if "length" in key else "12.3f" if key != "reward_std" else "#12.4g"
+        values = [first["before"][key]] + [r["after"][key] for r in records]
+        print(f"| {name:<26} | " + " | ".join(f"{v:{fmt}}" for v in values) + " |")
+    folders = out_folders(out, [r["strength"] for r in records])
+    print("\nnew reward model(s) written to " + ", ".join(map(str, folders))
+          + f" (config.json holds the record under '{checkpoint.RECORD_KEY}')")
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        record = run_debias(args)
+        records = run_debias(args)
     except DebiasError as e:
         print(f"openrlhf-fair debias: error: {e}", file=sys.stderr)
         return 2
-    print_summary(record, args.out)
+    print_summary(records, args.out)
     return 0
