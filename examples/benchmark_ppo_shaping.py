@@ -1,9 +1,9 @@
 """Cost of PPO fairness shaping for one rollout batch on CPU (target: under 5 ms for 8,192 samples).
 
 Two numbers per agent unit (sample, prompt, label):
-- "weights": `openrlhf_fair.shaping.fairness_weights` for the whole batch (sigmoid allocation, closed-form
+- "weights": `openrlhf_fair.core.shaping.fairness_weights` for the whole batch (sigmoid allocation, closed-form
   w_k = K dPsi/dx_k in float64, clip, renormalise) plus its metrics (F, Jain, Gini, ...): the shaping itself;
-- "patch step": everything `openrlhf_fair.host.experience_maker.shape_experiences` adds to OpenRLHF's
+- "patch step": everything `openrlhf_fair.features.experience_maker.shape_experiences` adds to OpenRLHF's
   `compute_advantages_and_returns` (agent ids, weights, metrics, scaling each micro-batch's advantages, the
   per-sample info tensors), on fabricated micro-batches. Its cost grows with the number of micro-batches.
 Pure torch (stand-in experience objects), OpenRLHF is not imported. With ``--host``, also OpenRLHF's own
@@ -22,9 +22,9 @@ from types import SimpleNamespace
 
 import torch
 
-from openrlhf_fair.host.experience_maker import LABEL_INFO_KEY, shape_experiences
-from openrlhf_fair.ppo_config import PPOFairnessConfig
-from openrlhf_fair.shaping import fairness_weights, label_agent_ids, prompt_agent_ids
+from openrlhf_fair.features.experience_maker import LABEL_INFO_KEY, shape_experiences
+from openrlhf_fair.settings import PPOFairnessConfig
+from openrlhf_fair.core.shaping import fairness_weights, label_agent_ids, prompt_agent_ids
 
 
 def time_ms(function, repeats: int, setup=lambda: None) -> tuple[float, float]:

@@ -76,7 +76,7 @@ def loss_overhead_ms(fairness_flags: str, micro: int, threads=None, calls: int =
     import torch.nn.functional as F
 
     from openrlhf_fair.cli.flags import parse_fairness_args
-    from openrlhf_fair.losses import FairPairWiseLoss
+    from openrlhf_fair.core.losses import FairPairWiseLoss
 
     def host_loss(chosen, reject, margin=None):  # OpenRLHF's PairWiseLoss formula
         return -F.logsigmoid(chosen - reject).mean()

@@ -20,6 +20,7 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable
+from openrlhf_fair.errors import FixtureUnavailable
 
 MARKER = ".openrlhf_fair_fixture.json"
 
@@ -39,10 +40,6 @@ TINY_CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
 )
-
-
-class FixtureUnavailable(RuntimeError):
-    """A fixture needs a package that is not installed; the message says which and how to install it."""
 
 
 def _is_complete(path: Path, spec: dict) -> bool:

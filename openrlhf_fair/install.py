@@ -29,23 +29,12 @@ import time
 import venv
 from pathlib import Path
 
+from openrlhf_fair.host.releases import CI_MATRIX, DEFAULT_OPENRLHF, OPENRLHF_RELEASES, SUPPORTED_RANGE
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CHECKOUT = (REPO_ROOT / "setup.cfg").is_file()  # False when this module runs from an installed wheel
 
 TORCH_CPU_REQUIREMENT = "torch==2.13.0"
-# Every OpenRLHF release on PyPI the add-on supports, oldest first. 0.9.3 is the first with
-# `_process_response_into_experience` (PPO's label:KEY needs it); families: 0.9.3-0.10.1 flat args,
-# 0.10.2-0.11.x nested args (openrlhf_fair/host/ tells them apart by structure, not by this list).
-OPENRLHF_RELEASES = (
-    "0.9.3", "0.9.4", "0.9.5", "0.9.6", "0.9.7", "0.9.8", "0.9.9", "0.9.10",
-    "0.10.0", "0.10.1", "0.10.1.post1", "0.10.1.post2", "0.10.2", "0.10.3", "0.10.4",
-    "0.11.0", "0.11.1", "0.11.2",
-)
-DEFAULT_OPENRLHF = OPENRLHF_RELEASES[-1]  # .ci/run: the whole suite
-# .ci/run's version matrix: the tests marked host_matrix on each of these too, each in its own environment
-# (a release joins once they pass there).
-CI_MATRIX: tuple[str, ...] = ("0.10.4", "0.9.3")  # one 0.10.x nested-args release, the oldest flat-args one
-SUPPORTED_RANGE = f"{OPENRLHF_RELEASES[0]} to {OPENRLHF_RELEASES[-1]}"
 # Declared by OpenRLHF but left out: CUDA-only builds (added back with --cuda) and optional tools that no module
 # imports when it loads (loggers, quantisation, a code formatter).
 CUDA_ONLY = {"flash-attn"}

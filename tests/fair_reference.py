@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from openrlhf_fair.fairness import FairnessInputError, fairness, fairness_sign
-from openrlhf_fair.metrics import (
-    coefficient_of_variation,
-    generalized_entropy,
-    gini_coefficient,
-    jain_index,
-    max_min_ratio,
-)
+from openrlhf_fair.errors import FairnessInputError
+from openrlhf_fair.core.fairness import fairness, fairness_sign
+from openrlhf_fair.core.measures import coefficient_of_variation, generalized_entropy, gini_coefficient, jain_index, max_min_ratio
 
 
 def direct_fairness(x, tau: float, normalize: bool = True) -> torch.Tensor:
@@ -50,7 +45,7 @@ def inequality_summary(x) -> dict[str, float]:
 
 
 def ppo_reference_weights(rewards, agents, coef: float, reg: float, clip=(0.0, 5.0)):
-    """PPO fairness weights for the default tau = -1, T = 1, independent of `openrlhf_fair.shaping`:
+    """PPO fairness weights for the default tau = -1, T = 1, independent of `openrlhf_fair.core.shaping`:
     w_k = K * dPsi/dx_k by float64 autograd of Psi = U * F**coef + reg * F, F = Jain's index of the agents' mean
     sigmoid(reward) (agents in sorted order), then clipped and divided by the mean over samples (shaping.py's
     docstring). Returns (per-sample weights, F, U)."""

@@ -13,7 +13,8 @@ import torch
 
 from openrlhf_fair.report import audit, bestofn, stereotype
 from openrlhf_fair.report.audit import BiasChange, verdict
-from openrlhf_fair.report.data import PairSet, ReportError, ScoredRun
+from openrlhf_fair.report.data import PairSet, ScoredRun
+from openrlhf_fair.errors import ReportError
 from openrlhf_fair.report.intervals import Estimate
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Bad data gets a clear error before the run, naming file, row and column (fast: no training, no model load).
 
-`openrlhf_fair.data_checks` (the shared rule of train_rm / train_dpo / train_ppo_ray pre-run checks and the
-report) and `openrlhf_fair.preflight` (reads the host's flags from the installed OpenRLHF CLI files) on small
+`openrlhf_fair.checks.data` (the shared rule of train_rm / train_dpo / train_ppo_ray pre-run checks and the
+report) and `openrlhf_fair.checks.preflight` (reads the host's flags from the installed OpenRLHF CLI files) on small
 files written here. The end-to-end CLI runs are in test_fair_bad_input_e2e.py.
 """
 
@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from openrlhf_fair.data_checks import DataError, check_group_names, checked_rows, group_label, iter_rows
-from openrlhf_fair.config import RewardFairnessConfig
+from openrlhf_fair.errors import DataError
+from openrlhf_fair.checks.data import check_group_names, checked_rows, group_label, iter_rows
+from openrlhf_fair.settings import RewardFairnessConfig
 
 
 def write_rows(path: Path, rows) -> Path:
@@ -148,8 +149,8 @@ def test_valid_file_passes_unchanged(tmp_path):
 
 # --------------------------------------------------------------------------------------------- metric names
 def test_labels_that_share_a_metric_name_are_refused_naming_both():
-    from openrlhf_fair.fairness import FairnessInputError
-    from openrlhf_fair.metrics import metric_safe_names
+    from openrlhf_fair.errors import FairnessInputError
+    from openrlhf_fair.core.measures import metric_safe_names
 
     assert metric_safe_names(["help ful", "harmless", "help ful"]) == {"help ful": "help_ful", "harmless": "harmless"}
     with pytest.raises(FairnessInputError, match="'help ful' and 'help/ful' both become the metric name 'help_ful'"):
@@ -160,7 +161,7 @@ def test_labels_that_share_a_metric_name_are_refused_naming_both():
 
 # --------------------------------------------------------------------------------------------- preflight
 def test_host_flags_are_read_from_the_installed_cli_files():
-    from openrlhf_fair.preflight import HOST_FLAGS, host_flags
+    from openrlhf_fair.checks.preflight import HOST_FLAGS, host_flags
 
     rm = host_flags("train_rm", HOST_FLAGS["train_rm"])
     assert rm["data.max_len"] == {"type": int, "default": 512}
@@ -170,15 +171,15 @@ def test_host_flags_are_read_from_the_installed_cli_files():
 
 
 def test_a_moved_host_flag_fails_loudly():
-    from openrlhf_fair.host.patching import HostMismatchError
-    from openrlhf_fair.preflight import host_flags
+    from openrlhf_fair.errors import HostMismatchError
+    from openrlhf_fair.checks.preflight import host_flags
 
     with pytest.raises(HostMismatchError, match="--data.no_such_flag"):
         host_flags("train_rm", ("data.max_len", "data.no_such_flag"))
 
 
 def test_host_args_parse_like_openrlhf():
-    from openrlhf_fair.preflight import read_host_args
+    from openrlhf_fair.checks.preflight import read_host_args
 
     args = read_host_args("train_rm", ["--data.dataset=a.jsonl", "--train.seed", "3", "--data.max_len", "64",
                                        "--model.margin_loss_enable", "--ckpt.path", "./x"])
@@ -192,13 +193,13 @@ def fair_config(**kwargs):
 
 
 def run_preflight(argv, config=None, command="train_rm"):
-    from openrlhf_fair.preflight import check
+    from openrlhf_fair.checks.preflight import check
 
     return check(command, [str(a) for a in argv], config if config is not None else fair_config())
 
 
 def test_preflight_names_every_problem_of_train_and_eval_files_at_once(tmp_path):
-    from openrlhf_fair.preflight import PreflightError
+    from openrlhf_fair.errors import PreflightError
 
     train = write_rows(tmp_path / "train.jsonl", [pair(0), pair(1, category=None), {"prompt": "p", "rejected": "r",
                                                                                      "category": "a"}])
@@ -216,7 +217,7 @@ def test_preflight_names_every_problem_of_train_and_eval_files_at_once(tmp_path)
 
 
 def test_preflight_fewer_than_100_pairs_without_eval_set(tmp_path):
-    from openrlhf_fair.preflight import PreflightError
+    from openrlhf_fair.errors import PreflightError
 
     train = write_rows(tmp_path / "train.jsonl", [pair(i) for i in range(99)])
     with pytest.raises(PreflightError, match="99 training pairs and no --eval.dataset"):
@@ -230,7 +231,7 @@ def test_preflight_fewer_than_100_pairs_without_eval_set(tmp_path):
 
 
 def test_preflight_refuses_colliding_labels_across_files(tmp_path):
-    from openrlhf_fair.preflight import PreflightError
+    from openrlhf_fair.errors import PreflightError
 
     train = write_rows(tmp_path / "train.jsonl", [pair(i, category="help ful") for i in range(4)])
     evals = write_rows(tmp_path / "eval.jsonl", [pair(i, category="help/ful") for i in range(4)])
@@ -239,7 +240,7 @@ def test_preflight_refuses_colliding_labels_across_files(tmp_path):
 
 
 def test_preflight_margin_only_with_margin_loss(tmp_path):
-    from openrlhf_fair.preflight import PreflightError
+    from openrlhf_fair.errors import PreflightError
 
     rows = [pair(i, margin=math.nan if i == 3 else 1.0) for i in range(8)]
     train = write_rows(tmp_path / "train.jsonl", rows)
@@ -257,8 +258,8 @@ def test_preflight_warns_about_small_eval_groups(tmp_path, capsys):
 
 
 def test_preflight_ppo_labels(tmp_path):
-    from openrlhf_fair.ppo_config import PPOFairnessConfig
-    from openrlhf_fair.preflight import PreflightError
+    from openrlhf_fair.settings import PPOFairnessConfig
+    from openrlhf_fair.errors import PreflightError
 
     prompts = write_rows(tmp_path / "prompts.jsonl", [{"input": "q", "kind": "x"}, {"input": "q2", "kind": None},
                                                       {"question": "q3", "kind": "y"}])
@@ -293,7 +294,7 @@ def original_minilm() -> Path:
 
 
 def test_preflight_refuses_a_tokenizer_without_eos(tmp_path):
-    from openrlhf_fair.preflight import PreflightError
+    from openrlhf_fair.errors import PreflightError
 
     train = write_rows(tmp_path / "train.jsonl", [pair(i) for i in range(4)])
     with pytest.raises(PreflightError, match="its tokenizer has no eos token.*eos_token"):
@@ -304,7 +305,8 @@ def test_runner_checks_only_with_a_fairness_flag_and_exits_2_with_the_message(mo
     """Flags off: no pre-run check (exactly OpenRLHF). A fairness flag: the check sees the host's arguments."""
     import runpy
 
-    from openrlhf_fair import cpu_backend, preflight
+    from openrlhf_fair import cpu_backend
+    from openrlhf_fair.checks import preflight
     from openrlhf_fair.cli import runner
 
     calls, ran = [], []

@@ -13,7 +13,7 @@ import pytest
 
 from openrlhf_fair.cli import runner
 from openrlhf_fair.cli.flags import parse_fairness_args
-from openrlhf_fair.config import AddonError, FairnessConfigError
+from openrlhf_fair.errors import AddonError, FairnessConfigError
 
 BIN = Path(sys.executable).parent
 HOST = ["--model.model_name_or_path", "m", "--train.micro_batch_size", "8", "--local_rank", "0"]
@@ -104,7 +104,7 @@ def fake_host(tmp_path, monkeypatch):
 
 
 RAISE = (
-    "from openrlhf_fair.config import FairnessConfigError\n"
+    "from openrlhf_fair.settings import FairnessConfigError\n"
     "if __name__ == '__main__':\n"
     "    raise FairnessConfigError('fairness needs at least 2 preference pairs per micro-batch; pass "
     "--train.micro_batch_size 2 or more')\n"
@@ -130,10 +130,10 @@ def test_debug_switch_gives_the_traceback(fake_host, monkeypatch):
 
 
 def test_every_addon_error_class_is_a_known_error():
-    from openrlhf_fair.data_checks import DataError
-    from openrlhf_fair.host.patching import HostMismatchError
-    from openrlhf_fair.host.labels import GroupKeyError, LabelColumnError
-    from openrlhf_fair.preflight import PreflightError
+    from openrlhf_fair.errors import DataError
+    from openrlhf_fair.errors import HostMismatchError
+    from openrlhf_fair.errors import GroupKeyError, LabelColumnError
+    from openrlhf_fair.errors import PreflightError
 
     for error in (FairnessConfigError, HostMismatchError, GroupKeyError, LabelColumnError, PreflightError, DataError):
         assert issubclass(error, AddonError)

@@ -273,13 +273,13 @@ def test_addon_flag_errors_and_cpu_backend_refusals_name_flat_flags(as_family, c
 
 
 def test_version_line_names_family_range_and_the_releases_ci_tests(tmp_path, installed, monkeypatch):
-    from openrlhf_fair import install
+    from openrlhf_fair.host import releases
 
-    monkeypatch.setattr(install, "CI_MATRIX", ("0.9.3",))
+    monkeypatch.setattr(releases, "CI_MATRIX", ("0.9.3",))
     installed(fake_openrlhf(tmp_path, nested=False, flat=True, generator="experience_maker"), "0.9.3")
     line = compat.describe_host()
     assert line.startswith("OpenRLHF 0.9.3 (flat args, 0.9.3-0.10.1 family); supported: 0.9.3 through 0.11.x")
-    assert line.endswith(f"tested: {install.DEFAULT_OPENRLHF} (whole suite), 0.9.3 (end-to-end runs)")
+    assert line.endswith(f"tested: {releases.DEFAULT_OPENRLHF} (whole suite), 0.9.3 (end-to-end runs)")
 
 
 def test_shell_scripts_get_the_host_spelling_one_token_per_line(tmp_path):

@@ -1,4 +1,4 @@
-"""Tests for openrlhf_fair.fairness: Lan et al.'s f_tau in log space (see ../shared/notes/fairness-math.md)."""
+"""Tests for openrlhf_fair.core.fairness: Lan et al.'s f_tau in log space (see ../shared/notes/fairness-math.md)."""
 
 import math
 import warnings
@@ -10,18 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fair_reference import direct_fairness
-from openrlhf_fair.fairness import (
-    MIN_ITEMS_FOR_FAIRNESS,
-    FairnessInputError,
-    allocation_from_margins,
-    fairness,
-    fairness_of_margins,
-    fairness_sign,
-    has_fairness_signal,
-    log_fairness,
-    log_fairness_of_margins,
-)
-from openrlhf_fair.metrics import jain_index
+from openrlhf_fair.core.fairness import MIN_ITEMS_FOR_FAIRNESS, allocation_from_margins, fairness, fairness_of_margins, fairness_sign, has_fairness_signal, log_fairness, log_fairness_of_margins
+from openrlhf_fair.errors import FairnessInputError
+from openrlhf_fair.core.measures import jain_index
 
 TAUS = [-5.0, -2.0, -1.0, -0.5, 0.3, 0.5, 0.9, 1.5, 2.0, 5.0]
 DEVICES = [

@@ -1,4 +1,4 @@
-"""Tests for openrlhf_fair.metrics: inequality measures and group-wise summaries for reports."""
+"""Tests for openrlhf_fair.core.measures: inequality measures and group-wise summaries for reports."""
 
 import itertools
 import math
@@ -9,18 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fair_reference import inequality_summary
-from openrlhf_fair.fairness import FairnessInputError, fairness
-from openrlhf_fair.metrics import (
-    best_minus_worst_gap,
-    coefficient_of_variation,
-    generalized_entropy,
-    gini_coefficient,
-    group_accuracy,
-    group_means,
-    jain_index,
-    max_min_ratio,
-    worst_group,
-)
+from openrlhf_fair.errors import FairnessInputError
+from openrlhf_fair.core.fairness import fairness
+from openrlhf_fair.core.measures import best_minus_worst_gap, coefficient_of_variation, generalized_entropy, gini_coefficient, group_accuracy, group_means, jain_index, max_min_ratio, worst_group
 
 FAST = settings(max_examples=60, deadline=None)
 DEVICES = [
@@ -290,7 +281,7 @@ def test_group_accuracy_rejects_mismatched_lengths():
 
 
 def test_metric_safe_name_keeps_safe_characters_only():
-    from openrlhf_fair.metrics import metric_safe_name
+    from openrlhf_fair.core.measures import metric_safe_name
 
     assert metric_safe_name("helpful_base.v1-a") == "helpful_base.v1-a"
     assert metric_safe_name("kind / topic: x") == "kind_topic_x"

@@ -9,17 +9,7 @@ import pytest
 import torch
 
 from openrlhf_fair.debias.cli import Removal, parse_removals
-from openrlhf_fair.debias.projection import (
-    MIN_GROUP_PAIRS,
-    MIN_LENGTH_PAIRS,
-    DebiasError,
-    group_directions,
-    length_direction,
-    orthonormal_basis,
-    project_head,
-    rescale_to_std,
-    spearman,
-)
+from openrlhf_fair.debias.projection import MIN_GROUP_PAIRS, MIN_LENGTH_PAIRS, DebiasError, group_directions, length_direction, orthonormal_basis, project_head, rescale_to_std, spearman
 
 
 def _gen(seed: int) -> torch.Generator:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from openrlhf_fair import demo
+from openrlhf_fair.demo import cli as demo
 
 DEFAULTS = {"fr": 1.0, "fc": 0.5, "level": 2.0, "rc": 0.01, "bsr": 0.03, "form": "paper", "tau": -1.0,
             "temperature": 1.0, "group_key": None}

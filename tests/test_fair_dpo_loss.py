@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from openrlhf_fair.config import RewardFairnessConfig
-from openrlhf_fair.dpo_losses import FairDPOLoss
+from openrlhf_fair.settings import RewardFairnessConfig
+from openrlhf_fair.core.dpo_losses import FairDPOLoss
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from openrlhf_fair.cli.flags import parse_fairness_args
-from openrlhf_fair.config import FairnessConfigError, RewardFairnessConfig
-from openrlhf_fair.host.patching import HostMismatchError, is_patched
+from openrlhf_fair.errors import FairnessConfigError, HostMismatchError
+from openrlhf_fair.settings import RewardFairnessConfig
+from openrlhf_fair.host.patching import is_patched
 from test_fair_rm_patch import FakeStrategy as RewardModelStrategy
 
 METHODS = ("__init__", "fit", "save_logs_and_checkpoints", "evaluate")
@@ -29,7 +30,7 @@ def host():
 
 @pytest.fixture
 def dpo_patch(host, monkeypatch):
-    from openrlhf_fair.host import pairwise_trainer
+    from openrlhf_fair.features import pairwise_trainer
 
     monkeypatch.setenv("OPENRLHF_FAIR_PATCH_MODE", "runtime")  # the installed OpenRLHF may carry patches/
     undos = []
@@ -73,7 +74,7 @@ def make_trainer(host, strategy=None):
 
 
 def test_patched_trainer_gets_fair_dpo_loss_around_the_host_loss(host, dpo_patch):
-    from openrlhf_fair.dpo_losses import FairDPOLoss
+    from openrlhf_fair.core.dpo_losses import FairDPOLoss
 
     before = {name: host.DPOTrainer.__dict__[name] for name in METHODS}
     undo = dpo_patch(RewardFairnessConfig(coef=0.5, coef_form="inverse"))

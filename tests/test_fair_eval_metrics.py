@@ -9,8 +9,8 @@ import math
 import pytest
 import torch
 
-from openrlhf_fair.fairness import FairnessInputError
-from openrlhf_fair.metrics import pairwise_eval_metrics
+from openrlhf_fair.errors import FairnessInputError
+from openrlhf_fair.core.measures import pairwise_eval_metrics
 
 CHOSEN = [1.0, 2.0, 0.0, -1.0, 0.5, 0.2]
 REJECT = [0.0, 0.0, 1.0, 0.0, 0.0, 0.4]

@@ -12,7 +12,8 @@ import types
 import pytest
 
 from openrlhf_fair.host import parsed_args
-from openrlhf_fair.host.patching import HostMismatchError, is_patched
+from openrlhf_fair.errors import HostMismatchError
+from openrlhf_fair.host.patching import is_patched
 
 
 @pytest.fixture

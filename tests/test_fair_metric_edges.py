@@ -11,10 +11,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from openrlhf_fair import metrics, reward_terms
-from openrlhf_fair.config import RewardFairnessConfig
-from openrlhf_fair.fairness import FairnessInputError
-from openrlhf_fair.losses import FairnessTrainingError, FairPairWiseLoss
+from openrlhf_fair.core import measures as metrics, reward_terms
+from openrlhf_fair.settings import RewardFairnessConfig
+from openrlhf_fair.errors import FairnessInputError, FairnessTrainingError
+from openrlhf_fair.core.losses import FairPairWiseLoss
 
 
 @pytest.mark.parametrize("call, name", [
@@ -133,7 +133,7 @@ class HostDPOLoss(torch.nn.Module):
 def test_dpo_loss_takes_its_beta_group_and_accumulation():
     """beta given overrides the host's (the margins F is computed from use it); the process group and the
     gradient accumulation reach the loss (accumulation 1 by default: micro-step 3 is step 3)."""
-    from openrlhf_fair.dpo_losses import FairDPOLoss
+    from openrlhf_fair.core.dpo_losses import FairDPOLoss
 
     pc, pr = torch.tensor([-1.0, -2.0, -0.5]), torch.tensor([-3.0, -1.0, -2.5])
     rc, rr = torch.tensor([-1.5, -1.5, -1.5]), torch.tensor([-1.5, -1.5, -1.5])
@@ -170,7 +170,7 @@ def _f_of_margins_float64(margins, tau, temperature, normalize=True):
 
 def test_allocation_from_margins_divides_by_the_temperature_default_one():
     """x = sigmoid(m / T), T = 1 unless given (catches T = 2 as default and m * T)."""
-    from openrlhf_fair.fairness import allocation_from_margins
+    from openrlhf_fair.core.fairness import allocation_from_margins
 
     m = torch.tensor([2.0, -1.0, 0.5], dtype=torch.float64)
     assert torch.equal(allocation_from_margins(m), torch.sigmoid(m))
@@ -179,7 +179,7 @@ def test_allocation_from_margins_divides_by_the_temperature_default_one():
 
 def test_fairness_of_margins_uses_its_temperature_and_normalisation():
     """Catches a call that passes `normalize` where the temperature goes (T = True = 1, normalised always)."""
-    from openrlhf_fair.fairness import fairness_of_margins
+    from openrlhf_fair.core.fairness import fairness_of_margins
 
     m = [1.5, -0.5, 0.2, 3.0]
     for tau in (-1.0, 0.5, 2.0):
@@ -191,14 +191,14 @@ def test_fairness_of_margins_uses_its_temperature_and_normalisation():
 
 def test_exp_or_inf_is_inf_where_math_exp_overflows():
     """math.exp raises OverflowError above log(max float64) = 709.78: exp_or_inf must give inf there."""
-    from openrlhf_fair.fairness import exp_or_inf
+    from openrlhf_fair.core.fairness import exp_or_inf
 
     assert exp_or_inf(709.9) == math.inf and exp_or_inf(1e4) == math.inf
     assert exp_or_inf(708.5) == math.exp(708.5) and exp_or_inf(-800.0) == 0.0
 
 
 def test_bad_margins_or_allocations_are_refused_naming_which():
-    from openrlhf_fair.fairness import allocation_from_margins, log_fairness, log_fairness_of_margins
+    from openrlhf_fair.core.fairness import allocation_from_margins, log_fairness, log_fairness_of_margins
 
     for call, name in ((allocation_from_margins, "margins"), (log_fairness_of_margins, "margins"),
                        (log_fairness, "allocation x")):
@@ -225,7 +225,7 @@ def test_patch_eval_logs_without_a_group_key():
     eval metrics without groups, printed on one line."""
     from types import SimpleNamespace
 
-    from openrlhf_fair.host.pairwise_trainer import eval_logs
+    from openrlhf_fair.features.pairwise_trainer import eval_logs
 
     loss = FairPairWiseLoss(bt_loss, RewardFairnessConfig(reg=0.1))
     with torch.no_grad():
@@ -241,7 +241,7 @@ def test_patch_eval_logs_without_a_group_key():
 
 
 def test_non_positive_allocations_are_counted_in_the_message():
-    from openrlhf_fair.fairness import log_fairness
+    from openrlhf_fair.core.fairness import log_fairness
 
     with pytest.raises(FairnessInputError, match=r"^allocation x must be strictly positive, 2 of 5 value\(s\) are <= 0"):
         log_fairness(torch.tensor([0.5, 0.0, -1.0, 2.0, 1.0]))
@@ -253,7 +253,7 @@ def test_data_parallel_size_of_a_single_process_and_its_defaults():
     from types import SimpleNamespace
 
     from openrlhf_fair.host.compat import host_args_like
-    from openrlhf_fair.host.pairwise_trainer import data_parallel_size
+    from openrlhf_fair.features.pairwise_trainer import data_parallel_size
 
     assert data_parallel_size(SimpleNamespace(args=host_args_like({}))) == 1
     assert data_parallel_size(SimpleNamespace(world_size=None, args=host_args_like({}))) == 1
@@ -273,9 +273,9 @@ def test_micro_batch_refusal_counts_one_ranks_pairs_in_micro_scope_and_all_ranks
     says which set F is computed over and how to fix it."""
     from types import SimpleNamespace
 
-    from openrlhf_fair.config import FairnessConfigError
+    from openrlhf_fair.errors import FairnessConfigError
     from openrlhf_fair.host.compat import host_args_like
-    from openrlhf_fair.host.pairwise_trainer import check_run
+    from openrlhf_fair.features.pairwise_trainer import check_run
 
     def strategy(world):
         return SimpleNamespace(world_size=world, args=host_args_like({"train.micro_batch_size": 1}))
@@ -293,7 +293,7 @@ def test_group_key_with_packing_is_refused_naming_the_key():
     from types import SimpleNamespace
 
     from openrlhf_fair.host.compat import host_args_like
-    from openrlhf_fair.host.pairwise_trainer import check_run
+    from openrlhf_fair.features.pairwise_trainer import check_run
 
     packed = SimpleNamespace(world_size=1, args=host_args_like({"train.micro_batch_size": 8, "ds.packing_samples": True}))
     with pytest.raises(Exception, match=r"^--fairness_group_key category is not supported with --ds.packing_samples"):
@@ -346,8 +346,8 @@ def test_the_loss_keeps_the_host_losss_dtype(settings):
 
 
 def test_ppo_agent_ids_must_be_integers_one_per_sample():
-    from openrlhf_fair.ppo_config import PPOFairnessConfig
-    from openrlhf_fair.shaping import fairness_weights
+    from openrlhf_fair.settings import PPOFairnessConfig
+    from openrlhf_fair.core.shaping import fairness_weights
 
     rewards, config = torch.tensor([0.5, -1.0, 2.0, 0.0]), PPOFairnessConfig(coef=0.5)
     for bad in (torch.tensor([0.0, 0.0, 1.0, 1.0]), torch.tensor([True, True, False, False]), torch.tensor([0, 1])):
@@ -357,8 +357,8 @@ def test_ppo_agent_ids_must_be_integers_one_per_sample():
 
 def test_ppo_clipped_fraction_is_the_share_of_clipped_samples():
     """A narrow clip range: the logged clipped_frac is (samples whose weight hit a bound) / samples."""
-    from openrlhf_fair.ppo_config import PPOFairnessConfig
-    from openrlhf_fair.shaping import fairness_weights
+    from openrlhf_fair.settings import PPOFairnessConfig
+    from openrlhf_fair.core.shaping import fairness_weights
 
     shaping = fairness_weights(torch.tensor([3.0, 3.0, -3.0, -3.0]), torch.tensor([0, 0, 1, 1]),
                                PPOFairnessConfig(coef=0.5, weight_clip=(0.99, 1.01)))
@@ -369,8 +369,8 @@ def test_ppo_clipped_fraction_is_the_share_of_clipped_samples():
 def test_ppo_weights_follow_agent_ids_in_any_order_and_a_single_sample_is_a_batch():
     """One sample per agent with the ids out of order gives the same weight per agent as in order (the fast path
     must not pair sample i with agent i); a batch of one sample is valid (weight 1); 1 NaN reward is counted."""
-    from openrlhf_fair.ppo_config import PPOFairnessConfig
-    from openrlhf_fair.shaping import fairness_weights
+    from openrlhf_fair.settings import PPOFairnessConfig
+    from openrlhf_fair.core.shaping import fairness_weights
 
     config = PPOFairnessConfig(coef=0.5)
     rewards = torch.tensor([2.0, -1.0, 0.5])

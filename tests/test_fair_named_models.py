@@ -3,7 +3,8 @@ model folder."""
 
 import pytest
 
-from openrlhf_fair import demo, fixtures
+from openrlhf_fair.demo import cli as demo
+from openrlhf_fair import fixtures
 from openrlhf_fair.report import ReportError
 from openrlhf_fair.report.sampling import generator_path
 

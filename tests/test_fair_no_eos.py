@@ -24,7 +24,7 @@ def raw_minilm() -> Path:
 
 
 def test_the_message_names_the_model_and_the_fix():
-    from openrlhf_fair.preflight import missing_eos_message
+    from openrlhf_fair.checks.tokenizer import missing_eos_message
 
     message = missing_eos_message("--backbone /models/bert")
     assert message.startswith("--backbone /models/bert: its tokenizer has no eos token")

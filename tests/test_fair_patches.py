@@ -281,7 +281,7 @@ def host_is_patched() -> bool:
 @pytest.mark.skipif(host_is_patched(), reason="the installed OpenRLHF carries patches/")
 def test_unpatched_host_uses_runtime_patches_and_native_mode_names_what_is_missing(stand_ins_for_host, monkeypatch):
     from openrlhf_fair.host import native_hooks
-    from openrlhf_fair.host.patching import HostMismatchError
+    from openrlhf_fair.errors import HostMismatchError
 
     monkeypatch.delenv(native_hooks.PATCH_MODE_ENV, raising=False)
     assert native_hooks.patch_mode() == "auto" and native_hooks.runtime_patching_allowed()
@@ -316,9 +316,9 @@ def test_native_host_dpo_trainer_gets_fair_loss_and_logs_through_the_hook(stand_
 
     import openrlhf.trainer.dpo_trainer as host
     from openrlhf.utils.extension_hooks import get_loss_logs
-    from openrlhf_fair.config import RewardFairnessConfig
-    from openrlhf_fair.dpo_losses import FairDPOLoss
-    from openrlhf_fair.host import pairwise_trainer
+    from openrlhf_fair.settings import RewardFairnessConfig
+    from openrlhf_fair.core.dpo_losses import FairDPOLoss
+    from openrlhf_fair.features import pairwise_trainer
     from openrlhf_fair.host.patching import is_patched
 
     ns = SimpleNamespace
@@ -351,9 +351,10 @@ def test_native_host_group_key_falls_back_to_runtime_patches_only_in_auto_mode(s
     the dataset is runtime-patched and the trainer keeps its native call sites (one seam: same features)."""
     import openrlhf.datasets.reward_dataset as host_dataset
     import openrlhf.trainer.dpo_trainer as host
-    from openrlhf_fair.config import RewardFairnessConfig
-    from openrlhf_fair.host import pairwise_trainer
-    from openrlhf_fair.host.patching import HostMismatchError, is_patched
+    from openrlhf_fair.settings import RewardFairnessConfig
+    from openrlhf_fair.features import pairwise_trainer
+    from openrlhf_fair.errors import HostMismatchError
+    from openrlhf_fair.host.patching import is_patched
 
     config = RewardFairnessConfig(reg=0.1, group_key="category")
     with pytest.raises(HostMismatchError, match="--fairness_group_key .* needs a runtime patch"):

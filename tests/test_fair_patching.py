@@ -4,14 +4,8 @@ import types
 
 import pytest
 
-from openrlhf_fair.host.patching import (
-    HostMismatchError,
-    PatchStackError,
-    is_patched,
-    original_of,
-    patch_attribute,
-    undo_all,
-)
+from openrlhf_fair.errors import HostMismatchError
+from openrlhf_fair.host.patching import PatchStackError, is_patched, original_of, patch_attribute, undo_all
 
 
 class Host:

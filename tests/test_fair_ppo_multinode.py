@@ -236,7 +236,7 @@ def test_ppo_fairness_job_runs_on_the_other_node(cluster, tiny_llama, ppo_data, 
     steps = check_fairness_logged(result)  # fairness/* in every logged step; shaping lines from the PPOTrainer
     check_shaping_ran_on_the_gpu_node(cluster, result.stdout + result.stderr, steps)
     # `openrlhf-fair ppo-report` on this real run's TensorBoard logs: the per-group curves are the logged steps
-    from openrlhf_fair import ppo_report
+    from openrlhf_fair.report import ppo as ppo_report
 
     assert ppo_report.main(["--logdir", str(tmp_path / "tb"), "--out", str(tmp_path / "report")]) == 0
     (series,) = json.loads((tmp_path / "report" / "ppo_report.json").read_text()).values()

@@ -17,9 +17,9 @@ import pytest
 import torch
 from fair_reference import ppo_reference_weights
 
-from openrlhf_fair.fairness import FairnessInputError
-from openrlhf_fair.host.patching import HostMismatchError, ORIGINAL_ATTR, is_patched
-from openrlhf_fair.ppo_config import PPOFairnessConfig
+from openrlhf_fair.errors import FairnessInputError, HostMismatchError
+from openrlhf_fair.host.patching import ORIGINAL_ATTR, is_patched
+from openrlhf_fair.settings import PPOFairnessConfig
 
 ESTIMATORS = ["gae", "reinforce", "rloo", "reinforce_baseline", "group_norm", "dr_grpo", "flash_reinforce"]
 N_PROMPTS, N_SAMPLES, MICRO, ACTIONS = 4, 4, 4, 7
@@ -44,7 +44,7 @@ def host():
 @pytest.fixture
 def hm():
     """The add-on's host module, with every PPO patch undone after the test."""
-    from openrlhf_fair.host import experience_maker as hm
+    from openrlhf_fair.features import experience_maker as hm
 
     yield hm
     for _, undo in list(hm._active.values()):
@@ -392,7 +392,7 @@ def test_label_column_reaches_the_sample(host, hm):
 def test_label_column_missing_or_ambiguous_is_a_clear_error(host, hm, rows, match):
     from openrlhf.trainer.ppo_utils.samples_generator import SamplesGenerator
 
-    from openrlhf_fair.host.labels import LabelColumnError
+    from openrlhf_fair.errors import LabelColumnError
 
     hm.apply_in_process(PPOFairnessConfig(coef=0.5, unit="label:category"))
     good = _prompt_dataset(host, [{"input": "a?", "category": "x"}])

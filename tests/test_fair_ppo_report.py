@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from openrlhf_fair import ppo_report
+from openrlhf_fair.report import ppo as ppo_report
 
 BIN = Path(sys.executable).parent
 

@@ -3,7 +3,7 @@ highest minus the lowest label reward whatever order the labels come in (sorted 
 
 from __future__ import annotations
 
-from openrlhf_fair.ppo_report import labels_of, summary_table
+from openrlhf_fair.report.ppo import labels_of, summary_table
 
 WEIGHTS_AND_F = {
     "fairness/weight_min": [(1, 0.5), (2, 0.25)],  # mean 0.375

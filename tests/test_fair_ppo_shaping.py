@@ -1,4 +1,4 @@
-"""PPO fairness shaping math (openrlhf_fair.shaping): weights as derived, float64 references, units, clipping."""
+"""PPO fairness shaping math (openrlhf_fair.core.shaping): weights as derived, float64 references, units, clipping."""
 
 import math
 
@@ -6,15 +6,9 @@ import pytest
 import torch
 
 from fair_reference import fairness_objective
-from openrlhf_fair.config import FairnessConfigError
-from openrlhf_fair.fairness import FairnessInputError, fairness
-from openrlhf_fair.shaping import (
-    PPOFairnessConfig,
-    agent_weights,
-    fairness_weights,
-    label_agent_ids,
-    prompt_agent_ids,
-)
+from openrlhf_fair.errors import FairnessConfigError, FairnessInputError
+from openrlhf_fair.core.fairness import fairness
+from openrlhf_fair.core.shaping import PPOFairnessConfig, agent_weights, fairness_weights, label_agent_ids, prompt_agent_ids
 
 NO_CLIP = (0.0, 1e9)
 

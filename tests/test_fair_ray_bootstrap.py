@@ -27,7 +27,7 @@ DRIVER = textwrap.dedent(
     from openrlhf.utils import config as host_config  # the CLI looks hierarchize up when it runs, after our hook
     from openrlhf_fair.cpu_backend.ray_support import stop_local_ray
     from openrlhf_fair.host import experience_maker as hm
-    from openrlhf_fair.ppo_config import PPOFairnessConfig
+    from openrlhf_fair.settings import PPOFairnessConfig
 
     HOST = "openrlhf.trainer.ppo_utils.experience_maker"
 
@@ -81,7 +81,7 @@ def test_the_single_bootstrap_path_into_a_ray_actor():
     line = next(line for line in run.stdout.splitlines() if line.startswith("RESULT "))
     result = json.loads(line[len("RESULT "):])
     carried, plain = result["carried"], result["plain"]
-    assert result["carried_setup"] == "WorkerSetup(openrlhf_fair.host.experience_maker:apply_in_worker)"
+    assert result["carried_setup"] == "WorkerSetup(openrlhf_fair.features.experience_maker:apply_in_worker)"
     assert carried["pid"] != result["driver_pid"] and plain["pid"] != result["driver_pid"]  # real actor processes
     assert carried["host_imported_at_init"] is False  # lazy: the setup did not import the experience maker
     assert carried["patched"] is True and carried["config"] == result["expected"]

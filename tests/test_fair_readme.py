@@ -72,14 +72,14 @@ def test_quick_start_is_two_commands_and_ci_runs_them():
     argv = shlex.split(demo)
     assert argv[0] == ".venv/bin/openrlhf-fair" and argv[1] == "demo"
 
-    from openrlhf_fair.demo import build_parser
+    from openrlhf_fair.demo.cli import build_parser
 
     build_parser().parse_args(argv[2:])  # the demo accepts the arguments as written (exits 2 otherwise)
 
 
 def test_readme_demo_commands_parse():
     """Every `openrlhf-fair demo ...` the README shows parses with the demo's own parser."""
-    from openrlhf_fair.demo import build_parser
+    from openrlhf_fair.demo.cli import build_parser
 
     shown = re.findall(r"openrlhf-fair demo((?: --?[\w-]+(?: [\w.]+)?)*)", readme())
     assert shown

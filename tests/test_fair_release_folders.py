@@ -48,7 +48,7 @@ def test_every_supported_release():
         "0.10.1.post2": "0.10.1", "0.10.2": "0.11.1", "0.10.3": "0.11.1", "0.10.4": "0.11.1", "0.11.0": "0.11.1",
         "0.11.1": "0.11.1", "0.11.2": "0.11.2",
     }
-    from openrlhf_fair.install import OPENRLHF_RELEASES
+    from openrlhf_fair.host.releases import OPENRLHF_RELEASES
 
     assert set(OPENRLHF_RELEASES) == set(expected)
     assert {v: hook_diff_folder(v) for v in expected} == {v: f"openrlhf-{f}" for v, f in expected.items()}

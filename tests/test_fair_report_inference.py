@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from openrlhf_fair.report.analysis import MethodResult, _dominates, analyse
-from openrlhf_fair.report.data import PairSet, ReportError, ScoredRun
+from openrlhf_fair.report.data import PairSet, ScoredRun
+from openrlhf_fair.errors import ReportError
 from openrlhf_fair.report.intervals import Estimate, difference, estimate
 from openrlhf_fair.report.rendering import differences_table, fmt_estimate
 

@@ -9,7 +9,8 @@ import json
 import pytest
 import torch
 
-from openrlhf_fair import demo, report
+from openrlhf_fair.demo import cli as demo
+from openrlhf_fair import report
 from openrlhf_fair.report import cli, scoring
 from openrlhf_fair.report.data import PairSet, ScoredRun, write_pair_rewards
 

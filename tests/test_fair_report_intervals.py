@@ -171,7 +171,7 @@ def test_difference_is_paired():
 def test_resampled_metrics_are_the_shared_eval_metrics():
     """The intervals are intervals of the same numbers training's eval logs report (metrics.pairwise_eval_metrics):
     at the identity resample the report's batched metrics equal the shared ones on every shared key."""
-    from openrlhf_fair.metrics import pairwise_eval_metrics
+    from openrlhf_fair.core.measures import pairwise_eval_metrics
 
     g = torch.Generator().manual_seed(1)
     c, r = torch.randn(40, generator=g, dtype=torch.float64), torch.randn(40, generator=g, dtype=torch.float64)

@@ -12,8 +12,7 @@ import torch
 from openrlhf_fair.report.analysis import MethodResult
 from openrlhf_fair.report.data import PairSet, ScoredRun
 from openrlhf_fair.report.intervals import Estimate
-from openrlhf_fair.report.rendering import (differences_table, fmt, fmt_estimate, group_table, pareto_table,
-                                            report_json, report_markdown, runs_table, summary_table, write_json)
+from openrlhf_fair.report.rendering import differences_table, fmt, fmt_estimate, group_table, pareto_table, report_json, report_markdown, runs_table, summary_table, write_json
 
 E = Estimate
 PAIRS = PairSet(["a", "b", "b"], [1, 2, 3], [4, 5, 6], "three pairs")

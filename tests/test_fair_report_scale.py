@@ -68,7 +68,7 @@ def test_the_report_and_the_demos_reading_carry_the_warning(tmp_path, capsys):
     assert [w for w in doc["warnings"] if w.startswith("level: reward std")]
     assert "**Warning**: level: reward std" in (tmp_path / "o" / "report.md").read_text()
 
-    from openrlhf_fair.demo import reading
+    from openrlhf_fair.demo.cli import reading
 
     result = report.run_report(report.build_parser().parse_args(
         ["--rewards", str(rewards), "--out", str(tmp_path / "o2"), "--resamples", "100"]))

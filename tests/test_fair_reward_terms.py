@@ -1,4 +1,4 @@
-"""Reward-level terms (`openrlhf_fair.reward_terms`): level fairness, reward centering, batch-sum regularisation.
+"""Reward-level terms (`openrlhf_fair.core.reward_terms`): level fairness, reward centering, batch-sum regularisation.
 
 Checked against float64 references written from the definitions (f_tau from Lan et al.'s formula, group means by
 loops), with invariance (shift and scale) and gradient-direction tests, finite differences, and bit-identity to
@@ -12,17 +12,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from openrlhf_fair.config import FairnessConfigError, RewardFairnessConfig
-from openrlhf_fair.fairness import log_fairness
-from openrlhf_fair.reward_terms import (
-    batch_sum_term,
-    extra_terms,
-    level_allocations,
-    level_log_fairness,
-    level_spread,
-    pair_levels,
-    reward_centering_term,
-)
+from openrlhf_fair.errors import FairnessConfigError
+from openrlhf_fair.settings import RewardFairnessConfig
+from openrlhf_fair.core.fairness import log_fairness
+from openrlhf_fair.core.reward_terms import batch_sum_term, extra_terms, level_allocations, level_log_fairness, level_spread, pair_levels, reward_centering_term
 
 
 def reference_level_fairness(chosen, reject, tau, temperature, group_ids=None) -> float:
@@ -335,7 +328,7 @@ def test_config_refuses_negative_or_infinite_strengths(field, flag, value):
 def test_fair_pairwise_loss_adds_the_terms_and_logs_them(config):
     """Through the reward-model loss (`FairPairWiseLoss`, the host hook's loss): loss = its pairwise loss + the
     terms, and the step metrics carry them."""
-    from openrlhf_fair.losses import FairPairWiseLoss
+    from openrlhf_fair.core.losses import FairPairWiseLoss
 
     base_loss = lambda c, r, m: -torch.nn.functional.logsigmoid(c - r).mean()  # noqa: E731
     chosen, reject = (t.float().requires_grad_(True) for t in rewards(8, seed=4))
@@ -351,7 +344,7 @@ def test_fair_pairwise_loss_adds_the_terms_and_logs_them(config):
 
 
 def test_fair_pairwise_loss_with_strength_zero_is_the_host_loss_bit_for_bit():
-    from openrlhf_fair.losses import FairPairWiseLoss
+    from openrlhf_fair.core.losses import FairPairWiseLoss
 
     base_loss = lambda c, r, m: -torch.nn.functional.logsigmoid(c - r).mean()  # noqa: E731
     ids = torch.tensor([0, 1, 1, 0])

@@ -3,7 +3,7 @@
 import pytest
 
 from openrlhf_fair.cli.flags import fairness_help, parse_fairness_args
-from openrlhf_fair.config import RewardFairnessConfig
+from openrlhf_fair.settings import RewardFairnessConfig
 
 HOST = ["--model.model_name_or_path", "m", "--train.micro_batch_size", "8", "--adam.betas", "0.9", "0.95"]
 

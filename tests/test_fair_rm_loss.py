@@ -9,8 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from openrlhf_fair.config import FairnessConfigError, RewardFairnessConfig
-from openrlhf_fair.losses import FairnessTrainingError, FairPairWiseLoss
+from openrlhf_fair.errors import FairnessConfigError, FairnessTrainingError
+from openrlhf_fair.settings import RewardFairnessConfig
+from openrlhf_fair.core.losses import FairPairWiseLoss
 
 
 # Stand-ins with the exact formulas of OpenRLHF 0.11.2's PairWiseLoss / LogExpLoss (openrlhf/models/loss.py);

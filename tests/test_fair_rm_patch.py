@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from openrlhf_fair.cli.flags import parse_fairness_args
-from openrlhf_fair.config import FairnessConfigError, RewardFairnessConfig
-from openrlhf_fair.host.patching import HostMismatchError, is_patched, original_of
+from openrlhf_fair.errors import FairnessConfigError, HostMismatchError
+from openrlhf_fair.settings import RewardFairnessConfig
+from openrlhf_fair.host.patching import is_patched, original_of
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,7 @@ def host():
 
 @pytest.fixture
 def rm_patch(host):
-    from openrlhf_fair.host import pairwise_trainer
+    from openrlhf_fair.features import pairwise_trainer
 
     undos = []
 
@@ -129,8 +130,8 @@ def test_nothing_patched_when_fairness_flags_are_off(host):
     """No fairness flag: no config (so the runner applies nothing), and importing our host modules patches nothing."""
     argv = ["--model.model_name_or_path", "m", "--train.micro_batch_size", "8", "--model.loss_type", "sigmoid"]
     assert parse_fairness_args("train_rm", argv) == (None, argv)
-    import openrlhf_fair.host.labels  # noqa: F401
-    import openrlhf_fair.host.pairwise_trainer  # noqa: F401
+    import openrlhf_fair.features.labels  # noqa: F401
+    import openrlhf_fair.features.pairwise_trainer  # noqa: F401
 
     for name in TRAINER_METHODS:
         assert not is_patched(host.rm_trainer.RewardModelTrainer, name)
@@ -192,7 +193,7 @@ def test_patched_trainer_wraps_the_host_loss_with_the_right_numbers(host, rm_pat
     config = RewardFairnessConfig(reg=0.5, tau=-2.0)
     rm_patch(config)
     trainer, model, strategy = make_trainer(host, loss=loss)
-    from openrlhf_fair.losses import FairPairWiseLoss
+    from openrlhf_fair.core.losses import FairPairWiseLoss
 
     assert isinstance(trainer.loss_fn, FairPairWiseLoss)
     assert type(trainer.loss_fn.base_loss).__name__ == host_loss
@@ -249,7 +250,7 @@ def test_global_scope_with_one_pair_per_rank_on_two_ranks_is_accepted(host, rm_p
         assert strategy.printed in ([], ["LogSigmoid Loss"])  # refused in the loss hook: no openrlhf-fair loss
         return
     trainer, model, _ = make_trainer(host, strategy=strategy)
-    from openrlhf_fair.losses import FairPairWiseLoss
+    from openrlhf_fair.core.losses import FairPairWiseLoss
 
     assert isinstance(trainer.loss_fn, FairPairWiseLoss) and type(trainer.loss_fn.base_loss).__name__ == "PairWiseLoss"
     assert trainer.loss_fn.config.scope == "global" and model.config.openrlhf_fair["scope"] == "global"
@@ -286,7 +287,7 @@ def test_fairness_metrics_reach_the_host_logs(host, rm_patch):
 
 
 def test_eval_metrics_per_group():
-    from openrlhf_fair.metrics import pairwise_eval_metrics
+    from openrlhf_fair.core.measures import pairwise_eval_metrics
 
     chosen = torch.tensor([1.0, 2.0, 0.0, -1.0, 0.5, 0.2])
     reject = torch.tensor([0.0, 0.0, 1.0, 0.0, 0.0, 0.4])
@@ -328,7 +329,7 @@ def make_dataset(host, tokenizer, data, packing=False):
 
 
 def test_group_labels_ride_along_without_changing_the_batch(host, tokenizer):
-    from openrlhf_fair.host.labels import GroupTaggedExtras, apply_group_labels
+    from openrlhf_fair.features.labels import GroupTaggedExtras, apply_group_labels
 
     plain = make_dataset(host, tokenizer, rows())
     expected = plain.collate_fn([plain[i] for i in range(6)])
@@ -349,7 +350,8 @@ def test_group_labels_ride_along_without_changing_the_batch(host, tokenizer):
 
 @pytest.mark.parametrize("packing, message", [(False, "has no column 'topic'"), (True, "packing_samples")])
 def test_group_key_errors_come_before_processing(host, tokenizer, packing, message):
-    from openrlhf_fair.host.labels import GroupKeyError, apply_group_labels
+    from openrlhf_fair.errors import GroupKeyError
+    from openrlhf_fair.features.labels import apply_group_labels
 
     undo = apply_group_labels("topic" if not packing else "category")
     try:
@@ -363,7 +365,7 @@ def test_group_labels_follow_the_rows_the_host_keeps(host, tokenizer):
     """DPO drops rows whose prompt is too long for max_length; the labels of the kept rows stay theirs."""
     import datasets
 
-    from openrlhf_fair.host.labels import apply_group_labels
+    from openrlhf_fair.features.labels import apply_group_labels
 
     data = rows()
     data[1]["prompt"] = "Human: " + "very long question " * 40 + "Assistant:"  # row 1 (harmless) is dropped

@@ -6,8 +6,7 @@ import pytest
 
 from openrlhf_fair.cli import flags
 from openrlhf_fair.cli.flags import FLAG_SETS, fairness_help, fields_of, flag_name, parse_fairness_args
-from openrlhf_fair.config import RewardFairnessConfig
-from openrlhf_fair.ppo_config import PPOFairnessConfig
+from openrlhf_fair.settings import RewardFairnessConfig, PPOFairnessConfig
 
 # One value per setting that differs from its default and is valid together with the others.
 RM_VALUES = {"reg": ("0.3", 0.3), "tau": ("-2", -2.0), "temperature": ("2", 2.0), "scope": ("global", "global"),

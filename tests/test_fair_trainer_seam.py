@@ -12,9 +12,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from openrlhf_fair.config import RewardFairnessConfig
+from openrlhf_fair.settings import RewardFairnessConfig
 from openrlhf_fair.host.patching import is_patched, original_of
-from openrlhf_fair.losses import FairnessTrainingError, FairPairWiseLoss
+from openrlhf_fair.errors import FairnessTrainingError
+from openrlhf_fair.core.losses import FairPairWiseLoss
 from test_fair_rm_patch import FakeStrategy, Recorder, make_trainer
 
 
@@ -33,7 +34,7 @@ def host():
 
 @pytest.fixture
 def rm_patch(host):
-    from openrlhf_fair.host import pairwise_trainer
+    from openrlhf_fair.features import pairwise_trainer
 
     undos = []
     yield lambda config: undos.append(pairwise_trainer.apply_rm_fairness(config))
@@ -46,7 +47,7 @@ def pairwise(chosen, reject, margin=None):
 
 
 def tagged_batch(group_ids, names=("harmless", "helpful")):
-    from openrlhf_fair.host.labels import GroupTaggedExtras
+    from openrlhf_fair.features.labels import GroupTaggedExtras
 
     return (None, None, None, None, GroupTaggedExtras([0.0] * len(group_ids), group_ids, list(names)))
 
@@ -181,8 +182,8 @@ def test_prompt_dataset_and_samples_generator_label_patches_undo(host):
     from openrlhf.datasets import prompts_dataset
     from openrlhf.trainer.ppo_utils import samples_generator
 
-    from openrlhf_fair.host import experience_maker
-    from openrlhf_fair.ppo_config import PPOFairnessConfig
+    from openrlhf_fair.features import experience_maker
+    from openrlhf_fair.settings import PPOFairnessConfig
 
     targets = [(prompts_dataset.PromptDataset, "__init__"),
                (samples_generator.SamplesGenerator, "_process_response_into_experience")]  # fmt: skip

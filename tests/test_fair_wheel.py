@@ -37,7 +37,7 @@ def test_the_package_reads_no_file_outside_itself():
 
 
 def test_the_demo_data_lives_in_the_package_and_examples_data_points_there():
-    from openrlhf_fair.demo import PACKAGE_DATA
+    from openrlhf_fair.demo.data import PACKAGE_DATA
 
     assert PACKAGE_DATA.is_file() and PACKAGE_DATA.resolve().is_relative_to(PACKAGE)
     assert (CHECKOUT / "examples" / "data" / PACKAGE_DATA.name).resolve() == PACKAGE_DATA.resolve()
@@ -100,7 +100,7 @@ def in_env(env_dir: Path, code: str) -> str:
 @pytest.mark.quick  # trains nothing: part of the quick run
 @pytest.mark.timeout(900)
 def test_wheel_install_imports_from_the_wheel_and_ships_the_demo_data(wheel_env):
-    where = json.loads(in_env(wheel_env, "import json, openrlhf_fair, openrlhf; from openrlhf_fair.demo import "
+    where = json.loads(in_env(wheel_env, "import json, openrlhf_fair, openrlhf; from openrlhf_fair.demo.data import "
                                          "PACKAGE_DATA as d; print(json.dumps([openrlhf_fair.__file__, str(d), "
                                          "d.is_file(), openrlhf.__file__]))"))
     addon, data, data_exists, host = where
@@ -122,7 +122,7 @@ def test_wheel_install_runs_train_rm_with_fairness_reg_and_demo_help(wheel_env, 
                      cwd=tmp_path)
     assert helped.returncode == 0 and "--backbone" in helped.stdout, helped.stderr[-2000:]
 
-    data = Path(in_env(wheel_env, "from openrlhf_fair.demo import PACKAGE_DATA; print(PACKAGE_DATA)"))
+    data = Path(in_env(wheel_env, "from openrlhf_fair.demo.data import PACKAGE_DATA; print(PACKAGE_DATA)"))
     with gzip.open(data, "rt") as f:
         rows = [json.loads(line) for line in f]
     for split, n in (("train", 32), ("test", 16)):

@@ -1,7 +1,7 @@
 """The add-on's command-line flags, generated from the settings' dataclass fields (the CLI contract).
 
 Each setting is defined once, as a field of `RewardFairnessConfig` (train_rm, train_dpo) or `PPOFairnessConfig`
-(train_ppo_ray) whose metadata holds its help text (`openrlhf_fair.config.setting`); this module turns every field
+(train_ppo_ray) whose metadata holds its help text (`openrlhf_fair.settings.setting`); this module turns every field
 into one flag, ``--<FLAG_PREFIX><field>`` (``--fairness_reg``, ``--fair_coef``), with type, choices and default
 taken from the field. The other prefix (``--fair_reg`` on train_rm, ``--fairness_coef`` on train_ppo_ray) is
 still accepted for one release, with a one-time deprecation message on stderr naming the new spelling.
@@ -22,8 +22,8 @@ import sys
 import typing
 from typing import Optional
 
-from openrlhf_fair.config import FairnessConfigError, RewardFairnessConfig
-from openrlhf_fair.ppo_config import PPOFairnessConfig
+from openrlhf_fair.errors import FairnessConfigError
+from openrlhf_fair.settings import RewardFairnessConfig, PPOFairnessConfig
 
 # The config class whose fields are each subcommand's add-on flags, and the flag group's title and description.
 FLAG_SETS: dict[str, tuple[type, str, str]] = {

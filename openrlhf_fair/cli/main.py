@@ -21,8 +21,8 @@ import sys
 ADDON_COMMANDS = {
     "report": ("openrlhf_fair.report", "evaluate saved reward models on labelled pairs: accuracy and fairness per group"),
     "debias": ("openrlhf_fair.debias", "remove a bias direction (length, a group) from a saved reward model's value head, without retraining"),
-    "demo": ("openrlhf_fair.demo", "train BT / fairness-regularised / fairness-coefficient reward models on real data and compare"),
-    "ppo-report": ("openrlhf_fair.ppo_report", "plot per-group reward, fairness weights and F over the steps of train_ppo_ray runs (TensorBoard logs)"),
+    "demo": ("openrlhf_fair.demo.cli", "train BT / fairness-regularised / fairness-coefficient reward models on real data and compare"),
+    "ppo-report": ("openrlhf_fair.report.ppo", "plot per-group reward, fairness weights and F over the steps of train_ppo_ray runs (TensorBoard logs)"),
 }
 
 

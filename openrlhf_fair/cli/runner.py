@@ -5,7 +5,7 @@ missing, apply the fairness patches only when a fairness flag is on, then run th
 with the remaining arguments. With no add-on flag nothing is patched (except the CPU backend on a machine
 without CUDA, which OpenRLHF cannot run without) and the host sees exactly the arguments the user gave.
 
-Errors the user can act on (`openrlhf_fair.config.AddonError`: a setting that cannot work, bad data, a host that
+Errors the user can act on (`openrlhf_fair.settings.AddonError`: a setting that cannot work, bad data, a host that
 does not match) are printed as one message, exit status 2, in the driver and in every torchrun/deepspeed rank;
 also when they come back from a Ray actor. ``OPENRLHF_FAIR_DEBUG=1`` (or ``openrlhf --debug``) re-raises them
 with their traceback.
@@ -22,9 +22,9 @@ from pathlib import Path
 
 # The feature module and function each trainer command's fairness flags apply: ``function(config) -> undo``.
 HOST_FEATURES = {
-    "train_rm": ("openrlhf_fair.host.pairwise_trainer", "apply_rm_fairness"),
-    "train_dpo": ("openrlhf_fair.host.pairwise_trainer", "apply_dpo_fairness"),
-    "train_ppo_ray": ("openrlhf_fair.host.experience_maker", "apply_fairness"),
+    "train_rm": ("openrlhf_fair.features.pairwise_trainer", "apply_rm_fairness"),
+    "train_dpo": ("openrlhf_fair.features.pairwise_trainer", "apply_dpo_fairness"),
+    "train_ppo_ray": ("openrlhf_fair.features.experience_maker", "apply_fairness"),
 }
 HOST_CLI_PACKAGE = "openrlhf.cli"
 DEBUG_ENV = "OPENRLHF_FAIR_DEBUG"
@@ -49,7 +49,7 @@ def wants_help(argv: list[str]) -> bool:
 
 def run_host_cli(command: str, argv: list[str], cpu: bool | None = None) -> int:
     """Run ``openrlhf.cli.<command>`` with ``argv`` and the add-on's flags applied; return its exit code."""
-    from openrlhf_fair.config import AddonError
+    from openrlhf_fair.errors import AddonError
     from openrlhf_fair.host.compat import in_host_spelling
 
     try:
@@ -74,7 +74,7 @@ def _run_host_cli(command: str, argv: list[str], cpu: bool | None) -> int:
             print(compat.in_host_spelling(text) + "\n\nOpenRLHF's own flags follow.\n", flush=True)
 
     if config is not None and not wants_help(argv):  # pre-run data checks only with a fairness flag
-        from openrlhf_fair import preflight
+        from openrlhf_fair.checks import preflight
 
         compat.require_family()  # an OpenRLHF outside the supported range: refused, naming version and range
         preflight.check(command, rest, config)  # raises PreflightError (an AddonError): one message, exit 2

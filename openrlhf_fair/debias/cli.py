@@ -139,7 +139,8 @@ def _check_options(args) -> list[Removal]:
 
 def _check_group_column(path, key: str) -> None:
     """A clear refusal when the group column of --remove group:KEY is not in the data."""
-    from openrlhf_fair.data_checks import DataError, iter_rows
+    from openrlhf_fair.errors import DataError
+    from openrlhf_fair.checks.data import iter_rows
 
     if not Path(path).is_file():
         return  # load_pairs says so
@@ -195,7 +196,8 @@ def out_folders(out, strengths: list[float]) -> list[Path]:
 def run_debias(args) -> list[dict]:
     """Everything `debias` does; returns, per --strength, the record written into its checkpoint's config.json."""
     from openrlhf_fair.report import data, scoring
-    from openrlhf_fair.report.data import PairSet, ReportError
+    from openrlhf_fair.report.data import PairSet
+    from openrlhf_fair.errors import ReportError
 
     removals = _check_options(args)
     group = next((r.key for r in removals if r.kind == "group"), None)

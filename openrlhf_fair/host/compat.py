@@ -30,7 +30,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from openrlhf_fair.host.patching import HostMismatchError
+from openrlhf_fair.errors import HostMismatchError, UnsupportedHostError
+from openrlhf_fair.host import releases
 
 DISTRIBUTIONS = ("openrlhf", "openrlhf-nightly")
 OLDEST_SUPPORTED = (0, 9, 3)
@@ -85,10 +86,6 @@ HOOK_DIFF_FOLDERS = (  # (first release, last release, folder)
 _DOTTED_FLAG = re.compile(r"--([a-z][a-z0-9_]*(?:\.[a-z][a-z0-9_]*)+)")
 
 
-class UnsupportedHostError(HostMismatchError):
-    """The installed OpenRLHF is outside the supported range or matches no known structure."""
-
-
 @dataclass(frozen=True)
 class Family:
     """What the add-on needs to know about one family of OpenRLHF releases (see the module doc)."""
@@ -139,17 +136,13 @@ def _refuse(version: str | None, root: Path, why: str) -> UnsupportedHostError:
 
 
 def _default_release() -> str:
-    from openrlhf_fair import install  # stdlib only; the releases the installer knows and CI tests
-
-    return install.DEFAULT_OPENRLHF
+    return releases.DEFAULT_OPENRLHF
 
 
 def tested_releases() -> str:
     """The releases CI tests: the default with the whole suite, the matrix with the end-to-end runs."""
-    from openrlhf_fair import install
-
-    return ", ".join([f"{install.DEFAULT_OPENRLHF} (whole suite)"]
-                     + [f"{release} (end-to-end runs)" for release in install.CI_MATRIX])
+    return ", ".join([f"{releases.DEFAULT_OPENRLHF} (whole suite)"]
+                     + [f"{release} (end-to-end runs)" for release in releases.CI_MATRIX])
 
 
 @functools.lru_cache(maxsize=None)

@@ -31,7 +31,8 @@ import os
 from typing import Any, Callable
 
 from openrlhf_fair.host import extension_hooks as runtime_registry
-from openrlhf_fair.host.patching import HostMismatchError, original_of
+from openrlhf_fair.errors import HostMismatchError
+from openrlhf_fair.host.patching import original_of
 from openrlhf_fair.host.compat import hook_diff_folder, installed_openrlhf_version
 
 PATCH_MODE_ENV = "OPENRLHF_FAIR_PATCH_MODE"

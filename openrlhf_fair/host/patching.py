@@ -21,17 +21,13 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from openrlhf_fair.config import AddonError
+from openrlhf_fair.errors import AddonError, HostMismatchError
 
 ORIGINAL_ATTR = "__openrlhf_fair_original__"
 PATCH_ID_ATTR = "__openrlhf_fair_patch__"
 FACTORY_ATTR = "__openrlhf_fair_factory__"
 _BEFORE_ATTR = "__openrlhf_fair_before__"  # the raw object (e.g. a staticmethod) to put back on undo
 _ABSENT = object()  # marks an attribute the owner did not hold itself (inherited from a base class)
-
-
-class HostMismatchError(AddonError, RuntimeError):
-    """The installed OpenRLHF does not have the structure this add-on was written against."""
 
 
 class PatchStackError(RuntimeError):

@@ -16,7 +16,7 @@ Modules, by job: `data` (inputs, typed runs), `scoring` (loading and running mod
 """
 
 from openrlhf_fair.report.cli import Report, build_parser, main, run_report
-from openrlhf_fair.report.data import ReportError, load_pairs
-from openrlhf_fair.report.scoring import identical_after_truncation
+from openrlhf_fair.errors import ReportError
+from openrlhf_fair.report.data import load_pairs
 
-__all__ = ["Report", "ReportError", "build_parser", "identical_after_truncation", "load_pairs", "main", "run_report"]
+__all__ = ["Report", "ReportError", "build_parser", "load_pairs", "main", "run_report"]

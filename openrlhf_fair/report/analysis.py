@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from openrlhf_fair.report.data import PairSet, ReportError, ScoredRun
+from openrlhf_fair.report.data import PairSet, ScoredRun
+from openrlhf_fair.errors import ReportError
 from openrlhf_fair.report.intervals import Estimate, difference, draw_indices, estimate, method_draws
 from openrlhf_fair.report.metrics import pair_metrics
 
@@ -68,7 +69,7 @@ def _point_metrics(pairs: PairSet, run: ScoredRun) -> dict[str, float]:
     """A run's value of every metric on all pairs. The metrics that training's eval logs also report come from
     the one shared definition, `metrics.pairwise_eval_metrics` (allocations sigmoid(margin), T = 1); the
     resampled values behind the intervals come from `pair_metrics`, which tests check against it."""
-    from openrlhf_fair.metrics import pairwise_eval_metrics
+    from openrlhf_fair.core.measures import pairwise_eval_metrics
 
     values = {k: float(v[0]) for k, v in _run_metrics(pairs, run, None).items()}
     shared = pairwise_eval_metrics(run.chosen, run.rejected, tau=-1.0, temperature=1.0, group_ids=pairs.group_ids,

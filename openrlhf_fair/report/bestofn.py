@@ -28,7 +28,8 @@ from pathlib import Path
 import torch
 
 from openrlhf_fair.report import sampling, scoring
-from openrlhf_fair.report.data import ReportError, load_pairs
+from openrlhf_fair.errors import ReportError
+from openrlhf_fair.report.data import load_pairs
 from openrlhf_fair.report.intervals import Estimate, difference, draw_indices, estimate, method_draws
 from openrlhf_fair.report.metrics import _weighted_corr, metric_safe_name
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 
 from openrlhf_fair.report import analysis, audit, bestofn, data, rendering, scoring, stereotype
-from openrlhf_fair.report.data import PairSet, ReportError, ScoredRun
+from openrlhf_fair.report.data import PairSet, ScoredRun
+from openrlhf_fair.errors import ReportError
 
 __all__ = ["Report", "build_parser", "main", "run_report"]
 

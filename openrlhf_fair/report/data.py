@@ -10,16 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from openrlhf_fair.errors import DataError, ReportError
 
 __all__ = ["PairSet", "ReportError", "ScoredRun", "load_pair_rewards", "load_pairs", "small_groups",
            "write_pair_rewards"]
 
 # A group with fewer pairs than this gets a warning: its accuracy and correlation are noise.
 SMALL_GROUP = 10
-
-
-class ReportError(RuntimeError):
-    """A problem with the user's input (data file, model folder, options): printed without a traceback."""
 
 
 def load_pairs(
@@ -35,12 +32,13 @@ def load_pairs(
 ) -> list[dict]:
     """Rows of a .jsonl / .jsonl.gz / .json (list) file, checked for the needed columns, optionally one split.
 
-    File, row and group-label rules are the ones training's pre-run check applies (`openrlhf_fair.data_checks`):
+    File, row and group-label rules are the ones training's pre-run check applies (`openrlhf_fair.checks.data`):
     a null, missing or empty group label, bytes that are not UTF-8, a truncated .gz and labels that would share
     one metric name are refused, naming the file and rows. `prompt_key=None` means the responses carry the
     whole conversation (OpenRLHF's --data.prompt_key unset). Group labels come back as strings.
     """
-    from openrlhf_fair.data_checks import DataError, check_group_names, checked_rows, group_label
+    from openrlhf_fair.errors import DataError
+    from openrlhf_fair.checks.data import check_group_names, checked_rows, group_label
 
     path = Path(path)
     if max_pairs is not None and max_pairs < 1:

@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from openrlhf_fair.metrics import metric_safe_name
+from openrlhf_fair.core.measures import metric_safe_name
 
 __all__ = ["GROUP_METRICS", "SUMMARY_METRICS", "group_metric", "pair_metrics", "pearson"]
 

@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from openrlhf_fair.report.data import ReportError
+from openrlhf_fair.errors import ReportError
 
 __all__ = ["Candidates", "balanced_prompts", "generator_path", "sample_candidates"]
 

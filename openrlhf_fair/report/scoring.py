@@ -11,16 +11,14 @@ functions that load and run models.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
-from openrlhf_fair.report.data import ReportError
+from openrlhf_fair.checks.tokenizer import TokenizedPairs, identical_after_truncation, missing_eos_message, tokenize_pairs, tokenizer_fingerprint
+from openrlhf_fair.errors import ReportError
 
 __all__ = ["TokenizedPairs", "check_reward_checkpoint", "identical_after_truncation", "load_reward_model",
            "score_pairs", "score_responses", "tokenize_pairs", "tokenizer_fingerprint", "trained_max_len"]
@@ -82,88 +80,11 @@ def load_reward_model(path, *, device: str = "cpu", dtype: str = "float32", attn
     except Exception as e:
         raise ReportError(f"cannot load reward model from {path}: {type(e).__name__}: {e}") from e
     if tokenizer.eos_token is None:
-        from openrlhf_fair.preflight import missing_eos_message
 
         raise ReportError(missing_eos_message(str(path)))
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}[dtype]
     model = model.to(device=device, dtype=torch_dtype).eval()
     return model, tokenizer
-
-
-def _reward_dataset(rows, tokenizer, max_len, prompt_key, chosen_key, rejected_key, input_template, chat):
-    """OpenRLHF's RewardDataset over `rows` (one process: the data is small)."""
-    from types import SimpleNamespace
-
-    from datasets import Dataset
-    from openrlhf.datasets import RewardDataset
-
-    from openrlhf_fair.host.compat import host_args_like
-
-    args = host_args_like({"data.prompt_key": prompt_key, "data.chosen_key": chosen_key,
-                           "data.rejected_key": rejected_key, "data.apply_chat_template": chat})
-    strategy = SimpleNamespace(args=args)
-    keep = [k for k in (prompt_key, chosen_key, rejected_key) if k]
-    dataset = Dataset.from_list([{k: row[k] for k in keep} for row in rows])
-    return RewardDataset(dataset, tokenizer, max_len, strategy, input_template=input_template,
-                         num_processors=None)  # in this process: datasets >= 5 forks a pool even for num_proc=1
-
-
-@dataclass
-class TokenizedPairs:
-    """Pairs as OpenRLHF's RewardDataset tokenises them: its items, its collate_fn, which pairs are identical
-    after truncation, and the pair order sorted by length (batches then need little padding)."""
-
-    items: list
-    collate_fn: Callable
-    identical: torch.Tensor  # bool, per pair
-    order: list[int]
-
-
-def tokenize_pairs(
-    rows,
-    tokenizer,
-    max_len: int,
-    *,
-    prompt_key: str | None = "prompt",
-    chosen_key: str = "chosen",
-    rejected_key: str = "rejected",
-    input_template: str | None = None,
-    apply_chat_template: bool = False,
-) -> TokenizedPairs:
-    """Tokenise `rows` once; `score_pairs` can then score any model that shares the tokenizer (see
-    `tokenizer_fingerprint`) without tokenising again."""
-    dataset = _reward_dataset(
-        rows, tokenizer, max_len, prompt_key, chosen_key, rejected_key, input_template, apply_chat_template
-    )
-    if len(dataset) != len(rows):
-        raise ReportError(f"RewardDataset kept {len(dataset)} of {len(rows)} pairs; cannot align them with rows")
-    items = [dataset[i] for i in range(len(dataset))]
-    identical = torch.tensor([bool(torch.equal(it[0], it[2])) for it in items], dtype=torch.bool)
-    order = sorted(range(len(items)), key=lambda i: max(items[i][0].shape[-1], items[i][2].shape[-1]))
-    return TokenizedPairs(items, dataset.collate_fn, identical, order)
-
-
-def tokenizer_fingerprint(tokenizer) -> str | None:
-    """A digest equal for tokenizers that tokenise the same way (a fast tokenizer's full serialisation plus the
-    special tokens, sides and chat template OpenRLHF's RewardDataset uses); None for a tokenizer without a fast
-    backend, which is then never shared."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None:
-        return None
-    digest = hashlib.sha256(backend.to_str().encode())
-    digest.update(repr((type(tokenizer).__name__, tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token,
-                        tokenizer.padding_side, tokenizer.truncation_side,
-                        getattr(tokenizer, "chat_template", None))).encode())
-    return digest.hexdigest()
-
-
-def identical_after_truncation(rows, tokenizer, max_len: int, **keys) -> list[bool]:
-    """Per pair: are chosen and rejected the same tokens once OpenRLHF's RewardDataset has truncated them?
-
-    Such a pair has margin exactly 0 whatever the model: no training signal, and a sure miss for accuracy.
-    `keys`: the keyword arguments of `tokenize_pairs`.
-    """
-    return tokenize_pairs(rows, tokenizer, max_len, **keys).identical.tolist()
 
 
 @torch.no_grad()

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from openrlhf_fair.report.data import ReportError
+from openrlhf_fair.errors import ReportError
 from openrlhf_fair.report.intervals import Estimate, difference, draw_indices, estimate, method_draws
 from openrlhf_fair.report.metrics import metric_safe_name
 

@@ -16,13 +16,10 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from openrlhf_fair.errors import PpoReportError
 
 NAMESPACE = "fairness/"
 LABEL_PREFIX = NAMESPACE + "label_reward/"
-
-
-class PpoReportError(RuntimeError):
-    """Bad input (no logs, unreadable logs): printed without a traceback, exit status 2."""
 
 
 def find_runs(logdir: Path) -> list[Path]:

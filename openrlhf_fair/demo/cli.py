@@ -31,9 +31,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from openrlhf_fair.demo_data import PACKAGE_DATA, check_pair_counts, prepare_data
-from openrlhf_fair.demo_methods import KIND_NAMES, METHOD_KINDS, SWEEP, Method, parse_methods
-from openrlhf_fair.demo_training import DemoError, run_training, train_command, training_runs
+from openrlhf_fair.demo.data import PACKAGE_DATA, check_pair_counts, prepare_data
+from openrlhf_fair.demo.methods import KIND_NAMES, METHOD_KINDS, SWEEP, Method, parse_methods
+from openrlhf_fair.errors import DemoError
+from openrlhf_fair.demo.training import run_training, train_command, training_runs
 
 __all__ = ["DemoError", "METHOD_KINDS", "Method", "PACKAGE_DATA", "SWEEP", "main", "parse_methods", "prepare_data",
            "train_command"]
@@ -157,7 +158,7 @@ def run_demo(args) -> DemoResult:
 
     tokenizer = AutoTokenizer.from_pretrained(str(backbone))
     if tokenizer.eos_token is None:  # every method would fail inside OpenRLHF's RewardDataset
-        from openrlhf_fair.preflight import missing_eos_message
+        from openrlhf_fair.checks.tokenizer import missing_eos_message
 
         raise DemoError(missing_eos_message(f"--backbone {args.backbone}"))
     if tokenizer.pad_token is None:

@@ -3,7 +3,7 @@
 `check(command, host_argv, config)` reads the host's dataset flags from the command line (their names, types
 and defaults are read from the installed OpenRLHF CLI file, `host_flags`, in the installed release's spelling:
 ``--data.max_len`` on 0.10.2+, ``--max_len`` on 0.9.3 - 0.10.1, `host.compat`), streams the local data files with
-`openrlhf_fair.data_checks` and loads only the tokenizer of a local model folder. It raises `PreflightError`
+`openrlhf_fair.checks.data` and loads only the tokenizer of a local model folder. It raises `PreflightError`
 (all problems in one message) for data that would fail mid-run or train silently wrong, and prints warnings a
 user needs. Runs only when a fairness flag is given: with every flag off, `openrlhf <command>` stays exactly
 OpenRLHF (its own errors included). Never changes the host's arguments.
@@ -27,10 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from openrlhf_fair.config import AddonError
-from openrlhf_fair.data_checks import DataError, check_group_names, checked_rows, group_label, is_gzip
+from openrlhf_fair.errors import AddonError, DataError, HostMismatchError, PreflightError
+from openrlhf_fair.checks.data import check_group_names, checked_rows, group_label, is_gzip
+from openrlhf_fair.checks.tokenizer import identical_after_truncation, missing_eos_message
 from openrlhf_fair.host.compat import host_flag, in_host_spelling
-from openrlhf_fair.host.patching import HostMismatchError
 
 JSON_SUFFIXES = (".json", ".jsonl")  # what OpenRLHF's blending_datasets loads as JSON (lower-cased suffix)
 SMALL_GROUP_PAIRS = 10  # an eval group with fewer pairs gets a warning: one pair moves its accuracy >= 10 points
@@ -48,10 +48,6 @@ HOST_FLAGS = {
     "train_dpo": PAIR_FLAGS,
     "train_ppo_ray": ("data.prompt_dataset", "data.max_samples", "data.input_key"),
 }
-
-
-class PreflightError(AddonError, ValueError):
-    """The run cannot start as given; the message names each file / row / column / flag and the fix."""
 
 
 # --------------------------------------------------------------------------------------------- host flags
@@ -87,7 +83,7 @@ def host_flags(command: str, wanted) -> dict[str, dict]:
     if missing:
         raise HostMismatchError(
             f"openrlhf-fair: {spec.origin} has no flag(s) {', '.join(host_flag(f) for f in missing)}; the pre-run data "
-            "checks (openrlhf_fair/preflight.py) need updating for this OpenRLHF version"
+            "checks (openrlhf_fair/checks/preflight.py) need updating for this OpenRLHF version"
         )
     return found
 
@@ -183,13 +179,6 @@ def _warn_small_groups(counts: dict[str, int], where: str, findings: Findings) -
 
 
 # --------------------------------------------------------------------------------------------- tokenizer
-def missing_eos_message(where: str) -> str:
-    """What to say about a reward backbone whose tokenizer has no eos token (BERT-style), before training."""
-    return (f"{where}: its tokenizer has no eos token; OpenRLHF's RewardDataset appends one to every response (it "
-            "would fail with \"TypeError: endswith first arg must be str\"). Set one in the folder's "
-            "tokenizer_config.json, e.g. \"eos_token\": \"[SEP]\" for a BERT-style model")
-
-
 def _tokenizer(args: dict):
     """The model folder's tokenizer as OpenRLHF loads it (AutoTokenizer), or None for a Hub name."""
     model = args["model.model_name_or_path"]
@@ -211,7 +200,6 @@ def _warn_identical(rows: list, where: str, args: dict, tokenizer, findings: Fin
     """Warn when truncation at --data.max_len makes most of ``rows`` identical pairs (the report's own check)."""
     if not rows:
         return
-    from openrlhf_fair.report import identical_after_truncation
 
     template = args["data.input_template"]
     same = identical_after_truncation(

@@ -10,7 +10,7 @@ One rule for every reader, so that `openrlhf train_rm --fairness_group_key`, `tr
   required column (chosen / rejected / prompt), a null, missing or empty group label and, when margins are used,
   a margin that is not a finite number. `group_label` is the one rule for what a label is.
 - `check_group_names(labels)` refuses two labels that would share one metric name (see
-  `openrlhf_fair.metrics.metric_safe_names`) or one group (``1`` and ``"1"``).
+  `openrlhf_fair.core.measures.metric_safe_names`) or one group (``1`` and ``"1"``).
 
 Plain Python (json, gzip); the only torch import is `metrics`, inside `check_group_names`.
 """
@@ -24,14 +24,10 @@ import zlib
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
-from openrlhf_fair.config import AddonError
+from openrlhf_fair.errors import AddonError, FairnessInputError, DataError
 
 ROWS_NAMED = 5  # at most this many row numbers in one message
 NEWLINE = b"\n"
-
-
-class DataError(AddonError, ValueError):
-    """A data file that cannot train or be scored as given; the message names the file, the row and the column."""
 
 
 def is_gzip(path) -> bool:
@@ -200,7 +196,7 @@ def checked_rows(
 def check_group_names(labels: Iterable[str], *, column: str, where: str) -> None:
     """Refuse two group labels that would share one metric name (``help ful`` and ``help/ful``): one group's
     metrics would overwrite the other's. ``where`` names the file(s) the labels come from."""
-    from openrlhf_fair.metrics import FairnessInputError, metric_safe_names
+    from openrlhf_fair.core.measures import FairnessInputError, metric_safe_names
 
     try:
         metric_safe_names(labels)

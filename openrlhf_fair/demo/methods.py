@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from openrlhf_fair.demo_training import DemoError
+from openrlhf_fair.errors import DemoError
 
 __all__ = ["KIND_NAMES", "METHOD_KINDS", "SWEEP", "Method", "MethodKind", "parse_methods"]
 

@@ -20,9 +20,8 @@ import re
 
 import torch
 
-from openrlhf_fair.fairness import (
-    FairnessInputError, exp_or_inf, fairness_sign, log_fairness, log_fairness_of_margins,
-)
+from openrlhf_fair.errors import FairnessInputError
+from openrlhf_fair.core.fairness import exp_or_inf, fairness_sign, log_fairness, log_fairness_of_margins
 
 __all__ = [
     "best_minus_worst_gap",

@@ -5,7 +5,7 @@ given) registers `shape_experiences` at the experience hook point (`host.native_
 `patches/`, else this module installs its call site at the end of
 `RemoteExperienceMaker.compute_advantages_and_returns`, the one runtime patch of that method): the host
 method runs unchanged (length penalties, group baselines, reward clip + KL, GAE or returns, whitening), then
-each sample's advantages are multiplied by its fairness weight (`openrlhf_fair.shaping`), so every estimator
+each sample's advantages are multiplied by its fairness weight (`openrlhf_fair.core.shaping`), so every estimator
 keeps its own baseline and the weights are not normalised away; returns (the critic's targets) stay as they
 are. The batch's fairness numbers go into ``experience.info`` as per-sample tensors, which OpenRLHF averages
 into its logged train metrics (``fairness/F``, ``fairness/jain``, ...).
@@ -24,14 +24,15 @@ from typing import Callable, List
 
 from openrlhf_fair.host import extension_hooks, native_hooks, ray_workers
 from openrlhf_fair.host.compat import host_arg
-from openrlhf_fair.host.patching import HostMismatchError, patch_attribute, require_attribute, undo_all
-from openrlhf_fair.host.labels import LABEL_INFO_KEY  # carried per sample; popped before logging
-from openrlhf_fair.ppo_config import PPOFairnessConfig
+from openrlhf_fair.errors import HostMismatchError
+from openrlhf_fair.host.patching import patch_attribute, require_attribute, undo_all
+from openrlhf_fair.features.labels import LABEL_INFO_KEY  # carried per sample; popped before logging
+from openrlhf_fair.settings import PPOFairnessConfig
 
 PATCH_ID = "openrlhf_fair.experience_maker"
 HOOK_ID = "openrlhf_fair.experience_maker.hook"
 HOST_MODULE = "openrlhf.trainer.ppo_utils.experience_maker"
-WORKER_TARGET = "openrlhf_fair.host.experience_maker:apply_in_worker"
+WORKER_TARGET = "openrlhf_fair.features.experience_maker:apply_in_worker"
 METRIC_PREFIX = "fairness/"
 MAX_LABEL_METRICS = 32  # per-label mean rewards logged for at most this many labels per batch
 CLIPPED_WARNING_FRACTION = 0.5  # warn (once) when more than this share of a batch's weights is clipped
@@ -53,7 +54,7 @@ def _log(message: str, warning: bool = False) -> None:
 
 
 def _metric_name(label) -> str:
-    from openrlhf_fair.metrics import metric_safe_name
+    from openrlhf_fair.core.measures import metric_safe_name
 
     return METRIC_PREFIX + "label_reward/" + metric_safe_name(label)
 
@@ -67,8 +68,8 @@ def shape_experiences(maker, experiences: List, config: PPOFairnessConfig) -> Li
     """
     import torch
 
-    from openrlhf_fair.fairness import FairnessInputError
-    from openrlhf_fair.shaping import fairness_weights, label_agent_ids, prompt_agent_ids
+    from openrlhf_fair.errors import FairnessInputError
+    from openrlhf_fair.core.shaping import fairness_weights, label_agent_ids, prompt_agent_ids
 
     state = maker.__dict__.setdefault(STATE_ATTR, {"batches": 0, "warned": set()})
     state["batches"] += 1
@@ -94,7 +95,7 @@ def shape_experiences(maker, experiences: List, config: PPOFairnessConfig) -> Li
             if carried_labels is None or len(carried_labels) != len(exp.rewards):
                 raise HostMismatchError(
                     f"openrlhf-fair: --fair_unit {config.unit} needs each sample's label, but an experience arrived "
-                    "without it: the label patches (openrlhf_fair.host.labels) did not run in the process "
+                    "without it: the label patches (openrlhf_fair.features.labels) did not run in the process "
                     "that generated the samples"
                 )
             labels.extend(carried_labels)
@@ -218,7 +219,7 @@ def apply_in_process(config: PPOFairnessConfig) -> Callable[[], None]:
         undos.append(native_hooks.register_experience_hook(
             lambda m, experiences: shape_experiences(m, experiences, config), HOOK_ID, settings=config, native=native))
         if config.label_key is not None:
-            from openrlhf_fair.host import labels
+            from openrlhf_fair.features import labels
 
             undos.append(labels.apply_label_column(config.label_key))
             undos.append(labels.apply_label_tags(config.label_key))

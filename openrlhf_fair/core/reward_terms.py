@@ -43,8 +43,8 @@ from typing import Callable, Optional
 
 import torch
 
-from openrlhf_fair.config import RewardFairnessConfig
-from openrlhf_fair.fairness import exp_or_inf, fairness_sign, log_fairness
+from openrlhf_fair.settings import RewardFairnessConfig
+from openrlhf_fair.core.fairness import exp_or_inf, fairness_sign, log_fairness
 
 __all__ = ["LEVEL_SPREAD_FLOOR", "pair_levels", "level_spread", "level_allocations", "level_log_fairness",
            "reward_centering_term", "batch_sum_term", "extra_terms", "group_mean_allocations"]

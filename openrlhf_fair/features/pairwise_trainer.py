@@ -38,11 +38,11 @@ import functools
 import inspect
 from typing import Any, Callable
 
-from openrlhf_fair.config import FairnessConfigError, RewardFairnessConfig
-from openrlhf_fair.host import extension_hooks as hooks
-from openrlhf_fair.host import native_hooks
+from openrlhf_fair.errors import FairnessConfigError, HostMismatchError
+from openrlhf_fair.settings import RewardFairnessConfig
+from openrlhf_fair.host import extension_hooks as hooks, native_hooks
 from openrlhf_fair.host.compat import host_arg
-from openrlhf_fair.host.patching import HostMismatchError, patch_attribute, require_attribute, undo_all
+from openrlhf_fair.host.patching import patch_attribute, require_attribute, undo_all
 
 SAVED_CONFIG_KEY = "openrlhf_fair"
 RM_PATCH_ID = "openrlhf_fair.rm_trainer"
@@ -73,7 +73,7 @@ def check_run(config: RewardFairnessConfig, strategy) -> None:
             + (" or use --fairness_scope global on several ranks." if config.scope == "micro" else ".")
         )
     if config.group_key is not None:
-        from openrlhf_fair.host.labels import check_group_key_with_host_args
+        from openrlhf_fair.features.labels import check_group_key_with_host_args
 
         check_group_key_with_host_args(config.group_key, args)
 
@@ -94,7 +94,7 @@ def fair_loss_for(trainer, loss_fn, config: RewardFairnessConfig, loss_class=Non
     """``loss_class`` (default `FairPairWiseLoss`; `FairDPOLoss` for DPO) around the trainer's host loss, after
     checking the run; the settings (and the training max_len) are recorded in the model config."""
     if loss_class is None:
-        from openrlhf_fair.losses import FairPairWiseLoss as loss_class
+        from openrlhf_fair.core.losses import FairPairWiseLoss as loss_class
 
     strategy = trainer.strategy
     check_run(config, strategy)
@@ -144,7 +144,7 @@ def apply_dpo_fairness(config: RewardFairnessConfig) -> Callable[[], None]:
     _check_config(config)
     from openrlhf.trainer import dpo_trainer as host
 
-    from openrlhf_fair.dpo_losses import FairDPOLoss
+    from openrlhf_fair.core.dpo_losses import FairDPOLoss
 
     cls = require_attribute(host, "DPOTrainer", "the DPO trainer of train_dpo")
     return apply_to_trainer(cls, config, DPO_PATCH_ID, "dpo_loss", loss_class=FairDPOLoss)
@@ -185,7 +185,7 @@ def apply_to_trainer(cls, config: RewardFairnessConfig, patch_id: str, hook_poin
             f"{patch_id}.loss_hook", settings=config, native=native))
         undos.append(native_hooks.register_eval_hook(cls, eval_logs, f"{patch_id}.eval_hook", settings=config, native=native))
         if config.group_key is not None:
-            from openrlhf_fair.host.labels import apply_group_labels
+            from openrlhf_fair.features.labels import apply_group_labels
 
             undos.append(apply_group_labels(config.group_key))
     except BaseException:

@@ -5,7 +5,7 @@ Ouyang et al. (ACL 2025) apply their two methods to DPO as well: each pair's imp
 (the quantity DPO pushes up, Rafailov et al. 2023 eq. 7) is the pair's resource, x_i = sigmoid(m_i / T), and with
 base = the host's DPO loss exactly as OpenRLHF computes it (sigmoid DPO, label smoothing, or IPO):
     FR: loss = base - alpha * F        FC: loss = base * F**gamma  (or F**(-gamma), form "inverse")
-with F = f_tau(x) / n. The fairness term itself is `openrlhf_fair.losses.FairPairWiseLoss` (group mode, scope,
+with F = f_tau(x) / n. The fairness term itself is `openrlhf_fair.core.losses.FairPairWiseLoss` (group mode, scope,
 NaN checks and metrics included) fed with the implicit rewards beta * (log pi - log pi_ref), so its margins are
 the m_i above and its gradient reaches the policy's log-probabilities (the reference ones carry none).
 
@@ -21,8 +21,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-from openrlhf_fair.config import RewardFairnessConfig
-from openrlhf_fair.losses import FairPairWiseLoss
+from openrlhf_fair.settings import RewardFairnessConfig
+from openrlhf_fair.core.losses import FairPairWiseLoss
 
 __all__ = ["FairDPOLoss", "implicit_rewards"]
 

@@ -22,9 +22,10 @@ from typing import Hashable, Sequence
 
 import torch
 
-from openrlhf_fair.fairness import SHANNON_LIMIT_TAU, FairnessInputError, exp_or_inf, fairness_sign, log_fairness_of_log_p
-from openrlhf_fair.metrics import gini_coefficient, jain_index
-from openrlhf_fair.ppo_config import DEFAULT_WEIGHT_CLIP, UNITS, PPOFairnessConfig
+from openrlhf_fair.core.fairness import SHANNON_LIMIT_TAU, exp_or_inf, fairness_sign, log_fairness_of_log_p
+from openrlhf_fair.errors import FairnessInputError
+from openrlhf_fair.core.measures import gini_coefficient, jain_index
+from openrlhf_fair.settings import DEFAULT_WEIGHT_CLIP, UNITS, PPOFairnessConfig
 
 __all__ = [
     "DEFAULT_WEIGHT_CLIP",

@@ -2,7 +2,7 @@
 
 Ouyang et al. (ACL 2025), "Towards Reward Fairness in RLHF": each preference pair's margin m = r(chosen) -
 r(rejected) gives it a resource x = sigmoid(m / T), and the batch is scored with Lan et al.'s fairness
-F = f_tau(x) / n (`openrlhf_fair.fairness`; tau = -1 gives Jain's index). With base = the host's loss
+F = f_tau(x) / n (`openrlhf_fair.core.fairness`; tau = -1 gives Jain's index). With base = the host's loss
 (PairWiseLoss / LogExpLoss, with or without margins, exactly as OpenRLHF computes it):
 
 - Fairness Regularization (FR, paper eq. for L_FR):   loss = base - alpha * F
@@ -30,18 +30,14 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from openrlhf_fair.config import AddonError, RewardFairnessConfig
-from openrlhf_fair.fairness import FairnessInputError, exp_or_inf, fairness_sign, log_fairness, log_fairness_of_margins
-from openrlhf_fair.metrics import gini_coefficient, jain_index, pairwise_eval_metrics
-from openrlhf_fair.reward_terms import extra_terms
+from openrlhf_fair.errors import AddonError, FairnessInputError, FairnessTrainingError
+from openrlhf_fair.settings import RewardFairnessConfig
+from openrlhf_fair.core.fairness import exp_or_inf, fairness_sign, log_fairness, log_fairness_of_margins
+from openrlhf_fair.core.measures import gini_coefficient, jain_index, pairwise_eval_metrics
+from openrlhf_fair.core.reward_terms import extra_terms
 
 __all__ = ["FairPairWiseLoss", "FairnessTrainingError", "RewardFairnessConfig"]
 
-
-
-class FairnessTrainingError(AddonError, RuntimeError):
-    """The fairness term became NaN/Inf (or could not be computed) during training; the message names the step.
-    An AddonError: the `openrlhf` command prints the message alone and exits 2 (traceback with --debug)."""
 
 
 class FairPairWiseLoss(nn.Module):
@@ -92,7 +88,7 @@ class FairPairWiseLoss(nn.Module):
             if group_ids is None:
                 raise FairnessTrainingError(
                     f"openrlhf-fair: --fairness_group_key {self.config.group_key} is set but the batch carries no "
-                    "group labels (the dataset patch openrlhf_fair.host.labels did not reach this dataloader)"
+                    "group labels (the dataset patch openrlhf_fair.features.labels did not reach this dataloader)"
                 )
             inputs["group_ids"] = group_ids
         return inputs
@@ -148,7 +144,7 @@ class FairPairWiseLoss(nn.Module):
         if self.config.group_key is not None and ids is None:
             raise FairnessTrainingError(
                 f"{self._where(step)}: --fairness_group_key {self.config.group_key} is set but the batch carries "
-                "no group labels (the dataset patch openrlhf_fair.host.labels is not applied)"
+                "no group labels (the dataset patch openrlhf_fair.features.labels is not applied)"
             )
         extra, extra_metrics = extra_terms(chosen_reward, reject_reward, self.config, ids, gather=self._gather)
         margins, ids = self._gather((chosen_reward - reject_reward).reshape(-1), ids)
@@ -166,7 +162,7 @@ class FairPairWiseLoss(nn.Module):
                 exponent = self.config.coef if self.config.coef_form == "paper" else -self.config.coef
                 term = (exponent * log_f).exp()
                 loss = (base * term).to(base.dtype)
-        if extra is not None:  # issue 12's reward-level terms (openrlhf_fair.reward_terms); None when all are off
+        if extra is not None:  # issue 12's reward-level terms (openrlhf_fair.core.reward_terms); None when all are off
             loss = (loss + extra).to(base.dtype)
         log_f, term = float(log_f.detach()), float(term.detach())
         F = fairness_sign(self.config.tau) * exp_or_inf(log_f)

@@ -28,8 +28,8 @@ import functools
 import inspect
 from typing import Callable
 
-from openrlhf_fair.config import AddonError
-from openrlhf_fair.host.patching import HostMismatchError, patch_attribute, require_attribute, undo_all
+from openrlhf_fair.errors import AddonError, HostMismatchError, GroupKeyError, LabelColumnError
+from openrlhf_fair.host.patching import patch_attribute, require_attribute, undo_all
 
 GROUP_LABELS_PATCH_ID = "openrlhf_fair.reward_dataset.group_labels"
 LABEL_COLUMN_PATCH_ID = "openrlhf_fair.prompts_dataset.label_column"
@@ -39,14 +39,6 @@ LABEL_MAP_ATTR = "openrlhf_fair_label_of"
 LABEL_ERROR_ATTR = "openrlhf_fair_label_error"
 LABEL_INFO_KEY = "fairness/label"  # also used by host.experience_maker, which pops it
 CACHE_ATTR = "_openrlhf_fair_label_of"
-
-
-class GroupKeyError(AddonError, ValueError):
-    """``--fairness_group_key`` cannot be used with this dataset or these host flags."""
-
-
-class LabelColumnError(AddonError, ValueError):
-    """``--fair_unit label:KEY`` cannot be served by this prompt dataset."""
 
 
 def _wrap_init(body: Callable) -> Callable[[Callable], Callable]:
@@ -226,7 +218,7 @@ def _label_map(generator, key: str) -> dict:
         if not hasattr(dataset, LABEL_MAP_ATTR):
             raise HostMismatchError(
                 f"openrlhf-fair: --fair_unit label:{key}: the prompt dataset was built without the label patch "
-                "(openrlhf_fair.host.labels.apply_label_column) in this process"
+                "(openrlhf_fair.features.labels.apply_label_column) in this process"
             )
         error = getattr(dataset, LABEL_ERROR_ATTR, None)
         if error is not None:

@@ -6,12 +6,13 @@ import json
 import random
 from pathlib import Path
 
-from openrlhf_fair.demo_training import DemoError
+import openrlhf_fair
+from openrlhf_fair.errors import DemoError
 
 __all__ = ["PACKAGE_DATA", "check_pair_counts", "prepare_data"]
 
 # Shipped inside the package (the wheel carries it); examples/data in a checkout links here.
-PACKAGE_DATA = Path(__file__).resolve().parent / "data" / "helpful_harmless_pairs.jsonl.gz"
+PACKAGE_DATA = Path(openrlhf_fair.__file__).resolve().parent / "data" / "helpful_harmless_pairs.jsonl.gz"
 
 
 def _write_jsonl(rows, path: Path) -> None:
@@ -35,7 +36,8 @@ def _balanced_sample(rows, n_total: int, group_key: str, rng: random.Random) -> 
 
 def prepare_data(args, tokenizer, data_dir: Path) -> dict:
     """Filter no-signal pairs, sample balanced train / eval / test subsets, write them as .jsonl; return a summary."""
-    from openrlhf_fair.report import identical_after_truncation, load_pairs
+    from openrlhf_fair.checks.tokenizer import identical_after_truncation
+    from openrlhf_fair.report import load_pairs
 
     rng = random.Random(args.seed)
     summary = {"source": str(args.data), "max_len": args.max_len, "dropped_identical_after_truncation": {}}

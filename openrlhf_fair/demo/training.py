@@ -12,15 +12,12 @@ import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
+from openrlhf_fair.errors import DemoError
 
 if TYPE_CHECKING:
-    from openrlhf_fair.demo_methods import Method
+    from openrlhf_fair.demo.methods import Method
 
 __all__ = ["DemoError", "openrlhf_command", "run_training", "train_command", "training_runs"]
-
-
-class DemoError(RuntimeError):
-    """A problem with the demo's inputs or one of its steps: printed without a traceback."""
 
 
 def training_runs(methods: list[Method], seeds: list[int]) -> list[tuple[Method, int, str]]:

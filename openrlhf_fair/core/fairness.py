@@ -30,6 +30,7 @@ import math
 import warnings
 
 import torch
+from openrlhf_fair.errors import FairnessInputError
 
 __all__ = [
     "FairnessInputError",
@@ -54,10 +55,6 @@ SHANNON_LIMIT_TAU = 1e-8
 _SMALL_TAU = 0.1
 """Below this |tau|, logsumexp((1-tau) log p) ~ tau * H is computed as log1p(sum p * expm1(-tau log p)), which
 avoids the cancellation that would otherwise cost eps/|tau| of relative accuracy."""
-
-
-class FairnessInputError(ValueError):
-    """An input the fairness math cannot score: NaN/Inf, empty, non-positive allocation, tau = 1, T <= 0."""
 
 
 # ----------------------------------------------------------------------------------------------- validation

@@ -1,0 +1,1 @@
+"""`openrlhf-fair demo`: train reward models with and without fairness on real pairs, then report."""
