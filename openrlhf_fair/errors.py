@@ -64,3 +64,7 @@ class DemoError(RuntimeError):
 
 class FixtureUnavailable(RuntimeError):
     """A fixture needs a package that is not installed; the message says which and how to install it."""
+
+
+class DebiasError(ValueError):
+    """Input `debias` cannot work with (a setting, the data, the checkpoint); the message says what to do."""

@@ -160,8 +160,8 @@ def test_worker_hook_is_lazy_then_activates_on_first_openrlhf_import():
     out = run_python(
         """
         import sys
-        from openrlhf_fair.cpu_backend import ray_support
-        ray_support.worker_process_setup()
+        from openrlhf_fair import cpu_backend
+        cpu_backend.worker_process_setup()
         print("torch_after_hook", "torch" in sys.modules)
         import vllm
         print("vllm_stand_in", getattr(vllm, "IS_OPENRLHF_FAIR_STAND_IN", False))

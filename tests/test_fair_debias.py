@@ -1,4 +1,4 @@
-"""`openrlhf-fair debias`'s math (openrlhf_fair.debias.projection), float64, against hand computations and an
+"""`openrlhf-fair debias`'s math (openrlhf_fair.core.debias), float64, against hand computations and an
 independent projection matrix; the refusals of the math and of --remove."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from openrlhf_fair.debias.cli import Removal, parse_removals
-from openrlhf_fair.debias.projection import MIN_GROUP_PAIRS, MIN_LENGTH_PAIRS, DebiasError, group_directions, length_direction, orthonormal_basis, project_head, rescale_to_std, spearman
+from openrlhf_fair.core.debias import MIN_GROUP_PAIRS, MIN_LENGTH_PAIRS, DebiasError, group_directions, length_direction, orthonormal_basis, project_head, rescale_to_std, spearman
 
 
 def _gen(seed: int) -> torch.Generator:

@@ -13,17 +13,35 @@ With no add-on flag a host subcommand behaves exactly like ``python -m openrlhf.
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 
-# The add-on's own subcommands: module with `main(argv) -> int`, and one line of help.
+# The add-on's own subcommands and one line of help each (`run_addon_command` runs them).
 ADDON_COMMANDS = {
-    "report": ("openrlhf_fair.report", "evaluate saved reward models on labelled pairs: accuracy and fairness per group"),
-    "debias": ("openrlhf_fair.debias", "remove a bias direction (length, a group) from a saved reward model's value head, without retraining"),
-    "demo": ("openrlhf_fair.demo.cli", "train BT / fairness-regularised / fairness-coefficient reward models on real data and compare"),
-    "ppo-report": ("openrlhf_fair.report.ppo", "plot per-group reward, fairness weights and F over the steps of train_ppo_ray runs (TensorBoard logs)"),
+    "report": "evaluate saved reward models on labelled pairs: accuracy and fairness per group",
+    "debias": "remove a bias direction (length, a group) from a saved reward model's value head, without retraining",
+    "demo": "train BT / fairness-regularised / fairness-coefficient reward models on real data and compare",
+    "ppo-report": "plot per-group reward, fairness weights and F over the steps of train_ppo_ray runs (TensorBoard logs)",
 }
+
+
+def run_addon_command(command: str, argv: list[str]) -> int:
+    """Run one of the add-on's own subcommands (imported here: each pulls in torch and, for some, OpenRLHF)."""
+    if command in ("report", "debias", "demo"):  # they load OpenRLHF's models: serve its CUDA-only imports if missing
+        from openrlhf_fair import cpu_backend
+
+        cpu_backend.serve_missing_host_imports()
+    if command == "report":
+        from openrlhf_fair.report.cli import main as command_main
+    elif command == "debias":
+        from openrlhf_fair.debias import main as command_main
+    elif command == "demo":
+        from openrlhf_fair.demo.cli import main as command_main
+    elif command == "ppo-report":
+        from openrlhf_fair.report.ppo import main as command_main
+    else:
+        raise AssertionError(f"no add-on command {command!r}")
+    return command_main(argv)
 
 
 def program_name() -> str:
@@ -34,7 +52,7 @@ def program_name() -> str:
 
 def build_parser(host_commands: list[str]) -> argparse.ArgumentParser:
     lines = [f"  {name:<16} OpenRLHF's openrlhf.cli.{name}" for name in host_commands]
-    lines += [f"  {name:<16} {text}" for name, (_, text) in ADDON_COMMANDS.items()]
+    lines += [f"  {name:<16} {text}" for name, text in ADDON_COMMANDS.items()]
     parser = argparse.ArgumentParser(
         prog=program_name(),
         description="OpenRLHF with reward fairness (openrlhf-fair). Subcommands:\n" + "\n".join(lines),
@@ -76,12 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0 if argv else 2
     if args.command in ADDON_COMMANDS:
-        if args.command in ("report", "debias", "demo"):  # they load OpenRLHF's models: serve its CUDA-only imports if missing
-            from openrlhf_fair import cpu_backend
-
-            cpu_backend.serve_missing_host_imports()
-        module = importlib.import_module(ADDON_COMMANDS[args.command][0])
-        return module.main(rest)
+        return run_addon_command(args.command, rest)
     if args.command in commands:
         return run_host_cli(args.command, rest, cpu=args.cpu)
     known = ", ".join(commands + list(ADDON_COMMANDS)) or f"none ({describe_host()})"

@@ -13,19 +13,12 @@ with their traceback.
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import os
 import runpy
 import sys
 from pathlib import Path
 
-# The feature module and function each trainer command's fairness flags apply: ``function(config) -> undo``.
-HOST_FEATURES = {
-    "train_rm": ("openrlhf_fair.features.pairwise_trainer", "apply_rm_fairness"),
-    "train_dpo": ("openrlhf_fair.features.pairwise_trainer", "apply_dpo_fairness"),
-    "train_ppo_ray": ("openrlhf_fair.features.experience_maker", "apply_fairness"),
-}
 HOST_CLI_PACKAGE = "openrlhf.cli"
 DEBUG_ENV = "OPENRLHF_FAIR_DEBUG"
 
@@ -63,6 +56,24 @@ def run_host_cli(command: str, argv: list[str], cpu: bool | None = None) -> int:
         return 2
 
 
+def apply_fairness(command: str, config) -> None:
+    """Apply the fairness feature of a trainer command (its settings come from `cli.flags`)."""
+    if command == "train_rm":
+        from openrlhf_fair.features.pairwise_trainer import apply_rm_fairness
+
+        apply_rm_fairness(config)
+    elif command == "train_dpo":
+        from openrlhf_fair.features.pairwise_trainer import apply_dpo_fairness
+
+        apply_dpo_fairness(config)
+    elif command == "train_ppo_ray":
+        from openrlhf_fair.features.experience_maker import apply_fairness as apply_ppo_fairness
+
+        apply_ppo_fairness(config)
+    else:
+        raise AssertionError(f"no fairness feature for {command!r}")  # cli.flags gives configs only to these
+
+
 def _run_host_cli(command: str, argv: list[str], cpu: bool | None) -> int:
     from openrlhf_fair.cli import flags
     from openrlhf_fair.host import compat
@@ -83,8 +94,7 @@ def _run_host_cli(command: str, argv: list[str], cpu: bool | None) -> int:
 
     cpu_backend.maybe_activate(command, cpu)
     if config is not None:
-        feature, function = HOST_FEATURES[command]
-        getattr(importlib.import_module(feature), function)(config)
+        apply_fairness(command, config)
 
     module = f"{HOST_CLI_PACKAGE}.{command}"
     saved_argv = sys.argv

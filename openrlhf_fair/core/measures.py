@@ -23,7 +23,14 @@ import torch
 from openrlhf_fair.errors import FairnessInputError
 from openrlhf_fair.core.fairness import exp_or_inf, fairness_sign, log_fairness, log_fairness_of_margins
 
+# Every metric the add-on logs or reports is named METRIC_NAMESPACE + name (RM, DPO, PPO and the report alike);
+# PPO's per-label mean rewards are LABEL_REWARD_PREFIX + metric_safe_name(label).
+METRIC_NAMESPACE = "fairness/"
+LABEL_REWARD_PREFIX = METRIC_NAMESPACE + "label_reward/"
+
 __all__ = [
+    "LABEL_REWARD_PREFIX",
+    "METRIC_NAMESPACE",
     "best_minus_worst_gap",
     "coefficient_of_variation",
     "generalized_entropy",

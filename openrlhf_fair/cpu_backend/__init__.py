@@ -33,7 +33,8 @@ from openrlhf_fair.host.patching import undo_all
 
 ENV_VAR = "OPENRLHF_FAIR_CPU"
 
-__all__ = ["ENV_VAR", "activate", "is_active", "maybe_activate", "serve_missing_host_imports", "wanted"]
+__all__ = ["ENV_VAR", "activate", "is_active", "maybe_activate", "serve_missing_host_imports", "wanted",
+           "worker_process_setup"]
 
 _undo: Callable[[], None] | None = None
 
@@ -132,3 +133,26 @@ def activate(command: str) -> Callable[[], None]:
             flush=True,
         )
     return undo
+
+
+# Ray workers of a CPU-backend train_ppo_ray job (`ray_support` names this function as their process-start setup).
+def _activate_after_import(_module) -> None:
+    activate("train_ppo_ray")
+
+
+def worker_process_setup(payload=None) -> None:
+    """Run at the start of each Ray worker process of the job; cheap (no torch import).
+
+    Serves the vllm / flash_attn stand-ins where the real packages are missing (Ray may import an actor's
+    module, which imports them, before ``openrlhf`` itself), and activates the whole CPU backend right
+    after the worker first imports ``openrlhf``.
+    """
+    from openrlhf_fair.host import import_hooks
+
+    from . import stand_ins
+    from .ray_support import WORKER_ENV
+
+    os.environ.setdefault(WORKER_ENV, "1")
+    for name in ("vllm", "flash_attn"):
+        stand_ins.install(name)
+    import_hooks.when_imported("openrlhf", _activate_after_import)

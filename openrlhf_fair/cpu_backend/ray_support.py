@@ -7,12 +7,12 @@ and puts every model in a Ray actor that asks for ``num_gpus=1`` (or 0.2 when co
   otherwise advertise the machine's address unless ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``) with logical
   GPUs and CPUs for OpenRLHF's actors to schedule on, without the dashboard, and with the job's
   process-start setup (`host.ray_workers.with_process_start`, the one way into Ray workers) that runs
-  `worker_process_setup` in every Ray worker; at exit it stops that Ray and its workers. It serves
+  `cpu_backend.worker_process_setup` in every Ray worker; at exit it stops that Ray and its workers. It serves
   ``import vllm`` from the stand-in (`rollout_engine`; only when vllm is not installed), waits for the
   rollout engines to be up (an engine error shows at once), sends the weights over gloo
   (``--vllm.sync_backend nccl`` and thus CUDA IPC become gloo), and rejects the PPO flags the CPU cannot
   serve (`check_ppo_args`, a `host.parsed_args` hook) before Ray starts.
-- `worker_process_setup()` (each Ray worker, at start) is lazy: it serves the vllm / flash_attn stand-ins
+- `cpu_backend.worker_process_setup()` (each Ray worker, at start) is lazy: it serves the vllm / flash_attn stand-ins
   where those packages are missing and asks `host.import_hooks.when_imported` to activate the CPU backend
   (``openrlhf_fair.cpu_backend.activate``) when the worker first imports ``openrlhf``, i.e. when it
   unpickles one of OpenRLHF's actor classes; Ray's own processes and idle workers never import torch
@@ -44,7 +44,7 @@ from openrlhf_fair.host import import_hooks, parsed_args, ray_workers
 from openrlhf_fair.host.patching import patch_attribute, undo_all
 
 PATCH_ID = "openrlhf_fair.cpu_backend.ray_support"
-WORKER_TARGET = "openrlhf_fair.cpu_backend.ray_support:worker_process_setup"
+WORKER_TARGET = "openrlhf_fair.cpu_backend:worker_process_setup"
 SEED_TARGET = "openrlhf_fair.cpu_backend.ray_support:seed_worker"
 WORKER_ENV = "OPENRLHF_FAIR_RAY_WORKER"  # set in Ray workers' environment by the driver
 LOOPBACK = "127.0.0.1"
@@ -342,24 +342,3 @@ def seed_worker(payload: Dict[str, Any]) -> None:
     import transformers
 
     transformers.set_seed(payload["seed"])
-
-
-def _activate_after_import(_module) -> None:
-    from openrlhf_fair.cpu_backend import activate
-
-    activate("train_ppo_ray")
-
-
-def worker_process_setup(payload=None) -> None:
-    """Run at the start of each Ray worker process of the job; cheap (no torch import).
-
-    Serves the vllm / flash_attn stand-ins where the real packages are missing (Ray may import an actor's
-    module, which imports them, before ``openrlhf`` itself), and activates the whole CPU backend right
-    after the worker first imports ``openrlhf``.
-    """
-    from openrlhf_fair.cpu_backend import stand_ins
-
-    os.environ.setdefault(WORKER_ENV, "1")
-    for name in ("vllm", "flash_attn"):
-        stand_ins.install(name)
-    import_hooks.when_imported("openrlhf", _activate_after_import)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from openrlhf_fair.debias.projection import DebiasError
+from openrlhf_fair.errors import DebiasError
 
 __all__ = ["Head", "HiddenStates", "LOADED_DTYPE", "RECORD_KEY", "hidden_states", "read_head", "write_checkpoint"]
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from openrlhf_fair.debias import checkpoint, projection
-from openrlhf_fair.debias.projection import DebiasError
+from openrlhf_fair.errors import DebiasError
 
 __all__ = ["Removal", "build_parser", "figures", "main", "parse_removals", "run_debias"]
 

@@ -27,13 +27,13 @@ from openrlhf_fair.host.compat import host_arg
 from openrlhf_fair.errors import HostMismatchError
 from openrlhf_fair.host.patching import patch_attribute, require_attribute, undo_all
 from openrlhf_fair.features.labels import LABEL_INFO_KEY  # carried per sample; popped before logging
+from openrlhf_fair.core.measures import METRIC_NAMESPACE
 from openrlhf_fair.settings import PPOFairnessConfig
 
 PATCH_ID = "openrlhf_fair.experience_maker"
 HOOK_ID = "openrlhf_fair.experience_maker.hook"
 HOST_MODULE = "openrlhf.trainer.ppo_utils.experience_maker"
 WORKER_TARGET = "openrlhf_fair.features.experience_maker:apply_in_worker"
-METRIC_PREFIX = "fairness/"
 MAX_LABEL_METRICS = 32  # per-label mean rewards logged for at most this many labels per batch
 CLIPPED_WARNING_FRACTION = 0.5  # warn (once) when more than this share of a batch's weights is clipped
 STATE_ATTR = "_openrlhf_fair_state"
@@ -54,9 +54,9 @@ def _log(message: str, warning: bool = False) -> None:
 
 
 def _metric_name(label) -> str:
-    from openrlhf_fair.core.measures import metric_safe_name
+    from openrlhf_fair.core.measures import LABEL_REWARD_PREFIX, metric_safe_name
 
-    return METRIC_PREFIX + "label_reward/" + metric_safe_name(label)
+    return LABEL_REWARD_PREFIX + metric_safe_name(label)
 
 
 # --------------------------------------------------------------------------------------------- the step
@@ -130,7 +130,7 @@ def shape_experiences(maker, experiences: List, config: PPOFairnessConfig) -> Li
             "function around 0), raise --fair_temperature, or lower --fair_reg. (Shown once; see fairness/clipped_frac.)",
             warning=True,
         )
-    constants = {METRIC_PREFIX + key: value for key, value in shaping.metrics().items()}
+    constants = {METRIC_NAMESPACE + key: value for key, value in shaping.metrics().items()}
     if label_names is not None:
         sums = torch.zeros(len(label_names), dtype=torch.float64).index_add_(0, shaping.agent_ids, rewards)
         counts = torch.bincount(shaping.agent_ids, minlength=len(label_names))
@@ -155,17 +155,17 @@ def shape_experiences(maker, experiences: List, config: PPOFairnessConfig) -> Li
             exp.advantages = exp.advantages * weight.to(exp.advantages.device, exp.advantages.dtype).unsqueeze(-1)
         if size not in shared:
             shared[size] = {key: torch.full((size,), value, dtype=torch.float32) for key, value in constants.items()}
-        exp.info[METRIC_PREFIX + "weight"] = weight
-        exp.info[METRIC_PREFIX + "raw_reward"] = raw_reward
+        exp.info[METRIC_NAMESPACE + "weight"] = weight
+        exp.info[METRIC_NAMESPACE + "raw_reward"] = raw_reward
         exp.info.update(shared[size])
         if exp.rewards.device.type != "cpu":  # OpenRLHF makes experience on CPU; keep info beside the rewards
-            for key in (METRIC_PREFIX + "weight", METRIC_PREFIX + "raw_reward", *constants):
+            for key in (METRIC_NAMESPACE + "weight", METRIC_NAMESPACE + "raw_reward", *constants):
                 exp.info[key] = exp.info[key].to(exp.rewards.device)
 
     _log(
         f"[Fairness shaping] batch {batch}: {rewards.numel()} samples, {shaping.num_agents} agents ({config.unit}), "
-        f"F={shaping.fairness:.4f}, weights in [{constants[METRIC_PREFIX + 'weight_min']:.3f}, "
-        f"{constants[METRIC_PREFIX + 'weight_max']:.3f}], {shaping.num_clipped} clipped"
+        f"F={shaping.fairness:.4f}, weights in [{constants[METRIC_NAMESPACE + 'weight_min']:.3f}, "
+        f"{constants[METRIC_NAMESPACE + 'weight_max']:.3f}], {shaping.num_clipped} clipped"
         + ("" if config.enabled else " (measure only: advantages unchanged)")
     )
     return experiences
@@ -273,7 +273,7 @@ def apply_fairness(config: PPOFairnessConfig) -> Callable[[], None]:
 
 __all__ = [
     "LABEL_INFO_KEY",
-    "METRIC_PREFIX",
+    "METRIC_NAMESPACE",
     "active_config",
     "apply_fairness",
     "apply_in_process",

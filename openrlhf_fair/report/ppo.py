@@ -16,10 +16,9 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from openrlhf_fair.core.measures import LABEL_REWARD_PREFIX, METRIC_NAMESPACE
 from openrlhf_fair.errors import PpoReportError
 
-NAMESPACE = "fairness/"
-LABEL_PREFIX = NAMESPACE + "label_reward/"
 
 
 def find_runs(logdir: Path) -> list[Path]:
@@ -41,7 +40,7 @@ def read_fairness_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     accumulator.Reload()
     series = {}
     for tag in accumulator.Tags().get("scalars", []):
-        at = tag.find(NAMESPACE)
+        at = tag.find(METRIC_NAMESPACE)
         if at < 0:
             continue
         series[tag[at:]] = [(int(e.step), float(e.value)) for e in accumulator.Scalars(tag)]
@@ -49,7 +48,7 @@ def read_fairness_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def labels_of(series: dict) -> list[str]:
-    return sorted(name[len(LABEL_PREFIX):] for name in series if name.startswith(LABEL_PREFIX))
+    return sorted(name[len(LABEL_REWARD_PREFIX):] for name in series if name.startswith(LABEL_REWARD_PREFIX))
 
 
 def summary_table(runs: dict[str, dict]) -> str:
@@ -61,12 +60,12 @@ def summary_table(runs: dict[str, dict]) -> str:
             continue
         steps = len(next(iter(series.values())))
         labels = labels_of(series)
-        rewards = "; ".join(f"{label} {series[LABEL_PREFIX + label][0][1]:+.3f} -> {series[LABEL_PREFIX + label][-1][1]:+.3f}"
+        rewards = "; ".join(f"{label} {series[LABEL_REWARD_PREFIX + label][0][1]:+.3f} -> {series[LABEL_REWARD_PREFIX + label][-1][1]:+.3f}"
                             for label in labels) or "- (no label unit)"
         gap = "-"
         if len(labels) >= 2:
             def gap_at(i):
-                values = [series[LABEL_PREFIX + label][i][1] for label in labels]
+                values = [series[LABEL_REWARD_PREFIX + label][i][1] for label in labels]
                 return max(values) - min(values)
             gap = f"{gap_at(0):.3f} -> {gap_at(-1):.3f}"
         weights = "-"
@@ -92,7 +91,7 @@ def plot(runs: dict[str, dict], path: Path) -> None:
     for r, (name, series) in enumerate(runs.items()):
         colour = colours[r % len(colours)]
         for g, label in enumerate(labels_of(series)):
-            steps, values = zip(*series[LABEL_PREFIX + label])
+            steps, values = zip(*series[LABEL_REWARD_PREFIX + label])
             axes[0].plot(steps, values, styles[g % len(styles)], color=colour, marker=".", label=f"{name}: {label}")
         if "fairness/weight_min" in series and "fairness/weight_max" in series:
             steps, low = zip(*series["fairness/weight_min"])

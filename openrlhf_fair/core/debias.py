@@ -19,6 +19,8 @@ from collections.abc import Sequence
 
 import torch
 
+from openrlhf_fair.errors import DebiasError
+
 __all__ = ["DebiasError", "MIN_GROUP_PAIRS", "MIN_LENGTH_PAIRS", "group_directions", "length_direction",
            "orthonormal_basis", "project_head", "rescale_to_std", "spearman"]
 
@@ -28,10 +30,6 @@ MIN_GROUP_PAIRS = 10  # pairs in each group
 
 # A direction whose part orthogonal to the earlier ones is below this share of its norm adds nothing new.
 _PARALLEL_TOL = 1e-6
-
-
-class DebiasError(ValueError):
-    """Input `debias` cannot work with (a setting, the data, the checkpoint); the message says what to do."""
 
 
 def _matrix(hidden, what: str) -> torch.Tensor:
