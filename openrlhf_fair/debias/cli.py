@@ -2,7 +2,7 @@
 
 Steps: check every input; load the model as `report` does; run it once over the pairs, keeping each response's
 last-token hidden state; estimate the directions on the fit part of the pairs; project them out of the head
-(`projection.project_head`) and rescale it so the rewards' std on the fit part is kept; print accuracy, length
+(`core.debias.project_head`) and rescale it so the rewards' std on the fit part is kept; print accuracy, length
 correlation, group gap and reward std before and after on the held-out part; write the new checkpoint.
 """
 
@@ -17,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-from openrlhf_fair.debias import checkpoint, projection
+from openrlhf_fair.core import debias as projection
+from openrlhf_fair.debias import checkpoint
 from openrlhf_fair.errors import DebiasError
 
 __all__ = ["Removal", "build_parser", "figures", "main", "parse_removals", "run_debias"]
