@@ -39,42 +39,39 @@ def _finite(name: str, value: float) -> float:
     return value
 
 
-def setting(default, help: str, *, metavar=None, choices=None, flag=None, deprecation_note: str = "",
-            counterpart: str = "", commands=None):
+def setting(default, help: str, *, metavar=None, choices=None, flag=None, counterpart: str = "", commands=None):
     """A config field with everything its command-line flag needs (TRL style: the field is the one definition).
 
     help: what it does, the paper it comes from and a sensible value (`openrlhf_fair.cli.flags` appends the
-    default). flag: the flag's full name when it is not ``--<FLAG_PREFIX><field name>`` (such a flag has no
-    deprecated alias). deprecation_note: added to the one-time message printed when the deprecated alias is used.
+    default). flag: the flag's full name when it is not ``--<FLAG_PREFIX><field name>``.
     counterpart: what to pass instead when the flag is given to a subcommand that does not have it.
     commands: the subcommands that have the flag (None: all that use the config class).
     """
-    metadata = {"help": help, "metavar": metavar, "choices": choices, "flag": flag, "deprecation_note": deprecation_note,
-                "counterpart": counterpart, "commands": commands}
+    metadata = {"help": help, "metavar": metavar, "choices": choices, "flag": flag, "counterpart": counterpart,
+                "commands": commands}
     return field(default=default, metadata=metadata)
 
 
-FC_DIRECTION = (
-    "On train_rm/train_dpo the coefficient is the published Fairness Coefficient, loss = base_loss * F**GAMMA, whose "
-    "gradient LOWERS fairness (add --fairness_coef_form inverse for the form that raises it); on train_ppo_ray "
-    "--fair_coef multiplies a utility that is maximised and RAISES fairness. One spelling per direction: "
-    "--fairness_coef (train_rm/train_dpo), --fair_coef (train_ppo_ray)."
-)
+# The fairness coefficient points opposite ways on the two sides; a flag of one side given to the other is refused
+# with these words (`counterpart`: what to pass instead).
+FC_ON_PPO = ("--fair_coef GAMMA, which multiplies a utility that is maximised: on train_ppo_ray the coefficient "
+             "RAISES fairness")
+FC_ON_PAIRWISE = ("--fairness_coef GAMMA, the published Fairness Coefficient loss = base_loss * F**GAMMA, whose "
+                  "gradient LOWERS fairness (add --fairness_coef_form inverse for the form that raises it)")
 
 
 @dataclass(frozen=True)
 class RewardFairnessConfig:
     """Fairness settings of one pairwise-preference run. See the module docstring for the formulas."""
 
-    FLAG_PREFIX: ClassVar[str] = "fairness_"  # flags --fairness_<field>; --fair_<field> is the deprecated alias
-    DEPRECATED_PREFIX: ClassVar[str] = "fair_"
+    FLAG_PREFIX: ClassVar[str] = "fairness_"  # flags --fairness_<field> (train_ppo_ray's are --fair_<field>)
 
     reg: Optional[float] = setting(
         None, "Fairness Regularization (FR): loss = base_loss - ALPHA * F. The paper uses 0.1; 1.0 shows an effect "
               "on small models.", metavar="ALPHA")
     coef: Optional[float] = setting(
         None, "Fairness Coefficient (FC) as published: loss = base_loss * F**GAMMA; its gradient LOWERS fairness "
-              "(see --fairness_coef_form). The paper uses 0.5.", metavar="GAMMA", deprecation_note=FC_DIRECTION)
+              "(see --fairness_coef_form). The paper uses 0.5.", metavar="GAMMA", counterpart=FC_ON_PPO)
     coef_form: str = setting(
         "paper", "paper: F**GAMMA, whose gradient LOWERS fairness (as published); inverse: F**(-GAMMA), which "
                  "raises it.", choices=COEF_FORMS)
@@ -217,13 +214,12 @@ class PPOFairnessConfig:
     advantages are bit-identical to OpenRLHF's, and the fairness metrics are still logged (a baseline).
     """
 
-    FLAG_PREFIX: ClassVar[str] = "fair_"  # flags --fair_<field>; --fairness_<field> is the deprecated alias
-    DEPRECATED_PREFIX: ClassVar[str] = "fairness_"
+    FLAG_PREFIX: ClassVar[str] = "fair_"  # flags --fair_<field> (train_rm's and train_dpo's are --fairness_<field>)
 
     coef: float = setting(
         0.0, "Psi = U * F**GAMMA (the paper's fairness coefficient, as a welfare to maximise: it RAISES fairness, "
              "unlike train_rm's --fairness_coef). 0.5 recommended (the paper's value).",
-        metavar="GAMMA", deprecation_note=FC_DIRECTION)
+        metavar="GAMMA", counterpart=FC_ON_PAIRWISE)
     reg: float = setting(
         0.0, "Psi = U + ALPHA * F (the paper's fairness regularisation). The paper uses 0.1; 0.5-1 for a visible "
              "effect. With --fair_coef too: Psi = U * F**GAMMA + ALPHA * F.", metavar="ALPHA")

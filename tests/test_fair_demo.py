@@ -31,8 +31,8 @@ def test_parse_methods_labels_and_flags():
     assert "fc_inverse_g0.5" in [m.label for m in demo.parse_methods(demo.SWEEP, DEFAULTS)]
 
 
-def test_reward_level_kinds_and_the_first_release_names():
-    level, rc, bsr, old = demo.parse_methods("level:T=0.1:group_key=category,rc,bsr:coef=0.1,fr:alpha=3", DEFAULTS)
+def test_reward_level_kinds():
+    level, rc, bsr, fr = demo.parse_methods("level:T=0.1:group_key=category,rc,bsr:coef=0.1,fr:reg=3", DEFAULTS)
     assert level.label == "level_r2_T0.1_group"
     assert level.fairness_flags() == ["--fairness_level_reg", "2.0", "--fairness_tau", "-1.0",
                                       "--fairness_level_temperature", "0.1", "--fairness_group_key", "category"]
@@ -40,11 +40,13 @@ def test_reward_level_kinds_and_the_first_release_names():
     assert [m.params["temperature"] for m in own] == [1.0, 0.05]  # level's T is in units of the level std
     assert (rc.label, rc.fairness_flags()) == ("rc_c0.01", ["--reward_centering", "0.01"])
     assert (bsr.label, bsr.fairness_flags()) == ("bsr_c0.1", ["--batch_sum_reg", "0.1"])
-    assert (old.label, old.fairness_flags()[:2]) == ("fr_a3", ["--fairness_reg", "3.0"])  # alpha= is reg=
+    assert (fr.label, fr.fairness_flags()[:2]) == ("fr_a3", ["--fairness_reg", "3.0"])
+    with pytest.raises(demo.DemoError, match="unknown parameter 'alpha'"):
+        demo.parse_methods("fr:alpha=3", DEFAULTS)
 
 
 def test_demo_flags_fill_each_kinds_strength(monkeypatch, tmp_path):
-    args = demo.build_parser().parse_args(["--alpha", "0.3", "--coef", "2", "--level-reg", "4", "--baseline-coef", "0.2"])
+    args = demo.build_parser().parse_args(["--reg", "0.3", "--coef", "2", "--level-reg", "4", "--baseline-coef", "0.2"])
     assert (args.reg, args.coef, args.level_reg, args.baseline_coef) == (0.3, 2.0, 4.0, 0.2)
 
 

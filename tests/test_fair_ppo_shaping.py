@@ -246,7 +246,7 @@ def test_flags_build_the_config_and_stay_off_by_default():
 
     config, rest = parse_fairness_args(
         "train_ppo_ray",
-        ["--actor.model_name_or_path", "m", "--fair_coef", "0.5", "--fairness_unit", "label:cat", "--fair_weight_clip", "0.1", "3"],
+        ["--actor.model_name_or_path", "m", "--fair_coef", "0.5", "--fair_unit", "label:cat", "--fair_weight_clip", "0.1", "3"],
     )
     assert config == PPOFairnessConfig(coef=0.5, unit="label:cat", weight_clip=(0.1, 3.0))
     assert rest == ["--actor.model_name_or_path", "m"]

@@ -1,4 +1,4 @@
-"""The reward-fairness flags (`openrlhf_fair.cli.flags`): split off an OpenRLHF command line, both prefixes."""
+"""The reward-fairness flags (`openrlhf_fair.cli.flags`): split off an OpenRLHF command line."""
 
 import pytest
 
@@ -14,8 +14,9 @@ def test_no_fairness_flag_gives_no_config_and_the_argv_untouched():
 
 
 @pytest.mark.parametrize("command", ["train_rm", "train_dpo"])
-def test_both_prefixes_and_host_flags_keep_their_order(command):
-    argv = ["--local_rank=1", *HOST[:2], "--fair_reg", "0.1", *HOST[2:], "--fairness_tau=-2", "--fair_group_key", "category"]
+def test_fairness_and_host_flags_keep_their_order(command):
+    argv = ["--local_rank=1", *HOST[:2], "--fairness_reg", "0.1", *HOST[2:], "--fairness_tau=-2", "--fairness_group_key",
+            "category"]
     config, rest = parse_fairness_args(command, argv)
     assert config == RewardFairnessConfig(reg=0.1, tau=-2.0, group_key="category")
     assert rest == ["--local_rank=1", *HOST]
@@ -23,8 +24,8 @@ def test_both_prefixes_and_host_flags_keep_their_order(command):
 
 def test_every_flag_reaches_the_config():
     config, rest = parse_fairness_args("train_rm", [
-        "--fairness_coef", "0.5", "--fair_coef_form", "inverse", "--fairness_tau", "0.5",
-        "--fair_temperature", "2", "--fairness_scope", "global",
+        "--fairness_coef", "0.5", "--fairness_coef_form", "inverse", "--fairness_tau", "0.5",
+        "--fairness_temperature", "2", "--fairness_scope", "global",
     ])
     assert rest == []
     assert config == RewardFairnessConfig(coef=0.5, coef_form="inverse", tau=0.5, temperature=2.0, scope="global")
@@ -32,7 +33,7 @@ def test_every_flag_reaches_the_config():
 
 
 def test_other_flags_alone_measure_without_changing_the_loss():
-    config, _ = parse_fairness_args("train_rm", ["--fair_group_key", "category"])
+    config, _ = parse_fairness_args("train_rm", ["--fairness_group_key", "category"])
     assert config.method == "none" and config.group_key == "category"
 
 
@@ -60,8 +61,8 @@ def test_bad_values_exit_2_with_a_message(capsys, argv, message):
     assert "openrlhf train_rm: error:" in err and message in err
 
 
-def test_help_names_every_flag_with_both_prefixes():
+def test_help_names_every_flag_and_no_other_spelling():
     text = fairness_help("train_rm")
     for name in ("reg", "coef", "coef_form", "tau", "temperature", "scope", "group_key"):
-        assert f"--fairness_{name}" in text and f"--fair_{name}" in text
+        assert f"--fairness_{name}" in text and f"--fair_{name}" not in text
     assert not text.startswith("usage:")

@@ -1,4 +1,4 @@
-"""One definition per setting: the flags are generated from the config dataclasses' fields (`config.setting`)."""
+"""One definition per setting: the flags are generated from the config dataclasses' fields (`settings.setting`)."""
 
 import dataclasses
 
@@ -13,12 +13,6 @@ RM_VALUES = {"reg": ("0.3", 0.3), "tau": ("-2", -2.0), "temperature": ("2", 2.0)
              "group_key": ("category", "category")}
 PPO_VALUES = {"coef": ("0.5", 0.5), "reg": ("0.1", 0.1), "tau": ("-2", -2.0), "temperature": ("3", 3.0),
               "unit": ("prompt", "prompt"), "weight_clip": (["0.1", "4"], (0.1, 4.0))}
-
-
-@pytest.fixture(autouse=True)
-def fresh_deprecation_memory(monkeypatch):
-    monkeypatch.setattr(flags, "_warned", set())
-    monkeypatch.delenv("RANK", raising=False)
 
 
 def _argv(config_class, values):
@@ -52,34 +46,29 @@ def test_each_flag_sets_its_field_and_only_that(command, values):
 
 
 @pytest.mark.parametrize(
-    "command, old, new",
+    "command, other, ours",
     [("train_rm", "--fair_reg", "--fairness_reg"), ("train_dpo", "--fair_tau", "--fairness_tau"),
-     ("train_ppo_ray", "--fairness_coef", "--fair_coef"), ("train_ppo_ray", "--fairness_unit", "--fair_unit")],
+     ("train_ppo_ray", "--fairness_reg", "--fair_reg"), ("train_ppo_ray", "--fairness_tau", "--fair_tau")],
 )
-def test_old_spelling_still_works_once_with_a_deprecation_message(capsys, command, old, new):
-    value = "prompt" if old.endswith("unit") else "-2" if old.endswith("tau") else "0.5"
-    with_new, _ = parse_fairness_args(command, [new, value])
-    assert capsys.readouterr().err == ""
-    with_old, _ = parse_fairness_args(command, [old, value])
+def test_the_other_sides_spelling_is_refused_naming_ours(capsys, command, other, ours):
+    with pytest.raises(SystemExit) as stop:
+        parse_fairness_args(command, [other, "0.5"])
+    assert stop.value.code == 2
     err = capsys.readouterr().err
-    assert with_old == with_new
-    assert err.count("\n") == 1 and f"{old} is deprecated on {command}" in err and f"use {new}" in err
-    parse_fairness_args(command, [f"{old}={value}"])  # the same spelling again: no second message
-    assert capsys.readouterr().err == ""
+    assert f"{other} is a flag of" in err and f"not of {command}; on {command} use {ours}" in err
 
 
-def test_fair_coef_on_train_rm_names_the_direction_of_both_spellings(capsys):
-    config, _ = parse_fairness_args("train_rm", ["--fair_coef", "0.5"])
-    assert config == RewardFairnessConfig(coef=0.5, coef_form="paper")  # unchanged meaning for this release
+def test_fair_coef_on_train_rm_is_refused_naming_the_direction_of_both_spellings(capsys):
+    with pytest.raises(SystemExit):
+        parse_fairness_args("train_rm", ["--fair_coef", "0.5"])
     err = capsys.readouterr().err
-    assert "use --fairness_coef" in err and "LOWERS fairness" in err and "--fairness_coef_form inverse" in err
-    assert "train_ppo_ray --fair_coef" in err and "RAISES fairness" in err
-
-
-def test_deprecation_message_comes_from_rank_0_only(capsys, monkeypatch):
-    monkeypatch.setenv("RANK", "1")
-    assert parse_fairness_args("train_rm", ["--fair_reg", "0.1"])[0] == RewardFairnessConfig(reg=0.1)
-    assert capsys.readouterr().err == ""
+    assert "--fair_coef is a flag of train_ppo_ray, not of train_rm; on train_rm use --fairness_coef GAMMA" in err
+    assert "LOWERS fairness" in err and "--fairness_coef_form inverse" in err
+    with pytest.raises(SystemExit):
+        parse_fairness_args("train_ppo_ray", ["--fairness_coef", "0.5"])
+    err = capsys.readouterr().err
+    assert "--fairness_coef is a flag of train_rm/train_dpo, not of train_ppo_ray; on train_ppo_ray use --fair_coef" in err
+    assert "RAISES fairness" in err
 
 
 def test_train_rm_only_settings_are_not_flags_of_train_dpo(capsys):
@@ -92,7 +81,7 @@ def test_train_rm_only_settings_are_not_flags_of_train_dpo(capsys):
                                                  "--fairness_level_reg", "1", "--fairness_level_temperature", "0.5"])
     assert config == RewardFairnessConfig(reward_centering=0.01, batch_sum_reg=0.02, level_reg=1.0,
                                           level_temperature=0.5)
-    assert capsys.readouterr().err == ""  # new flags have no deprecated spelling
+    assert capsys.readouterr().err == ""
 
 
 def test_saved_settings_use_the_shared_vocabulary():

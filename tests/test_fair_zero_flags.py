@@ -12,7 +12,7 @@ HOST = ["--model.model_name_or_path", "m", "--train.micro_batch_size", "8"]
 
 
 @pytest.mark.parametrize("command", ["train_rm", "train_dpo"])
-@pytest.mark.parametrize("spelling", ["--fairness_", "--fair_"])  # current and deprecated
+@pytest.mark.parametrize("spelling", ["--fairness_"])
 def test_reward_and_dpo_zero_values(command, spelling):
     config, rest = parse_fairness_args(command, [*HOST, f"{spelling}tau", "0", f"{spelling}reg", "0"])
     assert rest == HOST

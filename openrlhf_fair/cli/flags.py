@@ -3,8 +3,8 @@
 Each setting is defined once, as a field of `RewardFairnessConfig` (train_rm, train_dpo) or `PPOFairnessConfig`
 (train_ppo_ray) whose metadata holds its help text (`openrlhf_fair.settings.setting`); this module turns every field
 into one flag, ``--<FLAG_PREFIX><field>`` (``--fairness_reg``, ``--fair_coef``), with type, choices and default
-taken from the field. The other prefix (``--fair_reg`` on train_rm, ``--fairness_coef`` on train_ppo_ray) is
-still accepted for one release, with a one-time deprecation message on stderr naming the new spelling.
+taken from the field. A flag of another subcommand (``--fair_reg`` on train_rm, ``--fairness_coef`` on
+train_ppo_ray) is refused, naming the spelling to use.
 
 `parse_fairness_args(command, argv)` splits our flags off an OpenRLHF command line and returns
 ``(config, remaining_argv)``; config is None when no add-on flag was given (then nothing is patched and the
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
-import os
 import sys
 import typing
 from typing import Optional
@@ -52,25 +51,6 @@ FLAG_SETS: dict[str, tuple[type, str, str]] = {
     ),
 }
 
-_warned: set[str] = set()  # deprecated spellings already reported by this process
-
-
-class _Deprecated(argparse.Action):
-    """Stores like ``store``; the first use of a deprecated spelling prints one message to stderr."""
-
-    def __init__(self, *args, new_flag: str, command: str, note: str = "", **kwargs):
-        super().__init__(*args, **kwargs)
-        self.new_flag, self.command, self.note = new_flag, command, note
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        setattr(namespace, self.dest, values)
-        if option_string != self.new_flag and option_string not in _warned:
-            _warned.add(option_string)
-            if os.environ.get("RANK", "0") == "0":  # once per run, not once per torchrun/deepspeed rank
-                print(f"openrlhf-fair: {option_string} is deprecated on {self.command} and will be removed in the next "
-                      f"release; use {self.new_flag}. {self.note}".rstrip(), file=sys.stderr, flush=True)
-
-
 def _flag_type(hint) -> tuple[type, Optional[int]]:
     """(argparse type, nargs) of a field's type hint: Optional[X] -> X; tuple[X, X] -> X with nargs 2."""
     args = [a for a in typing.get_args(hint) if a is not type(None)]
@@ -92,18 +72,15 @@ def flag_name(config_class: type, field: dataclasses.Field) -> str:
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
     """One flag per field of the command's config class; every default is None (a given flag is then known)."""
     config_class, title, description = FLAG_SETS[command]
-    old = f"--{config_class.DEPRECATED_PREFIX}*"
-    group = parser.add_argument_group(title, f"{description} The {old} spellings are deprecated (one more release).")
+    group = parser.add_argument_group(title, description)
     hints = typing.get_type_hints(config_class)
     for field in fields_of(command):
         meta, name = field.metadata, flag_name(config_class, field)
-        names = [name] if meta["flag"] else [name, f"--{config_class.DEPRECATED_PREFIX}{field.name}"]
         flag_type, nargs = _flag_type(hints[field.name])
         default = " ".join(map(str, field.default)) if isinstance(field.default, tuple) else field.default
         help_text = meta["help"] + ("" if field.default is None else f" Default: {default}.")
-        group.add_argument(*names, dest=field.name, type=flag_type, nargs=nargs, choices=meta["choices"],
-                           default=None, metavar=meta["metavar"], help=help_text, action=_Deprecated,
-                           new_flag=name, command=command, note=meta["deprecation_note"])
+        group.add_argument(name, dest=field.name, type=flag_type, nargs=nargs, choices=meta["choices"],
+                           default=None, metavar=meta["metavar"], help=help_text)
     return parser
 
 
@@ -130,14 +107,9 @@ def config_from_namespace(command: str, ns: argparse.Namespace):
 
 
 def spellings(command: str) -> dict[str, dataclasses.Field]:
-    """Every accepted spelling of the command's add-on flags (current and deprecated) -> its setting."""
+    """The command's add-on flags -> their settings."""
     config_class = FLAG_SETS[command][0]
-    names = {}
-    for field in fields_of(command):
-        names[flag_name(config_class, field)] = field
-        if not field.metadata["flag"]:
-            names[f"--{config_class.DEPRECATED_PREFIX}{field.name}"] = field
-    return names
+    return {flag_name(config_class, field): field for field in fields_of(command)}
 
 
 def unknown_addon_flag(command: str, host_argv: list[str]) -> Optional[str]:
@@ -158,7 +130,9 @@ def unknown_addon_flag(command: str, host_argv: list[str]) -> Optional[str]:
             continue
         elsewhere = {other: spellings(other)[name] for other in FLAG_SETS if name in spellings(other)}
         if elsewhere:
-            counterpart = next(iter(elsewhere.values())).metadata["counterpart"]
+            field = next(iter(elsewhere.values()))
+            same = next((f for f in ours.values() if f.name == field.name), None)  # the same setting, other prefix
+            counterpart = field.metadata["counterpart"] or (flag_name(config_class, same) if same else "")
             instead = f"; on {command} use {counterpart}" if counterpart else ""
             return f"{name} is a flag of {'/'.join(elsewhere)}, not of {command}{instead}"
         close = difflib.get_close_matches(name, list(ours), n=1, cutoff=0.8)

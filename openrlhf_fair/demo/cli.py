@@ -63,11 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "reward-level fairness, rc / bsr: the reward-centering / batch-sum baselines), optionally "
                         "with parameters, e.g. 'bt,fr:reg=0.1,fc:coef=0.5:form=inverse,level:reg=1:group_key=category'")
     p.add_argument("--sweep", action="store_true", help=f"train the small grid {SWEEP!r} and add a Pareto table")
-    p.add_argument("--reg", "--alpha", dest="reg", type=float, default=1.0,
-                   help="fr's strength (--fairness_reg); the paper's default 0.1 barely moves a small model "
-                        "(--alpha: the first release's name)")
-    p.add_argument("--coef", "--gamma", dest="coef", type=float, default=0.5,
-                   help="fc's exponent (--fairness_coef; --gamma: the first release's name)")
+    p.add_argument("--reg", type=float, default=1.0,
+                   help="fr's strength (--fairness_reg); the paper's default 0.1 barely moves a small model")
+    p.add_argument("--coef", type=float, default=0.5, help="fc's exponent (--fairness_coef)")
     p.add_argument("--form", default="paper", choices=["paper", "inverse"], help="FC form (--fairness_coef_form)")
     p.add_argument("--level-reg", type=float, default=1.0, help="level's strength (--fairness_level_reg)")
     p.add_argument("--level-temperature", type=float, default=1.0,

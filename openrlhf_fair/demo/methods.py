@@ -59,7 +59,6 @@ class Method:
 
 _PARAM_NAMES = {"reg": float, "coef": float, "form": str, "tau": float, "temperature": float, "T": float,
                 "group_key": str, "label": str}
-_OLD_PARAM_NAMES = {"alpha": "reg", "gamma": "coef"}  # the first release's names, still accepted
 
 
 def _num(v) -> str:
@@ -111,7 +110,6 @@ def parse_methods(spec: str, defaults: dict) -> list[Method]:
             if "=" not in a:
                 raise DemoError(f"--methods: expected key=value in {item!r}, got {a!r}")
             key, value = a.split("=", 1)
-            key = _OLD_PARAM_NAMES.get(key, key)
             if key not in _PARAM_NAMES:
                 raise DemoError(f"--methods: unknown parameter {key!r} in {item!r} ({', '.join(_PARAM_NAMES)})")
             key = "temperature" if key == "T" else key
