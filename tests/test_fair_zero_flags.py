@@ -40,7 +40,7 @@ def test_train_rm_penalty_weights_given_as_zero(flag, field):
     assert config.method == "none"
 
 
-@pytest.mark.parametrize("spelling", ["--fair_", "--fairness_"])
+@pytest.mark.parametrize("spelling", ["--fair_"])
 def test_ppo_zero_values(spelling):
     config, rest = parse_fairness_args("train_ppo_ray", [*HOST, f"{spelling}tau", "0", f"{spelling}reg", "0.5"])
     assert rest == HOST and config.tau == 0.0 and config.reg == 0.5
