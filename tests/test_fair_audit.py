@@ -114,6 +114,30 @@ def test_stereotype_difference_to_the_baseline_is_paired():
     assert "base" not in res.vs_baseline
 
 
+def test_probe_sentences_are_scored_as_responses_to_the_prompt(monkeypatch):
+    """Plain models: prompt + sentence; chat models (--apply-chat-template): a user turn and an assistant turn."""
+    from openrlhf_fair.report import scoring
+
+    seen = {}
+
+    def fake_pairs(model, tokenizer, rows, **kwargs):
+        seen["rows"], seen["kwargs"] = rows, kwargs
+        return torch.tensor([1.0, 2.0]), torch.tensor([3.0, 4.0]), None
+
+    monkeypatch.setattr(scoring, "score_pairs", fake_pairs)
+    probes = stereotype.ProbeSet(["A x.", "A y."], ["B x.", "B y."], ["t", "t"], ["", ""])
+    more, less = stereotype.score_probes(None, None, probes, prompt="Say:", max_len=32, batch_size=4)
+    assert (more.tolist(), less.tolist()) == ([1.0, 2.0], [3.0, 4.0])
+    assert seen["rows"] == [{"prompt": "Say:", "chosen": "A x.", "rejected": "B x."},
+                            {"prompt": "Say:", "chosen": "A y.", "rejected": "B y."}]
+    assert seen["kwargs"]["prompt_key"] == "prompt" and seen["kwargs"]["max_len"] == 32
+    stereotype.score_probes(None, None, probes, max_len=32, batch_size=4, apply_chat_template=True)
+    assert seen["rows"][1] == {"prompt": [{"role": "user", "content": ""}],
+                               "chosen": [{"role": "assistant", "content": "A y."}],
+                               "rejected": [{"role": "assistant", "content": "B y."}]}
+    assert seen["kwargs"]["apply_chat_template"] is True
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Best-of-N: the within-prompt length measures
 
