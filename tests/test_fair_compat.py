@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import pytest
 
 from openrlhf_fair.host import compat
+from openrlhf_fair.host.patch_folders import release_tuple
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -219,7 +220,7 @@ def test_the_installed_release_is_detected_and_every_flat_name_matches_its_cli_f
     """On the installed OpenRLHF (the default env's 0.11.2, or a matrix env's flat release): the family fits its
     version, and every host argument the add-on names exists in its CLI files in the spelling `host_flag` gives."""
     found = compat.require_family()
-    release = compat._release(found.version)
+    release = release_tuple(found.version)
     assert found.nested == (release >= (0, 10, 2)), found
     text = compat._cli_text()
     missing = []

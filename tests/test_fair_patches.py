@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from openrlhf_fair.host.compat import HOOK_DIFF_FOLDERS, hook_diff_folder, installed_openrlhf_version
+from openrlhf_fair.host.compat import installed_openrlhf_version
+from openrlhf_fair.host.patch_folders import HOOK_DIFF_FOLDERS, hook_diff_folder
 
 REPO = Path(__file__).resolve().parents[1]
 PATCHES = REPO / "patches"

@@ -1,11 +1,11 @@
-"""Which patches/ folder's native hook diff fits an OpenRLHF release (`host.compat.hook_diff_folder`), at both
+"""Which patches/ folder's native hook diff fits an OpenRLHF release (`host.patch_folders.hook_diff_folder`), at both
 edges of every range of patches/README.md's table, written out by hand from that table."""
 
 from __future__ import annotations
 
 import pytest
 
-from openrlhf_fair.host.compat import hook_diff_folder
+from openrlhf_fair.host.patch_folders import hook_diff_folder
 
 # patches/README.md: openrlhf-0.9.3/ 0.9.3 - 0.9.8; openrlhf-0.10.1/ 0.9.9 - 0.10.1.post2;
 # openrlhf-0.11.1/ 0.10.2 - 0.11.1; openrlhf-0.11.2/ 0.11.2 and newer.

@@ -32,6 +32,7 @@ from typing import Any
 
 from openrlhf_fair.errors import HostMismatchError, UnsupportedHostError
 from openrlhf_fair.host import releases
+from openrlhf_fair.host.patch_folders import release_tuple
 
 DISTRIBUTIONS = ("openrlhf", "openrlhf-nightly")
 OLDEST_SUPPORTED = (0, 9, 3)
@@ -75,14 +76,6 @@ FLAT_NAMES: dict[str, str | tuple[str, ...]] = {
     "logger.wandb.run_name": "wandb_run_name",
 }
 HOST_CLIS = ("train_rm", "train_dpo", "train_ppo_ray")
-# patches/<folder>/extension-hooks.diff per range of releases whose hooked files share the diff's context (each
-# checked against every release's wheel, exact context); the newest folder also serves newer releases.
-HOOK_DIFF_FOLDERS = (  # (first release, last release, folder)
-    ((0, 9, 3), (0, 9, 8), "openrlhf-0.9.3"),  # flat; SamplesGenerator/Experience in experience_maker.py
-    ((0, 9, 9), (0, 10, 1), "openrlhf-0.10.1"),  # flat; experience.py / samples_generator.py
-    ((0, 10, 2), (0, 11, 1), "openrlhf-0.11.1"),  # nested; eval accuracy averaged over batches
-    ((0, 11, 2), None, "openrlhf-0.11.2"),  # nested; eval accuracy weighted by sample
-)
 _DOTTED_FLAG = re.compile(r"--([a-z][a-z0-9_]*(?:\.[a-z][a-z0-9_]*)+)")
 
 
@@ -118,11 +111,6 @@ def installed_openrlhf_version() -> str | None:
     return None
 
 
-def _release(version: str) -> tuple[int, ...] | None:
-    match = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", version)
-    return tuple(int(part or 0) for part in match.groups()) if match else None
-
-
 def _read(path: Path) -> str:
     return path.read_text(encoding="utf-8") if path.is_file() else ""
 
@@ -156,7 +144,7 @@ def require_family() -> Family:
             "(run `python3 -m openrlhf_fair.install`)"
         )
     root = Path(list(spec.submodule_search_locations)[0])
-    release = _release(version) if version else None
+    release = release_tuple(version) if version else None
     if release is not None and release < OLDEST_SUPPORTED:
         raise _refuse(version, root, "it is older than 0.9.3, the oldest release the add-on is built and tested for")
     ppo_utils = root / "trainer" / "ppo_utils"
@@ -172,15 +160,6 @@ def require_family() -> Family:
         raise _refuse(version, root, "neither openrlhf/utils/config.py:hierarchize (nested args, 0.10.2+) nor the flat "
                                      "flags of 0.9.3-0.10.1 (--micro_train_batch_size in openrlhf/cli/train_rm.py)")
     return Family(name, releases, f"openrlhf.trainer.ppo_utils.{generator}", version, root)
-
-
-def hook_diff_folder(version: str | None) -> str:
-    """The patches/ folder whose native hook diff fits OpenRLHF ``version`` (the newest one when unknown)."""
-    release = _release(version) if version else None
-    for first, last, folder in HOOK_DIFF_FOLDERS:
-        if release is not None and first <= release and (last is None or release <= last):
-            return folder
-    return HOOK_DIFF_FOLDERS[-1][2]
 
 
 def installed_family() -> Family | None:

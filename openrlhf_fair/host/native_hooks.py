@@ -33,7 +33,8 @@ from typing import Any, Callable
 from openrlhf_fair.host import extension_hooks as runtime_registry
 from openrlhf_fair.errors import HostMismatchError
 from openrlhf_fair.host.patching import original_of
-from openrlhf_fair.host.compat import hook_diff_folder, installed_openrlhf_version
+from openrlhf_fair.host.compat import installed_openrlhf_version
+from openrlhf_fair.host.patch_folders import hook_diff_folder
 
 PATCH_MODE_ENV = "OPENRLHF_FAIR_PATCH_MODE"
 PATCH_MODES = ("auto", "native", "runtime")
