@@ -136,3 +136,55 @@ def test_audit_table_compares_each_model_with_the_named_baseline():
                          "**comes back in selection** (larger than the baseline's) | **-0.400 [-0.600, -0.100]** | "
                          "**-0.200 [-0.300, -0.100]** | reduced on the audit pairs and in selection |")
     assert lines[-1] == ""
+
+
+def _parsed(argv):
+    import argparse
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", action="append")
+    p.add_argument("--rewards")
+    p.add_argument("--data")
+    bestofn.add_arguments(p)
+    return p.parse_args(argv)
+
+
+def test_options_and_their_defaults():
+    args = _parsed([])
+    assert (args.best_of_n, args.generator, args.bon_data, args.bon_prompts, args.bon_max_new_tokens) == (
+        0, "smollm2", None, 16, 48)
+    assert (args.bon_temperature, args.bon_top_p, args.bon_seed, args.bon_cache) == (1.0, 0.95, 0, None)
+    args = _parsed(["--best-of-n", "4", "--generator", "tiny", "--bon-data", "f", "--bon-prompts", "8",
+                    "--bon-max-new-tokens", "5", "--bon-temperature", "0.5", "--bon-top-p", "1", "--bon-seed", "3",
+                    "--bon-cache", "c"])
+    assert (args.best_of_n, args.generator, args.bon_data, args.bon_prompts, args.bon_max_new_tokens) == (
+        4, "tiny", "f", 8, 5)
+    assert (args.bon_temperature, args.bon_top_p, args.bon_seed, args.bon_cache) == (0.5, 1.0, 3, "c")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--best-of-n", "1"], "--best-of-n must be >= 2"),
+    (["--best-of-n", "2", "--rewards", "r.jsonl"], "give the models with --model"),
+    (["--best-of-n", "2", "--model", "m", "--rewards", "r.jsonl"], "give the models with --model"),
+    (["--best-of-n", "2", "--model", "m", "--data", "d", "--bon-prompts", "0"], "--bon-prompts and"),
+    (["--best-of-n", "2", "--model", "m", "--data", "d", "--bon-max-new-tokens", "0"], "--bon-prompts and"),
+    (["--best-of-n", "2", "--model", "m", "--data", "d", "--bon-temperature", "0"], "--bon-temperature must"),
+    (["--best-of-n", "2", "--model", "m", "--data", "d", "--bon-top-p", "0"], "--bon-temperature must"),
+    (["--best-of-n", "2", "--model", "m", "--data", "d", "--bon-top-p", "1.01"], "--bon-temperature must"),
+    (["--best-of-n", "2", "--model", "m"], "needs labelled prompts"),
+])
+def test_refused_options(argv, message):
+    from openrlhf_fair.report.data import ReportError
+
+    with pytest.raises(ReportError, match=message):
+        bestofn.check_arguments(_parsed(argv))
+
+
+@pytest.mark.parametrize("argv", [
+    [], ["--best-of-n", "0", "--bon-prompts", "0"],  # off: nothing else is checked
+    ["--best-of-n", "2", "--model", "m", "--data", "d"],
+    ["--best-of-n", "2", "--model", "m", "--bon-data", "d", "--bon-prompts", "1", "--bon-max-new-tokens", "1",
+     "--bon-top-p", "1", "--bon-temperature", "0.01"],  # the edges that are allowed
+])
+def test_accepted_options(argv):
+    assert bestofn.check_arguments(_parsed(argv)) is None

@@ -195,3 +195,47 @@ def test_pareto_rule_by_hand():
     assert _dominance((0.0, 0.3), tie, tie) == (False, False)
     # and a difference of exactly [0, 0] everywhere is a tie both ways
     assert _dominance((0.0, 0.0), (0.0, 0.0), (0.0, 0.0)) == (False, False)
+
+
+def test_two_seeds_are_resampled_too():
+    """Two seeds (chosen reward 0 and 1 on every pair): a quarter of the draws take seed 1 twice (0), a quarter
+    seed 2 twice (1): [0, 1] around the mean 1/2."""
+    runs = [_run("m", [0.0, 0.0]), _run("m", [1.0, 1.0])]
+    (m,) = analyse(_pairs(2), runs, resamples=1000, seed=0)
+    assert _interval(m.metrics["fairness/mean_chosen_reward"]) == (0.5, 0.0, 1.0)
+
+
+def test_draw_plan_shapes():
+    from openrlhf_fair.report.intervals import draw_indices
+
+    plan = draw_indices(4, [1, 2, 1], resamples=30, seed=1)
+    assert plan.pairs.shape == (30, 4) and plan.pairs.dtype == torch.int64
+    assert set(plan.runs) == {1, 2}
+    assert plan.runs[1].shape == (30, 1) and plan.runs[1].dtype == torch.int64 and not plan.runs[1].any()
+    assert plan.runs[2].shape == (30, 2) and set(plan.runs[2].unique().tolist()) == {0, 1}
+    assert set(plan.pairs.unique().tolist()) == {0, 1, 2, 3}
+    assert not torch.equal(draw_indices(4, [2], 30, seed=2).pairs, plan.pairs)  # the seed is used
+
+
+def test_point_values_are_the_shared_eval_metrics_at_temperature_1():
+    """Margins ln 3 and 0: allocations sigmoid(m) = 3/4 and 1/2. Jain = (5/4)**2 / (2 * (9/16 + 1/4)) = 25/26;
+    Gini = |3/4 - 1/2| * 2 / (2 * 2**2 * 5/8) = 1/10. Accuracy 1/2 (a zero margin counts as wrong)."""
+    import math
+
+    (m,) = analyse(_pairs(2), [_run("m", [math.log(3.0), 0.0])], resamples=20, seed=0)
+    assert m.value("fairness/jain") == pytest.approx(25 / 26, rel=1e-12)
+    assert m.value("fairness/gini") == pytest.approx(0.1, rel=1e-12)
+    assert m.value("fairness/acc") == 0.5
+    assert m.per_run[0]["fairness/jain"] == pytest.approx(25 / 26, rel=1e-12)
+
+
+def test_runs_are_grouped_by_label_in_order_of_first_appearance_and_checked_against_the_pairs():
+    runs = [_run("b", [1.0, 1.0]), _run("a", [0.0, 0.0]), _run("b", [2.0, 2.0])]
+    results = analyse(_pairs(2), runs, resamples=20, seed=0)
+    assert [r.label for r in results] == ["b", "a"] and [len(r.runs) for r in results] == [2, 1]
+    assert results[0].value("fairness/mean_chosen_reward") == 1.5
+    assert results[1].vs_baseline["fairness/mean_chosen_reward"].value == -1.5  # against b, the first
+    with pytest.raises(ReportError, match="has 3 rewards for 2 pairs"):
+        analyse(_pairs(2), [_run("x", [1.0, 1.0, 1.0])], resamples=5)
+    with pytest.raises(ReportError, match="no model"):
+        analyse(_pairs(2), [], resamples=5)

@@ -66,3 +66,40 @@ def test_help_names_every_flag_and_no_other_spelling():
     for name in ("reg", "coef", "coef_form", "tau", "temperature", "scope", "group_key"):
         assert f"--fairness_{name}" in text and f"--fair_{name}" not in text
     assert not text.startswith("usage:")
+
+
+def test_flag_tables_of_the_docs():
+    """`markdown_table`: one row per setting, flag with its metavar (choices in braces), default ("off" for None, a
+    pair as two numbers), help with "|" escaped; written out from the settings in config.py / ppo_config.py."""
+    from openrlhf_fair.cli.flags import markdown_table
+
+    def first_cells(command):
+        lines = markdown_table(command).splitlines()
+        assert lines[:2] == ["| flag | default | what it does |", "|---|---|---|"]
+        assert all(line.startswith("| `--") and line.endswith(" |") for line in lines[2:])
+        return [tuple(line.split(" | ")[:2]) for line in lines[2:]]
+
+    dpo = [("| `--fairness_reg ALPHA`", "off"), ("| `--fairness_coef GAMMA`", "off"),
+           ("| `--fairness_coef_form {paper,inverse}`", "paper"), ("| `--fairness_tau TAU`", "-1.0"),
+           ("| `--fairness_temperature T`", "1.0"), ("| `--fairness_scope {micro,global}`", "micro"),
+           ("| `--fairness_group_key KEY`", "off")]
+    assert first_cells("train_dpo") == dpo
+    assert first_cells("train_rm") == dpo + [
+        ("| `--fairness_level_reg LAMBDA`", "off"), ("| `--fairness_level_temperature T_L`", "1.0"),
+        ("| `--reward_centering COEF`", "off"), ("| `--batch_sum_reg LAMBDA`", "off")]
+    assert first_cells("train_ppo_ray") == [
+        ("| `--fair_coef GAMMA`", "0.0"), ("| `--fair_reg ALPHA`", "0.0"), ("| `--fair_tau TAU`", "-1.0"),
+        ("| `--fair_temperature T`", "1.0"), ("| `--fair_unit UNIT`", "sample"),
+        ("| `--fair_weight_clip LOW HIGH`", "0.0 5.0")]
+    row = markdown_table("train_ppo_ray").splitlines()[-1]
+    assert row == ("| `--fair_weight_clip LOW HIGH` | 0.0 5.0 | Clip the weights to [LOW, HIGH] before renormalising to "
+                   "mean 1 (0 5: never flip an advantage's sign; at most 5x for one agent). |")
+
+
+def test_help_states_each_default():
+    text = " ".join(fairness_help("train_ppo_ray").split())
+    assert "Default: 0.0 5.0." in text and "Default: sample." in text and "Default: -1.0." in text
+    rm = " ".join(fairness_help("train_rm").split())
+    assert "Default: paper." in rm and "Default: micro." in rm
+    assert "Default: None" not in rm  # an unset setting states no default
+    assert "--fair_* spellings are deprecated" in rm and "--fairness_* spellings are deprecated" in text
