@@ -174,7 +174,7 @@ def test_options_and_their_defaults():
     (["--best-of-n", "2", "--model", "m"], "needs labelled prompts"),
 ])
 def test_refused_options(argv, message):
-    from openrlhf_fair.report.data import ReportError
+    from openrlhf_fair.errors import ReportError
 
     with pytest.raises(ReportError, match=message):
         bestofn.check_arguments(_parsed(argv))

@@ -58,7 +58,7 @@ def test_one_label_no_label_and_no_fairness_metrics():
 def test_tags_without_the_host_prefix_are_read_and_the_rest_left_out(tmp_path):
     from torch.utils.tensorboard import SummaryWriter
 
-    from openrlhf_fair.ppo_report import read_fairness_scalars
+    from openrlhf_fair.report.ppo import read_fairness_scalars
 
     writer = SummaryWriter(log_dir=str(tmp_path))
     for step, value in ((1, 0.5), (2, 0.75), (3, 1.0)):
@@ -74,7 +74,7 @@ def test_the_plot_draws_each_series(monkeypatch, tmp_path):
     """The figure's data, read back from its axes: rewards per label, the weight band and its edges, F and Jain."""
     import matplotlib.pyplot as plt
 
-    from openrlhf_fair.ppo_report import plot
+    from openrlhf_fair.report.ppo import plot
 
     figures = []
     monkeypatch.setattr(plt, "close", lambda fig: figures.append(fig))
@@ -103,7 +103,7 @@ def test_the_plot_draws_each_series(monkeypatch, tmp_path):
 
 
 def test_parser_defaults():
-    from openrlhf_fair.ppo_report import build_parser
+    from openrlhf_fair.report.ppo import build_parser
 
     args = build_parser().parse_args(["--logdir", "a", "--logdir", "b"])
     assert args.logdir == ["a", "b"] and args.out == "ppo_report"

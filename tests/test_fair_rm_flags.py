@@ -70,7 +70,7 @@ def test_help_names_every_flag_and_no_other_spelling():
 
 def test_flag_tables_of_the_docs():
     """`markdown_table`: one row per setting, flag with its metavar (choices in braces), default ("off" for None, a
-    pair as two numbers), help with "|" escaped; written out from the settings in config.py / ppo_config.py."""
+    pair as two numbers), help with "|" escaped; written out from the settings in settings.py."""
     from openrlhf_fair.cli.flags import markdown_table
 
     def first_cells(command):
@@ -102,4 +102,3 @@ def test_help_states_each_default():
     rm = " ".join(fairness_help("train_rm").split())
     assert "Default: paper." in rm and "Default: micro." in rm
     assert "Default: None" not in rm  # an unset setting states no default
-    assert "--fair_* spellings are deprecated" in rm and "--fairness_* spellings are deprecated" in text
