@@ -105,14 +105,14 @@ def test_activate_patches_and_undo_restores(monkeypatch, no_flash_attn_modules, 
         assert os.environ["WORLD_SIZE"] == "1" and int(os.environ["MASTER_PORT"]) > 0
         from openrlhf.utils import config
 
-        assert is_patched(config, "hierarchize", parsed_args.PATCH_ID) and cli_args.PATCH_ID in parsed_args.registered()
+        assert is_patched(config, "hierarchize", parsed_args.PATCH_ID) and cli_args.PATCH_ID in list(parsed_args._hooks)
         assert capsys.readouterr().err.count("CPU backend active for train_rm") == 1
     finally:
         undo()
     assert not cpu_backend.is_active()
     assert {name: getattr(torch.cuda, name) for name in originals} == originals
     assert dict(os.environ) == env_before
-    assert not is_patched(config, "hierarchize") and cli_args.PATCH_ID not in parsed_args.registered()
+    assert not is_patched(config, "hierarchize") and cli_args.PATCH_ID not in list(parsed_args._hooks)
 
 
 def test_strategy_asks_deepspeed_for_torch_adam_and_no_shm_op(active_backend):

@@ -22,7 +22,7 @@ def host_config():
 
     plain = config.hierarchize
     yield config
-    assert config.hierarchize is plain and parsed_args.registered() == []
+    assert config.hierarchize is plain and list(parsed_args._hooks) == []
 
 
 def test_parsed_args_hooks_run_in_order_on_the_hosts_result_and_undo_restores_it(host_config):
@@ -33,7 +33,7 @@ def test_parsed_args_hooks_run_in_order_on_the_hosts_result_and_undo_restores_it
     nested = host_config.hierarchize(argparse.Namespace(**{"train.batch_size": 8, "seed": 3}))
     assert nested.train.batch_size == 8 and seen == [("a", 8), ("b", 3)]
     undo_a()
-    assert parsed_args.registered() == ["test.b"] and is_patched(host_config, "hierarchize")
+    assert list(parsed_args._hooks) == ["test.b"] and is_patched(host_config, "hierarchize")
     undo_b()
     assert not is_patched(host_config, "hierarchize")
 
@@ -43,7 +43,7 @@ def test_registering_a_hook_id_twice_replaces_it_and_undoing_twice_is_harmless(h
     parsed_args.on_parsed_args("test.a", lambda args: seen.append("old"))
     undo = parsed_args.on_parsed_args("test.a", lambda args: seen.append("new"))
     host_config.hierarchize(argparse.Namespace(seed=1))
-    assert seen == ["new"] and parsed_args.registered() == ["test.a"]
+    assert seen == ["new"] and list(parsed_args._hooks) == ["test.a"]
     undo()
     undo()
     assert seen == ["new"]
@@ -54,7 +54,7 @@ def test_a_missing_hierarchize_is_named(monkeypatch):
     monkeypatch.setitem(sys.modules, "openrlhf.utils.config", fake)
     with pytest.raises(HostMismatchError, match=r"config\.hierarchize not found"):
         parsed_args.on_parsed_args("test.a", lambda args: None)
-    assert parsed_args.registered() == []
+    assert list(parsed_args._hooks) == []
 
 
 def run_fresh(code: str, tmp_path) -> str:

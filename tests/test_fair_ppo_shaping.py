@@ -5,9 +5,8 @@ import math
 import pytest
 import torch
 
-from fair_reference import fairness_objective
+from fair_reference import fairness, fairness_objective
 from openrlhf_fair.errors import FairnessConfigError, FairnessInputError
-from openrlhf_fair.core.fairness import fairness
 from openrlhf_fair.core.shaping import PPOFairnessConfig, agent_weights, fairness_weights, label_agent_ids, prompt_agent_ids
 
 NO_CLIP = (0.0, 1e9)

@@ -26,7 +26,7 @@ DRIVER = textwrap.dedent(
     import ray
     from openrlhf.utils import config as host_config  # the CLI looks hierarchize up when it runs, after our hook
     from openrlhf_fair.cpu_backend.ray_support import stop_local_ray
-    from openrlhf_fair.host import experience_maker as hm
+    from openrlhf_fair.features import experience_maker as hm
     from openrlhf_fair.settings import PPOFairnessConfig
 
     HOST = "openrlhf.trainer.ppo_utils.experience_maker"
@@ -42,11 +42,12 @@ DRIVER = textwrap.dedent(
             for name in ("flash_attn", "vllm"):
                 stand_ins.install(name)
             import importlib
-            from openrlhf_fair.host import experience_maker as hm
+            from openrlhf_fair.features import experience_maker as hm
             from openrlhf_fair.host.patching import is_patched
 
             maker = importlib.import_module(HOST).RemoteExperienceMaker
-            config = hm.active_config()
+            entry = hm._active.get(hm.PATCH_ID)
+            config = entry[0] if entry else None
             return {
                 "pid": os.getpid(),
                 "host_imported_at_init": self.host_imported_at_init,

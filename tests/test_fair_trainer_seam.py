@@ -195,4 +195,4 @@ def test_prompt_dataset_and_samples_generator_label_patches_undo(host):
     finally:
         undo()
     assert [owner.__dict__[name] for owner, name in targets] == before
-    assert experience_maker.active_config() is None
+    assert experience_maker.PATCH_ID not in experience_maker._active

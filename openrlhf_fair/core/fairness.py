@@ -16,10 +16,11 @@ Conventions (shared by every function here):
   differentiable with respect to the original input.
 - ``normalize=True`` divides f by n, as the authors' code does; then tau = -1 gives Jain's index.
 - tau -> 0 is the Shannon limit exp(H(p)); tau = 1 is degenerate (sign 0) and raises `FairnessInputError`.
-- With a single item f is constant (normalized value sign(1 - tau)) and its gradient is exactly zero: use
-  `has_fairness_signal` to detect that (e.g. OpenRLHF's default micro-batch of one pair).
+- With a single item f is constant (normalized value sign(1 - tau)) and its gradient is exactly zero (e.g.
+  OpenRLHF's default micro-batch of one pair).
 - Bad inputs (NaN/Inf, empty, non-positive allocation, temperature <= 0, tau = 1) raise `FairnessInputError`.
   Validation reads a few scalars back to the host (one device sync per call).
+- Callers take F itself as sign(1 - tau) * exp(log|f|) with `fairness_sign` and `exp_or_inf`.
 
 This module imports torch only, never openrlhf.
 """
@@ -27,27 +28,19 @@ This module imports torch only, never openrlhf.
 from __future__ import annotations
 
 import math
-import warnings
 
 import torch
 from openrlhf_fair.errors import FairnessInputError
 
 __all__ = [
     "FairnessInputError",
-    "MIN_ITEMS_FOR_FAIRNESS",
     "SHANNON_LIMIT_TAU",
     "allocation_from_margins",
-    "fairness",
-    "fairness_of_margins",
     "exp_or_inf",
     "fairness_sign",
-    "has_fairness_signal",
     "log_fairness",
     "log_fairness_of_margins",
 ]
-
-MIN_ITEMS_FOR_FAIRNESS = 2
-"""Fairness of fewer items is a constant with zero gradient."""
 
 SHANNON_LIMIT_TAU = 1e-8
 """For |tau| below this, log|f| uses the second-order expansion around the Shannon limit (tau -> 0)."""
@@ -106,12 +99,6 @@ def fairness_sign(tau: float) -> float:
     return 1.0 if _check_tau(tau) < 1.0 else -1.0
 
 
-def has_fairness_signal(x) -> bool:
-    """True when `x` has at least MIN_ITEMS_FOR_FAIRNESS items, i.e. fairness can have a nonzero gradient."""
-    numel = x.numel() if isinstance(x, torch.Tensor) else torch.as_tensor(x).numel()
-    return numel >= MIN_ITEMS_FOR_FAIRNESS
-
-
 def allocation_from_margins(margins, temperature: float = 1.0) -> torch.Tensor:
     """The paper's resource per pair, x = sigmoid(margin / T) = P(chosen > rejected); flattened.
 
@@ -165,35 +152,6 @@ def log_fairness(x, tau: float = -1.0, normalize: bool = True) -> torch.Tensor:
     return _log_fairness_from_log_x(x.to(torch.float64).log(), tau, normalize).to(out_dtype)
 
 
-def _signed_exp(log_f: torch.Tensor, tau: float) -> torch.Tensor:
-    """sign(1 - tau) * exp(log_f), computed in float64 and cast to log_f's dtype.
-
-    When |f| is beyond the output dtype's range (only possible for tau > 1: -1.2e11 from 4096 margins of scale
-    10 at tau = 5 fits float32, margins of scale 100 do not) the result is -inf and a RuntimeWarning says so;
-    log_fairness stays finite, and float64 input gives the finite value up to about -1.8e308.
-    """
-    value = fairness_sign(tau) * log_f.to(torch.float64).exp()
-    result = value.to(log_f.dtype)
-    if bool(torch.isinf(result)):
-        warnings.warn(
-            f"fairness (tau={tau}) has |f| = exp({float(log_f):.6g}), beyond {log_f.dtype}; returning {float(result)}. "
-            "Use log_fairness (finite) or float64 input.",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-    return result
-
-
-def fairness(x, tau: float = -1.0, normalize: bool = True) -> torch.Tensor:
-    """f_tau(x) (divided by n when `normalize`): sign(1 - tau) * exp(log_fairness). Scalar, differentiable.
-
-    tau = -1 with `normalize` is Jain's index. For tau > 1 the value is negative and can exceed the float32
-    range; then the float32 result is -inf (its gradient inf/NaN) with a RuntimeWarning. Losses that may meet
-    such values should use `log_fairness`; float64 input gives the finite value.
-    """
-    return _signed_exp(log_fairness(x, tau, normalize), tau)
-
-
 def log_fairness_of_margins(margins, tau: float = -1.0, temperature: float = 1.0, normalize: bool = True) -> torch.Tensor:
     """log |f_tau(sigmoid(margins / T))|, via logsigmoid so very negative margins cannot underflow to x = 0."""
     m = _as_float_tensor(margins, "margins")
@@ -201,8 +159,3 @@ def log_fairness_of_margins(margins, tau: float = -1.0, temperature: float = 1.0
     temperature = _check_temperature(temperature)
     log_x = torch.nn.functional.logsigmoid(m.to(torch.float64) / temperature)
     return _log_fairness_from_log_x(log_x, tau, normalize).to(_output_dtype(m))
-
-
-def fairness_of_margins(margins, tau: float = -1.0, temperature: float = 1.0, normalize: bool = True) -> torch.Tensor:
-    """f_tau(sigmoid(margins / T)) (over n when `normalize`): the F of the paper's FR and FC losses."""
-    return _signed_exp(log_fairness_of_margins(margins, tau, temperature, normalize), tau)

@@ -32,13 +32,10 @@ __all__ = [
     "LABEL_REWARD_PREFIX",
     "METRIC_NAMESPACE",
     "best_minus_worst_gap",
-    "coefficient_of_variation",
-    "generalized_entropy",
     "gini_coefficient",
     "group_accuracy",
     "group_means",
     "jain_index",
-    "max_min_ratio",
     "metric_safe_name",
     "pairwise_eval_metrics",
     "worst_group",
@@ -71,7 +68,7 @@ def _non_negative(x, what: str) -> torch.Tensor:
 def jain_index(x) -> float:
     """Jain's index (sum x)^2 / (n * sum x^2) of a non-negative allocation: 1/n (one item has all) .. 1 (equal).
 
-    Equals `fairness(x, tau=-1)`.
+    Equals exp(`log_fairness`(x, tau=-1)), Lan et al.'s F at tau = -1.
     """
     x = _non_negative(x, "jain_index input")
     return float(x.sum() ** 2 / (x.numel() * (x**2).sum()))
@@ -87,39 +84,6 @@ def gini_coefficient(x) -> float:
     ranks = torch.arange(1, n + 1, dtype=torch.float64, device=x.device)
     xs = torch.sort(x).values
     return float(2.0 * (ranks * xs).sum() / (n * xs.sum()) - (n + 1.0) / n)
-
-
-def generalized_entropy(x, alpha: float = 1.0) -> float:
-    """Generalized entropy index GE(alpha) = mean((x/mu)^alpha - 1) / (alpha (alpha - 1)); 0 means equal.
-
-    alpha = 1 is the Theil T index mean((x/mu) log(x/mu)) (zeros allowed, 0 log 0 = 0); alpha = 0 is the
-    Theil L index / mean log deviation -mean(log(x/mu)) (needs x > 0, as does any alpha <= 0).
-    """
-    alpha = float(alpha)
-    if not math.isfinite(alpha):
-        raise FairnessInputError(f"alpha must be finite, got {alpha}")
-    x = _non_negative(x, "generalized_entropy input")
-    if alpha <= 0 and bool((x == 0).any()):
-        raise FairnessInputError(f"generalized_entropy with alpha = {alpha} needs strictly positive values (got zeros)")
-    r = x / x.mean()
-    if alpha == 1.0:
-        return float(torch.special.xlogy(r, r).mean())
-    if alpha == 0.0:
-        return float(-r.log().mean())
-    return float(((r**alpha) - 1.0).mean() / (alpha * (alpha - 1.0)))
-
-
-def coefficient_of_variation(x) -> float:
-    """Population standard deviation over the mean (ddof = 0) of non-negative values with a positive total."""
-    x = _non_negative(x, "coefficient_of_variation input")
-    return float(x.std(correction=0) / x.mean())
-
-
-def max_min_ratio(x) -> float:
-    """max(x) / min(x) of non-negative values: 1 means equal; `inf` when the minimum is 0 (documented)."""
-    x = _non_negative(x, "max_min_ratio input")
-    lo, hi = float(x.min()), float(x.max())
-    return math.inf if lo == 0 else hi / lo
 
 
 # ----------------------------------------------------------------------------------------------- groups

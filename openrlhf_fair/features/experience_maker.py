@@ -231,12 +231,6 @@ def apply_in_process(config: PPOFairnessConfig) -> Callable[[], None]:
     return undo
 
 
-def active_config() -> PPOFairnessConfig | None:
-    """The config patched into this process, or None."""
-    entry = _active.get(PATCH_ID)
-    return entry[0] if entry else None
-
-
 def apply_in_worker(payload: dict) -> None:
     """Run in each Ray actor process that unpickles OpenRLHF's args (via `host.ray_workers`).
 
@@ -274,7 +268,6 @@ def apply_fairness(config: PPOFairnessConfig) -> Callable[[], None]:
 __all__ = [
     "LABEL_INFO_KEY",
     "METRIC_NAMESPACE",
-    "active_config",
     "apply_fairness",
     "apply_in_process",
     "apply_in_worker",

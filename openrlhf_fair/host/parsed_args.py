@@ -82,8 +82,3 @@ def on_parsed_args(hook_id: str, hook: Callable[[Any], None]) -> Callable[[], No
             _undo_patch = None
 
     return undo
-
-
-def registered() -> list[str]:
-    """The ids of the hooks the next parsed args go through, in order."""
-    return list(_hooks)
