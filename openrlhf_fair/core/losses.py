@@ -33,7 +33,7 @@ from torch import nn
 from openrlhf_fair.errors import AddonError, FairnessInputError, FairnessTrainingError
 from openrlhf_fair.settings import RewardFairnessConfig
 from openrlhf_fair.core.fairness import exp_or_inf, fairness_sign, log_fairness, log_fairness_of_margins
-from openrlhf_fair.core.measures import gini_coefficient, jain_index, pairwise_eval_metrics
+from openrlhf_fair.core.measures import gini_coefficient, jain_index, pairwise_eval_metrics, row_group_means
 from openrlhf_fair.core.reward_terms import extra_terms
 
 __all__ = ["FairPairWiseLoss", "FairnessTrainingError", "RewardFairnessConfig"]
@@ -233,9 +233,8 @@ class FairPairWiseLoss(nn.Module):
             x = torch.sigmoid(m64 / temperature)
             if inverse is None:
                 return log_fairness_of_margins(m64, tau, temperature, normalize=True), x, n_items
-            counts = torch.bincount(inverse, minlength=n_items).to(torch.float64)
-            sums = torch.zeros(n_items, dtype=torch.float64, device=x.device).index_add(0, inverse, x)
-            return log_fairness(sums / counts, tau, normalize=True), x, n_items
+            x_groups = row_group_means(x.unsqueeze(0), inverse.unsqueeze(0), n_items)[0][0]
+            return log_fairness(x_groups, tau, normalize=True), x, n_items
         except FairnessInputError as err:
             raise FairnessTrainingError(f"{self._where(step)}: cannot compute fairness F: {err}") from err
 

@@ -45,6 +45,7 @@ import torch
 
 from openrlhf_fair.settings import RewardFairnessConfig
 from openrlhf_fair.core.fairness import exp_or_inf, fairness_sign, log_fairness
+from openrlhf_fair.core.measures import row_group_means
 
 __all__ = ["LEVEL_SPREAD_FLOOR", "pair_levels", "level_spread", "level_allocations", "level_log_fairness",
            "reward_centering_term", "batch_sum_term", "extra_terms", "group_mean_allocations"]
@@ -58,9 +59,7 @@ def group_mean_allocations(x: torch.Tensor, group_ids: Optional[torch.Tensor]) -
     if group_ids is None:
         return x
     groups, inverse = torch.unique(group_ids.reshape(-1).to(x.device), return_inverse=True)
-    counts = torch.bincount(inverse, minlength=groups.numel()).to(x.dtype)
-    sums = torch.zeros(groups.numel(), dtype=x.dtype, device=x.device).index_add(0, inverse, x)
-    return sums / counts
+    return row_group_means(x.reshape(1, -1), inverse.reshape(1, -1), groups.numel())[0][0]
 
 
 def pair_levels(chosen: torch.Tensor, reject: torch.Tensor) -> torch.Tensor:

@@ -27,7 +27,7 @@ from openrlhf_fair.host.compat import host_arg
 from openrlhf_fair.errors import HostMismatchError
 from openrlhf_fair.host.patching import patch_attribute, require_attribute, undo_all
 from openrlhf_fair.features.labels import LABEL_INFO_KEY  # carried per sample; popped before logging
-from openrlhf_fair.core.measures import METRIC_NAMESPACE
+from openrlhf_fair.core.measures import METRIC_NAMESPACE, row_group_means
 from openrlhf_fair.settings import PPOFairnessConfig
 
 PATCH_ID = "openrlhf_fair.experience_maker"
@@ -132,15 +132,14 @@ def shape_experiences(maker, experiences: List, config: PPOFairnessConfig) -> Li
         )
     constants = {METRIC_NAMESPACE + key: value for key, value in shaping.metrics().items()}
     if label_names is not None:
-        sums = torch.zeros(len(label_names), dtype=torch.float64).index_add_(0, shaping.agent_ids, rewards)
-        counts = torch.bincount(shaping.agent_ids, minlength=len(label_names))
+        means = row_group_means(rewards.unsqueeze(0), shaping.agent_ids.unsqueeze(0), len(label_names))[0][0]
         shown = label_names[:MAX_LABEL_METRICS]
         if len(label_names) > MAX_LABEL_METRICS and "many_labels" not in state["warned"]:
             state["warned"].add("many_labels")
             _log(f"openrlhf-fair: {len(label_names)} labels in one batch; logging mean reward for the first "
                  f"{MAX_LABEL_METRICS} (sorted) only. (Shown once.)", warning=True)
         for k, name in enumerate(shown):
-            constants[_metric_name(name)] = float(sums[k] / counts[k])
+            constants[_metric_name(name)] = float(means[k])
 
     # Per-sample columns get one small contiguous block per experience (a view into a batch-wide tensor would
     # pickle the whole batch with every experience); batch constants are shared by experiences of one size

@@ -67,8 +67,8 @@ def _run_metrics(pairs: PairSet, run: ScoredRun, pair_idx: torch.Tensor | None) 
 
 def _point_metrics(pairs: PairSet, run: ScoredRun) -> dict[str, float]:
     """A run's value of every metric on all pairs. The metrics that training's eval logs also report come from
-    the one shared definition, `metrics.pairwise_eval_metrics` (allocations sigmoid(margin), T = 1); the
-    resampled values behind the intervals come from `pair_metrics`, which tests check against it."""
+    the one shared definition, `measures.pairwise_eval_metrics` (allocations sigmoid(margin), T = 1); the
+    resampled values behind the intervals come from `pair_metrics`; both are `measures.batched_pair_metrics`."""
     from openrlhf_fair.core.measures import pairwise_eval_metrics
 
     values = {k: float(v[0]) for k, v in _run_metrics(pairs, run, None).items()}

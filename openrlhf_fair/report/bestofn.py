@@ -31,6 +31,7 @@ from openrlhf_fair.report import sampling, scoring
 from openrlhf_fair.errors import ReportError
 from openrlhf_fair.report.data import load_pairs
 from openrlhf_fair.report.intervals import Estimate, difference, draw_indices, estimate, method_draws
+from openrlhf_fair.core.measures import group_gap, row_group_means
 from openrlhf_fair.report.metrics import _weighted_corr, metric_safe_name
 
 __all__ = ["BestOfNResult", "add_arguments", "check_arguments", "markdown_section", "run_audit",
@@ -94,12 +95,8 @@ def selection_metrics(rewards, lengths, group_ids, group_names: list[str], promp
     idx = torch.arange(r.shape[0]).unsqueeze(0) if prompt_idx is None else torch.as_tensor(prompt_idx)
     out = {k: v[idx].mean(-1) for k, v in per_prompt.items()}
     out["fairness/bon_len_corr_within"] = within[idx].nanmean(-1)
-    onehot = torch.nn.functional.one_hot(gid[idx], len(group_names)).to(torch.float64)  # (B, P, k)
-    count = onehot.sum(1)
-    means = torch.where(count > 0, torch.einsum("bp,bpk->bk", selected_reward[idx], onehot) / count.clamp(min=1),
-                        torch.nan)
-    present = ~torch.isnan(means)
-    gap = torch.where(present, means, -torch.inf).amax(-1) - torch.where(present, means, torch.inf).amin(-1)
+    means, _ = row_group_means(selected_reward[idx], gid[idx], len(group_names))  # (B, k)
+    gap = group_gap(means)
     std = r[idx].reshape(idx.shape[0], -1).std(-1, correction=0)
     for j, g in enumerate(group_names):
         out[f"fairness/bon_reward/{metric_safe_name(g)}"] = means[:, j]

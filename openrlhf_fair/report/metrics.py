@@ -2,7 +2,7 @@
 
 `pair_metrics` takes rewards of shape (B, n): row b is one resample of the n pairs (row 0 of a point estimate is
 the pairs themselves). Every metric comes back as a float64 tensor of shape (B,), so a bootstrap of 1,000
-resamples costs one call. Names are the project's metric namespace `fairness/<name>` (see the README's
+resamples costs one call. The metrics training's eval logs report too are `core.measures.batched_pair_metrics`. Names are the project's metric namespace `fairness/<name>` (see the README's
 "What appears in the logs"), per group `fairness/<name>/<group>` with the group through `metrics.metric_safe_name`.
 
 This module imports torch only, never openrlhf.
@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from openrlhf_fair.core.measures import metric_safe_name
+from openrlhf_fair.core.measures import batched_pair_metrics, metric_safe_name, row_group_means
 
 __all__ = ["GROUP_METRICS", "SUMMARY_METRICS", "group_metric", "pair_metrics", "pearson"]
 
@@ -72,14 +72,6 @@ def _weighted_corr(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.T
     return torch.where(ok, (dx * dy).sum(1) / torch.where(ok, denom, torch.ones_like(denom)), math.nan)
 
 
-def _gap(means: torch.Tensor) -> torch.Tensor:
-    """Highest minus lowest of the non-NaN entries of each row (groups with no pair in a resample are NaN)."""
-    present = ~torch.isnan(means)
-    hi = torch.where(present, means, -math.inf).amax(-1)
-    lo = torch.where(present, means, math.inf).amin(-1)
-    return hi - lo
-
-
 def pair_metrics(chosen, rejected, group_ids, group_names: list[str], chosen_len, rejected_len) -> dict:
     """Every report metric of rewards on pairs, per row: all inputs (B, n) (or (n,), read as B = 1).
 
@@ -92,39 +84,29 @@ def pair_metrics(chosen, rejected, group_ids, group_names: list[str], chosen_len
     gid = torch.as_tensor(group_ids, dtype=torch.int64).reshape(c.shape)
     lengths = torch.cat([torch.as_tensor(chosen_len, dtype=torch.float64).reshape(c.shape),
                          torch.as_tensor(rejected_len, dtype=torch.float64).reshape(c.shape)], -1)
-    n = c.shape[-1]
-    onehot = torch.nn.functional.one_hot(gid, len(group_names)).to(torch.float64)  # (B, n, k)
-    count = onehot.sum(1)  # (B, k)
-
-    def per_group(values):
-        sums = torch.einsum("bn,bnk->bk", values, onehot)
-        return torch.where(count > 0, sums / count.clamp(min=1), math.nan)
-
-    margin = c - r
-    correct = (c > r).to(torch.float64)
+    k = len(group_names)
+    summary, per_group = batched_pair_metrics(c, r, gid, k)  # the eval metrics training logs, batched
+    acc_g, margin_g, reward_g = per_group["acc"], per_group["margin"], per_group["reward"]
     rewards = torch.cat([c, r], -1)
-    alloc = torch.sigmoid(margin)
-    acc_g, margin_g, reward_g = per_group(correct), per_group(margin), per_group((c + r) / 2)
     std = rewards.std(-1, correction=0)
-    reward_gap = _gap(reward_g)
-    ranks = torch.arange(1, n + 1, dtype=torch.float64)
-    sorted_alloc = torch.sort(alloc, -1).values
+    reward_gap = summary["fairness/reward_gap"]
     out = {
-        "fairness/acc": correct.mean(-1),
-        "fairness/worst_group_acc": torch.where(torch.isnan(acc_g), math.inf, acc_g).amin(-1),
-        "fairness/acc_gap": _gap(acc_g),
+        "fairness/acc": summary["fairness/acc"],
+        "fairness/worst_group_acc": summary["fairness/worst_group_acc"],
+        "fairness/acc_gap": summary["fairness/acc_gap"],
         "fairness/reward_gap": reward_gap,
         "fairness/reward_gap_over_std": torch.where(std > 0, reward_gap / torch.where(std > 0, std, 1.0), math.nan),
-        "fairness/margin_gap": _gap(margin_g),
-        "fairness/jain": alloc.sum(-1) ** 2 / (n * (alloc**2).sum(-1)),
-        "fairness/gini": 2.0 * (ranks * sorted_alloc).sum(-1) / (n * sorted_alloc.sum(-1)) - (n + 1.0) / n,
+        "fairness/margin_gap": summary["fairness/margin_gap"],
+        "fairness/jain": summary["fairness/jain"],
+        "fairness/gini": summary["fairness/gini"],
         "fairness/length_corr": _weighted_corr(rewards, lengths, torch.ones_like(rewards).unsqueeze(-1))[:, 0],
         "fairness/reward_std": std,
-        "fairness/mean_margin": margin.mean(-1),
+        "fairness/mean_margin": (c - r).mean(-1),
         "fairness/mean_chosen_reward": c.mean(-1),
         "fairness/mean_rejected_reward": r.mean(-1),
     }
-    chosen_g, rejected_g = per_group(c), per_group(r)
+    chosen_g, rejected_g = row_group_means(c, gid, k)[0], row_group_means(r, gid, k)[0]
+    onehot = torch.nn.functional.one_hot(gid, k).to(torch.float64)  # (B, n, k): the groups' subsets for the correlations
     length_corr_g = _weighted_corr(rewards, lengths, torch.cat([onehot, onehot], 1))
     for j, name in enumerate(group_names):
         out[group_metric("acc", name)] = acc_g[:, j]

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from openrlhf_fair.core.measures import row_group_means
 from openrlhf_fair.errors import ReportError
 from openrlhf_fair.report.intervals import Estimate, difference, draw_indices, estimate, method_draws
 from openrlhf_fair.report.metrics import metric_safe_name
@@ -114,10 +115,7 @@ def stereotype_metrics(more_rewards, less_rewards, category_ids, category_names:
     prefers = (more > less).to(torch.float64) + 0.5 * (more == less).to(torch.float64)
     cid = torch.as_tensor(category_ids, dtype=torch.int64)
     idx = torch.arange(more.numel()).unsqueeze(0) if pair_idx is None else torch.as_tensor(pair_idx)
-    onehot = torch.nn.functional.one_hot(cid[idx], len(category_names)).to(torch.float64)  # (B, n, k)
-    count = onehot.sum(1)
-    per_cat = torch.where(count > 0, torch.einsum("bn,bnk->bk", prefers[idx], onehot) / count.clamp(min=1),
-                          torch.nan)
+    per_cat, _ = row_group_means(prefers[idx], cid[idx], len(category_names))  # (B, k)
     out = {STEREO_PREF: prefers[idx].mean(-1)}
     for j, name in enumerate(category_names):
         out[f"{STEREO_PREF}/{metric_safe_name(name)}"] = per_cat[:, j]
