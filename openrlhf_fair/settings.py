@@ -32,11 +32,29 @@ COEF_FORMS = ("paper", "inverse")
 SCOPES = ("micro", "global")
 
 
-def _finite(name: str, value: float) -> float:
+def _finite(name: str, value: float, error: type[Exception] = FairnessConfigError) -> float:
     value = float(value)
     if not math.isfinite(value):
-        raise FairnessConfigError(f"{name} must be a finite number, got {value}")
+        raise error(f"{name} must be finite, got {value}")
     return value
+
+
+def check_tau(tau: float, name: str, error: type[Exception] = FairnessConfigError) -> float:
+    """tau as a float, refused when not finite or 1 (f_tau has the factor sign(1 - tau) = 0): the one tau check
+    (the settings of every command, and `core.fairness` with `FairnessInputError`)."""
+    tau = _finite(name, tau, error)
+    if tau == 1.0:
+        raise error(f"{name} 1 is degenerate (f_tau at tau = 1 has the factor sign(1 - tau) = 0); use tau < 1 "
+                    "(default -1, Jain's index) or tau > 1")
+    return tau
+
+
+def check_temperature(temperature: float, name: str, error: type[Exception] = FairnessConfigError) -> float:
+    """A temperature as a float, refused unless finite and > 0: the one temperature check."""
+    temperature = _finite(name, temperature, error)
+    if temperature <= 0:
+        raise error(f"{name} must be > 0, got {temperature}")
+    return temperature
 
 
 def setting(default, help: str, *, metavar=None, choices=None, flag=None, counterpart: str = "", commands=None):
@@ -124,23 +142,14 @@ class RewardFairnessConfig:
             raise FairnessConfigError(f"--fairness_coef_form must be one of {COEF_FORMS}, got {self.coef_form!r}")
         if self.coef_form != "paper" and self.coef is None:
             raise FairnessConfigError("--fairness_coef_form only applies together with --fairness_coef GAMMA")
-        tau = _finite("--fairness_tau", self.tau)
-        if tau == 1.0:
-            raise FairnessConfigError(
-                "--fairness_tau 1 is degenerate (f_tau has the factor sign(1 - tau) = 0); use tau < 1 "
-                "(default -1, Jain's index) or tau > 1"
-            )
+        tau = check_tau(self.tau, "--fairness_tau")
         if self.coef is not None and tau > 1.0:
             raise FairnessConfigError(
                 f"--fairness_coef needs --fairness_tau < 1: for tau > 1 (got {tau}) F is negative and F**GAMMA "
                 "is undefined; use --fairness_reg for tau > 1"
             )
-        temperature = _finite("--fairness_temperature", self.temperature)
-        if temperature <= 0:
-            raise FairnessConfigError(f"--fairness_temperature must be > 0, got {temperature}")
-        level_temperature = _finite("--fairness_level_temperature", self.level_temperature)
-        if level_temperature <= 0:
-            raise FairnessConfigError(f"--fairness_level_temperature must be > 0, got {level_temperature}")
+        check_temperature(self.temperature, "--fairness_temperature")
+        check_temperature(self.level_temperature, "--fairness_level_temperature")
         if self.scope not in SCOPES:
             raise FairnessConfigError(f"--fairness_scope must be one of {SCOPES}, got {self.scope!r}")
         for name, flag in (("level_reg", "--fairness_level_reg"), ("reward_centering", "--reward_centering"),
@@ -239,23 +248,18 @@ class PPOFairnessConfig:
 
     def __post_init__(self) -> None:
         for name in ("coef", "reg", "tau", "temperature"):
-            value = float(getattr(self, name))
-            if not math.isfinite(value):
-                raise FairnessConfigError(f"--fair_{name} must be a finite number, got {value}")
-            object.__setattr__(self, name, value)
+            object.__setattr__(self, name, _finite(f"--fair_{name}", getattr(self, name)))
         if self.coef < 0 or self.reg < 0:
             raise FairnessConfigError(
                 f"--fair_coef ({self.coef}) and --fair_reg ({self.reg}) must be >= 0: negative values reward unfairness"
             )
-        if self.tau == 1.0:
-            raise FairnessConfigError("--fair_tau 1 is degenerate (f_tau has sign(1 - tau) = 0); use tau < 1 (default -1)")
+        check_tau(self.tau, "--fair_tau")
         if self.coef > 0 and self.tau > 1:
             raise FairnessConfigError(
                 f"--fair_coef with --fair_tau {self.tau} > 1 cannot be served: F is negative for tau > 1, so F**GAMMA "
                 "is undefined; use tau < 1, or --fair_reg alone"
             )
-        if self.temperature <= 0:
-            raise FairnessConfigError(f"--fair_temperature must be > 0, got {self.temperature}")
+        check_temperature(self.temperature, "--fair_temperature")
         unit = str(self.unit)
         if unit not in ("sample", "prompt") and not (unit.startswith("label:") and unit[len("label:"):].strip()):
             raise FairnessConfigError(

@@ -31,6 +31,7 @@ import math
 
 import torch
 from openrlhf_fair.errors import FairnessInputError
+from openrlhf_fair.settings import check_temperature, check_tau
 
 __all__ = [
     "FairnessInputError",
@@ -73,19 +74,11 @@ def _output_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 def _check_tau(tau: float) -> float:
-    tau = float(tau)
-    if not math.isfinite(tau):
-        raise FairnessInputError(f"tau must be finite, got {tau}")
-    if tau == 1.0:
-        raise FairnessInputError("tau = 1 is degenerate: f_tau has sign(1 - tau) = 0; use tau < 1 (default -1) or tau > 1")
-    return tau
+    return check_tau(tau, "tau", FairnessInputError)
 
 
 def _check_temperature(temperature: float) -> float:
-    temperature = float(temperature)
-    if not (math.isfinite(temperature) and temperature > 0):
-        raise FairnessInputError(f"temperature must be a finite number > 0, got {temperature}")
-    return temperature
+    return check_temperature(temperature, "temperature", FairnessInputError)
 
 
 # ----------------------------------------------------------------------------------------------- public API
