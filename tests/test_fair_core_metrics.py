@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from fair_reference import inequality_summary
 from openrlhf_fair.errors import FairnessInputError
 from fair_reference import fairness
-from openrlhf_fair.core.measures import best_minus_worst_gap, gini_coefficient, group_accuracy, group_means, jain_index, worst_group
+from openrlhf_fair.core.measures import batched_pair_metrics, gini_coefficient, group_gap, group_means, jain_index, pairwise_eval_metrics
 
 FAST = settings(max_examples=60, deadline=None)
 DEVICES = [
@@ -138,31 +138,30 @@ def test_group_means_with_empty_groups():
     # default num_groups = max id + 1
     means, counts = group_means(values, ids)
     assert means.numel() == 4 and counts.tolist() == [3, 0, 0, 2]
-    assert worst_group(means, counts) == (0, pytest.approx(7.0 / 3))
-    assert best_minus_worst_gap(means, counts) == pytest.approx(15.0 - 7.0 / 3)
+    assert float(group_gap(means.unsqueeze(0))[0]) == pytest.approx(15.0 - 7.0 / 3)  # the empty groups left out
 
 
 def test_group_means_of_2d_input_and_one_group():
     means, counts = group_means(torch.ones(2, 3), torch.zeros(2, 3, dtype=torch.int32))
     assert means.tolist() == [1.0] and counts.tolist() == [6]
-    assert best_minus_worst_gap(means, counts) == 0.0 and worst_group(means, counts) == (0, 1.0)
+    assert float(group_gap(means.unsqueeze(0))[0]) == 0.0
 
 
-def test_worst_group_and_gap_accept_plain_sequences():
-    means, counts = [0.9, float("nan"), 0.6, 0.8], [10, 0, 5, 7]
-    assert worst_group(means, counts) == (2, pytest.approx(0.6))
-    assert best_minus_worst_gap(means, counts) == pytest.approx(0.3)
+def test_group_gap_leaves_out_empty_groups_per_row():
+    means = torch.tensor([[0.9, math.nan, 0.6, 0.8], [math.nan, 2.0, math.nan, 5.0]], dtype=torch.float64)
+    assert group_gap(means).tolist() == [pytest.approx(0.3), 3.0]
 
 
 def test_group_accuracy():
-    chosen = torch.tensor([1.0, 0.5, 2.0, 0.0, 3.0, 1.0])
-    rejected = torch.tensor([0.0, 0.5, 1.0, 1.0, 2.0, 0.0])  # pair 1 is a tie: counts as wrong
+    chosen = torch.tensor([1.0, 0.5, 2.0, 0.0, 3.0, 1.0], dtype=torch.float64)
+    rejected = torch.tensor([0.0, 0.5, 1.0, 1.0, 2.0, 0.0], dtype=torch.float64)  # pair 1 is a tie: counts as wrong
     ids = torch.tensor([0, 0, 1, 1, 2, 2])
-    acc, counts = group_accuracy(chosen, rejected, ids, num_groups=4)
+    summary, per_group = batched_pair_metrics(chosen[None], rejected[None], ids[None], 4)
+    acc, counts = per_group["acc"][0], per_group["count"][0]
     assert acc[:3].tolist() == [0.5, 0.5, 1.0] and math.isnan(acc[3].item())
     assert counts.tolist() == [2, 2, 2, 0]
-    assert worst_group(acc, counts)[1] == 0.5
-    assert best_minus_worst_gap(acc, counts) == pytest.approx(0.5)
+    assert float(summary["fairness/worst_group_acc"][0]) == 0.5
+    assert float(summary["fairness/acc_gap"][0]) == pytest.approx(0.5)
 
 
 # ------------------------------------------------------------------------------------------ bad inputs
@@ -215,18 +214,10 @@ def test_group_means_rejects_bad_ids():
         group_means(torch.tensor([]), torch.tensor([], dtype=torch.int64))
 
 
-def test_gap_functions_reject_all_empty_or_mismatched_groups():
-    with pytest.raises(FairnessInputError, match="every group is empty"):
-        worst_group(torch.tensor([math.nan, math.nan]), torch.tensor([0, 0]))
-    with pytest.raises(FairnessInputError, match="every group is empty"):
-        best_minus_worst_gap(torch.tensor([math.nan]), torch.tensor([0]))
-    with pytest.raises(FairnessInputError, match="differ in length"):
-        best_minus_worst_gap(torch.tensor([1.0, 2.0]), torch.tensor([1]))
-
-
 def test_group_accuracy_rejects_mismatched_lengths():
     with pytest.raises(FairnessInputError, match="differ in length"):
-        group_accuracy(torch.ones(3), torch.zeros(2), torch.zeros(3, dtype=torch.int64))
+        pairwise_eval_metrics(torch.ones(3), torch.zeros(2), tau=-1.0, temperature=1.0,
+                              group_ids=torch.zeros(3, dtype=torch.int64))
 
 
 def test_metric_safe_name_keeps_safe_characters_only():

@@ -6,12 +6,12 @@ report); `pairwise_eval_metrics` (training's eval logs) is its one-row form plus
 Conventions:
 - Inputs are tensors (or anything `torch.as_tensor` takes) of any float or integer dtype and any shape
   (flattened); they are computed in float64 on their own device.
-- Scalar measures return python floats; `group_means` / `group_accuracy` return tensors (float64 means,
-  int64 counts) on the input's device.
+- Scalar measures return python floats; `group_means` returns tensors (float64 means, int64 counts) on the
+  input's device.
 - NaN/Inf, empty input, and negative values where a measure needs non-negative (or positive) values raise
   `FairnessInputError` with a message saying which.
-- Empty groups get mean NaN and count 0 (documented result, not an error); `worst_group` and
-  `best_minus_worst_gap` ignore them.
+- Empty groups get mean NaN and count 0 (documented result, not an error); `group_gap` and the worst group
+  of `batched_pair_metrics` ignore them.
 
 This module imports torch only, never openrlhf.
 """
@@ -35,16 +35,13 @@ __all__ = [
     "LABEL_REWARD_PREFIX",
     "METRIC_NAMESPACE",
     "batched_pair_metrics",
-    "best_minus_worst_gap",
     "gini_coefficient",
-    "group_accuracy",
     "group_means",
     "group_gap",
     "jain_index",
     "metric_safe_name",
     "pairwise_eval_metrics",
     "row_group_means",
-    "worst_group",
 ]
 
 
@@ -150,41 +147,6 @@ def group_means(values, group_ids, num_groups: int | None = None) -> tuple[torch
     g, num_groups = _group_ids(group_ids, v.numel(), v.device, num_groups)
     means, counts = row_group_means(v.unsqueeze(0), g.unsqueeze(0), num_groups)
     return means[0], counts[0]
-
-
-def _non_empty(means: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    means = torch.as_tensor(means).reshape(-1)
-    counts = torch.as_tensor(counts, device=means.device).reshape(-1)
-    if means.numel() != counts.numel():
-        raise FairnessInputError(f"means ({means.numel()}) and counts ({counts.numel()}) differ in length")
-    keep = counts > 0
-    if not bool(keep.any()):
-        raise FairnessInputError("every group is empty")
-    return keep
-
-
-def worst_group(means, counts) -> tuple[int, float]:
-    """(group id, mean) of the non-empty group with the lowest mean (e.g. accuracy or mean reward)."""
-    keep = _non_empty(means, counts)
-    masked = torch.where(keep, torch.as_tensor(means).reshape(-1).to(torch.float64), math.inf)
-    idx = int(torch.argmin(masked))
-    return idx, float(masked[idx])
-
-
-def best_minus_worst_gap(means, counts) -> float:
-    """Highest minus lowest mean over non-empty groups (0 with a single non-empty group)."""
-    keep = _non_empty(means, counts)
-    kept = torch.where(keep, torch.as_tensor(means).reshape(-1).to(torch.float64), math.nan)
-    return float(group_gap(kept.unsqueeze(0))[0])
-
-
-def group_accuracy(chosen, rejected, group_ids, num_groups: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-group preference accuracy: share of pairs with chosen reward > rejected reward (ties count as wrong,
-    as in OpenRLHF's RM trainer). Returns (accuracies float64, counts int64) like `group_means`."""
-    c, r = _values(chosen, "chosen rewards"), _values(rejected, "rejected rewards")
-    if c.numel() != r.numel():
-        raise FairnessInputError(f"chosen ({c.numel()}) and rejected ({r.numel()}) rewards differ in length")
-    return group_means((c > r).to(torch.float64), group_ids, num_groups)
 
 
 def metric_safe_name(label) -> str:
