@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fair_reference import direct_fairness, fairness, fairness_of_margins
-from openrlhf_fair.core.fairness import allocation_from_margins, fairness_sign, log_fairness, log_fairness_of_margins
+from openrlhf_fair.core.fairness import fairness_sign, log_fairness, log_fairness_of_margins
 from openrlhf_fair.errors import FairnessInputError
 from openrlhf_fair.core.measures import jain_index
 
@@ -201,7 +201,6 @@ def test_gradcheck_float64(tau):
     m = (torch.randn(7, dtype=torch.float64, generator=torch.Generator().manual_seed(9)) * 3).requires_grad_()
     assert torch.autograd.gradcheck(lambda v: log_fairness_of_margins(v, tau, temperature=0.7), (m,))
     assert torch.autograd.gradcheck(lambda v: fairness_of_margins(v, tau, temperature=2.0), (m,))
-    assert torch.autograd.gradcheck(lambda v: allocation_from_margins(v, temperature=0.5), (m,))
 
 
 def test_jain_gradient_pushes_up_items_below_sum_sq_over_sum():
@@ -279,7 +278,7 @@ def test_very_negative_margins_do_not_underflow():
     assert got.item() == pytest.approx(mp_log_fairness_of_margins(margins.tolist(), -1.0), rel=1e-6)
     # the allocation itself underflows in float32, and log_fairness says so instead of returning NaN
     with pytest.raises(FairnessInputError, match="strictly positive"):
-        log_fairness(allocation_from_margins(margins), -1.0)
+        log_fairness(torch.sigmoid(margins), -1.0)
 
 
 def test_value_beyond_float32_has_a_finite_log_and_is_finite_in_float64():
@@ -318,7 +317,6 @@ def test_low_precision_input_is_upcast(low):
         got = fairness(x, tau)
         assert got.dtype == torch.float32
         assert got.item() == pytest.approx(fairness(x.double(), tau).item(), rel=1e-6)
-    assert allocation_from_margins(margins).dtype == torch.float32
 
 
 def test_output_dtypes():
@@ -326,7 +324,6 @@ def test_output_dtypes():
     assert log_fairness(x).dtype == torch.float32
     assert fairness(x.double()).dtype == torch.float64
     assert fairness([1, 2, 3]).dtype == torch.float32  # integers and lists are accepted as allocations
-    assert allocation_from_margins(x.double()).dtype == torch.float64
     assert log_fairness(x).shape == ()
 
 
@@ -374,7 +371,7 @@ def test_nan_margin_is_rejected():
 
 def test_inf_margin_is_rejected():
     with pytest.raises(FairnessInputError, match="NaN/Inf"):
-        allocation_from_margins(torch.tensor([-float("inf"), 1.0]))
+        log_fairness_of_margins(torch.tensor([-float("inf"), 1.0]))
 
 
 def test_empty_is_rejected():
@@ -412,8 +409,6 @@ def test_non_finite_tau_is_rejected(tau):
 def test_bad_temperature_is_rejected(temperature):
     with pytest.raises(FairnessInputError, match="temperature"):
         log_fairness_of_margins(torch.tensor([0.2, 0.4]), temperature=temperature)
-    with pytest.raises(FairnessInputError, match="temperature"):
-        allocation_from_margins(torch.tensor([0.2, 0.4]), temperature=temperature)
 
 
 def test_direct_formula_has_no_tau_zero():

@@ -155,15 +155,6 @@ def _f_of_margins_float64(margins, tau, temperature, normalize=True):
     return float(f / x.numel()) if normalize else float(f)
 
 
-def test_allocation_from_margins_divides_by_the_temperature_default_one():
-    """x = sigmoid(m / T), T = 1 unless given (catches T = 2 as default and m * T)."""
-    from openrlhf_fair.core.fairness import allocation_from_margins
-
-    m = torch.tensor([2.0, -1.0, 0.5], dtype=torch.float64)
-    assert torch.equal(allocation_from_margins(m), torch.sigmoid(m))
-    assert torch.allclose(allocation_from_margins(m, temperature=0.25), torch.sigmoid(m / 0.25), rtol=1e-15, atol=0)
-
-
 def test_fairness_of_margins_uses_its_temperature_and_normalisation():
     """Catches a call that passes `normalize` where the temperature goes (T = True = 1, normalised always)."""
     from fair_reference import fairness_of_margins  # sign(1 - tau) * exp(log_fairness_of_margins(...))
@@ -185,10 +176,9 @@ def test_exp_or_inf_is_inf_where_math_exp_overflows():
 
 
 def test_bad_margins_or_allocations_are_refused_naming_which():
-    from openrlhf_fair.core.fairness import allocation_from_margins, log_fairness, log_fairness_of_margins
+    from openrlhf_fair.core.fairness import log_fairness, log_fairness_of_margins
 
-    for call, name in ((allocation_from_margins, "margins"), (log_fairness_of_margins, "margins"),
-                       (log_fairness, "allocation x")):
+    for call, name in ((log_fairness_of_margins, "margins"), (log_fairness, "allocation x")):
         with pytest.raises(FairnessInputError, match=rf"^{name} contains 1 NaN/Inf"):
             call(torch.tensor([1.0, math.nan]))
 

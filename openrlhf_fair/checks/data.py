@@ -196,7 +196,7 @@ def checked_rows(
 def check_group_names(labels: Iterable[str], *, column: str, where: str) -> None:
     """Refuse two group labels that would share one metric name (``help ful`` and ``help/ful``): one group's
     metrics would overwrite the other's. ``where`` names the file(s) the labels come from."""
-    from openrlhf_fair.core.measures import FairnessInputError, metric_safe_names
+    from openrlhf_fair.core.measures import metric_safe_names
 
     try:
         metric_safe_names(labels)

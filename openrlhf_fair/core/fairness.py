@@ -34,9 +34,7 @@ from openrlhf_fair.errors import FairnessInputError
 from openrlhf_fair.settings import check_temperature, check_tau
 
 __all__ = [
-    "FairnessInputError",
     "SHANNON_LIMIT_TAU",
-    "allocation_from_margins",
     "exp_or_inf",
     "fairness_sign",
     "log_fairness",
@@ -92,17 +90,6 @@ def fairness_sign(tau: float) -> float:
     return 1.0 if _check_tau(tau) < 1.0 else -1.0
 
 
-def allocation_from_margins(margins, temperature: float = 1.0) -> torch.Tensor:
-    """The paper's resource per pair, x = sigmoid(margin / T) = P(chosen > rejected); flattened.
-
-    Computed in float32 (float64 stays float64). Note sigmoid underflows to 0 in float32 for margin/T below
-    about -88; `log_fairness_of_margins` avoids that by working with logsigmoid.
-    """
-    m = _as_float_tensor(margins, "margins")
-    temperature = _check_temperature(temperature)
-    return torch.sigmoid(m.to(_output_dtype(m)) / temperature)
-
-
 def log_fairness_of_log_p(log_p: torch.Tensor, tau: float) -> torch.Tensor:
     """log|f_tau| of a distribution given as log p (float64 tensor, unnormalised by n): the one log-fairness core.
 
@@ -139,7 +126,7 @@ def log_fairness(x, tau: float = -1.0, normalize: bool = True) -> torch.Tensor:
         bad = int((x <= 0).sum())
         raise FairnessInputError(
             f"allocation x must be strictly positive, {bad} of {x.numel()} value(s) are <= 0 "
-            "(use allocation_from_margins / log_fairness_of_margins for raw margins)"
+            "(use log_fairness_of_margins for raw margins)"
         )
     out_dtype = _output_dtype(x)
     return _log_fairness_from_log_x(x.to(torch.float64).log(), tau, normalize).to(out_dtype)
