@@ -17,8 +17,15 @@ gloo on loopback, on both sides.
 What it does not do, and says so (`CpuRolloutUnsupported`): tensor/pipeline parallel engines, CUDA IPC
 weight sync (never asked for: the CPU backend turns ``--vllm.sync_backend nccl`` into gloo, see
 `ray_support`), Ray collective sync (``--vllm.sync_with_ray``), multimodal prompts, stop strings, ``n > 1``.
-Packed samples are refused earlier, by the CPU backend's argument checks. Every request runs alone (no
-batching, no prefix cache, no paged KV cache): it is for tiny models in tests, demos and debugging.
+Packed samples are refused earlier, by the CPU backend's argument checks.
+
+Batching: requests waiting together are decoded together, one left-padded HF ``generate`` call per batch of
+at most ``max_num_seqs`` requests (vLLM's engine argument; default `DEFAULT_MAX_BATCH`, 1 gives one request at a
+time). A batch holds requests with the same sampling parameters (`batch_key`); each keeps its own max tokens (a
+per-row stopping criterion). A request with ``SamplingParams.seed`` runs alone after ``torch.manual_seed(seed)``;
+otherwise the engine seeds torch once at start (``seed`` engine argument) and batches draw from that generator in
+arrival order, so the same requests arriving the same way give the same tokens. There is no continuous batching,
+prefix cache or paged KV cache: it is for small models in tests, demos and debugging.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import json
 import os
 import time
 from datetime import timedelta
+from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 # Env var naming a JSON-lines file where each engine appends one record per completed weight sync
@@ -36,6 +44,10 @@ ROLLOUT_LOG_ENV = "OPENRLHF_FAIR_ROLLOUT_LOG"
 STORE_TIMEOUT_S = float(os.environ.get("OPENRLHF_FAIR_WEIGHT_SYNC_TIMEOUT", "180"))
 
 UNSUPPORTED = "the openrlhf-fair CPU rollout engine (vLLM stand-in) does not support"
+# Requests decoded together at most, unless the engine arguments set max_num_seqs (vLLM's name for it).
+DEFAULT_MAX_BATCH = 64
+# How long a new batch waits for more requests to arrive (OpenRLHF sends each prompt as its own Ray call).
+BATCH_WAIT_S = 0.01
 
 
 class CpuRolloutUnsupported(NotImplementedError):
@@ -218,7 +230,7 @@ def _check_worker_extension(name: Optional[str]) -> None:
 
 
 class CpuRolloutEngine:
-    """``vllm.AsyncLLMEngine`` stand-in: one HF causal LM on CPU, one request at a time."""
+    """``vllm.AsyncLLMEngine`` stand-in: one HF causal LM on CPU, waiting requests decoded in batches."""
 
     def __init__(self, kwargs: Dict[str, Any]):
         import torch
@@ -233,6 +245,7 @@ class CpuRolloutEngine:
         self.logprobs_mode = kwargs.get("logprobs_mode") or "raw_logprobs"
         trust = bool(kwargs.get("trust_remote_code", False))
         self.seed = int(kwargs.get("seed") or 0)
+        self.max_batch_size = int(kwargs.get("max_num_seqs") or DEFAULT_MAX_BATCH)
         torch.manual_seed(self.seed)
 
         started = time.time()
@@ -256,9 +269,11 @@ class CpuRolloutEngine:
         self._model_lock = asyncio.Lock()  # generation and weight updates never overlap
         self._resumed = asyncio.Event()
         self._resumed.set()
+        self._pending: List[_Request] = []  # submitted, not yet decoding, in arrival order
+        self._decoder: Optional[asyncio.Future] = None  # the task decoding batches while requests wait
         print(f"openrlhf-fair CPU rollout engine: {self.model_path} loaded in {time.time() - started:.1f}s "
               f"({sum(p.numel() for p in self.parameters.values()) / 1e6:.2f}M parameters, {self.dtype}, "
-              f"HF generate on CPU)", flush=True)
+              f"HF generate on CPU, batches of up to {self.max_batch_size})", flush=True)
 
     # ---- lifecycle -------------------------------------------------------------------------------
     async def is_sleeping(self) -> bool:
@@ -274,7 +289,7 @@ class CpuRolloutEngine:
         return True  # no prefix cache
 
     async def pause_generation(self, mode: str = "keep", **_: Any) -> None:
-        """Stop starting new requests; the request in flight finishes before weights are touched."""
+        """Stop starting new batches; the batch in flight finishes before weights are touched."""
         self._resumed.clear()
 
     async def resume_generation(self) -> None:
@@ -314,39 +329,75 @@ class CpuRolloutEngine:
             raise unsupported("text prompts in generate()", "pass TokensPrompt(prompt_token_ids=...)")
         if self._sleeping:
             raise RuntimeError("openrlhf-fair CPU rollout engine: generate() called while sleeping")
+        request = self._request(token_ids, sampling_params)
+        self._pending.append(request)
         self.output_processor.unfinished += 1
         try:
-            await self._resumed.wait()
-            async with self._model_lock:
-                completion = await asyncio.to_thread(self._generate_one, token_ids, sampling_params)
+            if self._decoder is None or self._decoder.done():
+                self._decoder = asyncio.ensure_future(self._decode_pending())
+            completion = await request.completion
         finally:
             self.output_processor.unfinished -= 1
         yield RequestOutput(request_id=request_id, prompt=None, prompt_token_ids=token_ids,
                             outputs=[completion], finished=True)
 
-    def _generate_one(self, prompt_token_ids: List[int], params):
-        import torch
-        from transformers import GenerationConfig
-        from vllm.outputs import CompletionOutput, Logprob
-
+    def _request(self, prompt_token_ids: List[int], params) -> "_Request":
         if getattr(params, "n", 1) != 1:
             raise unsupported("SamplingParams.n > 1", "OpenRLHF sends one request per sample")
         if getattr(params, "stop", None):
             raise unsupported("stop strings (SamplingParams.stop)", "use stop_token_ids")
-        stop_ids = list(self.eos_token_ids) + [t for t in (params.stop_token_ids or []) if t not in self.eos_token_ids]
-        if params.seed is not None:
-            torch.manual_seed(params.seed)
         max_new = params.max_tokens
         if max_new is None:
             limit = self.max_model_len or self.tokenizer.model_max_length
             max_new = max(1, int(limit) - len(prompt_token_ids))
-        min_new = min(int(params.min_tokens or 0), max_new)
-        if params.ignore_eos:
-            min_new = max_new
+        return _Request(prompt_token_ids, params, int(max_new), batch_key(params),
+                        asyncio.get_running_loop().create_future())
+
+    async def _decode_pending(self) -> None:
+        """Decode the waiting requests, one batch after another, until none is left."""
+        while self._pending:
+            await asyncio.sleep(BATCH_WAIT_S)  # requests sent together (one prompt's samples, ...) join the batch
+            await self._resumed.wait()
+            batch = self._next_batch()
+            if not batch:
+                continue
+            async with self._model_lock:
+                try:
+                    completions = await asyncio.to_thread(self._generate_batch, batch)
+                except Exception as error:  # handed to every request of the batch, raised in its generate()
+                    completions = [error] * len(batch)
+            for request, completion in zip(batch, completions):
+                if request.completion.done():  # the caller went away
+                    continue
+                if isinstance(completion, Exception):
+                    request.completion.set_exception(completion)
+                else:
+                    request.completion.set_result(completion)
+
+    def _next_batch(self) -> List["_Request"]:
+        """The oldest waiting request and the next ones with the same sampling parameters, in arrival order."""
+        waiting = [request for request in self._pending if not request.completion.done()]
+        key = waiting[0].key if waiting else None
+        batch = [request for request in waiting if request.key == key][: self.max_batch_size]
+        self._pending = [request for request in waiting if not any(request is taken for taken in batch)]
+        return batch
+
+    def _generate_batch(self, batch: List["_Request"]) -> list:
+        """One left-padded HF ``generate`` call for requests sharing `batch_key`; one CompletionOutput each."""
+        import torch
+        from transformers import GenerationConfig
+
+        params = batch[0].params
+        stop_ids = list(self.eos_token_ids) + [t for t in (params.stop_token_ids or []) if t not in self.eos_token_ids]
+        if params.seed is not None:  # a seeded request runs alone (batch_key), as if it had its own generator
+            torch.manual_seed(params.seed)
+        longest = max(request.max_new for request in batch)
+        # rows are cut at their own max_new, so the batch's min_new_tokens gives each row min(min_tokens, max_new)
+        min_new = longest if params.ignore_eos else min(int(params.min_tokens or 0), longest)
         do_sample = params.temperature is not None and params.temperature > 0
         want_logprobs = params.logprobs is not None
         config = GenerationConfig(
-            max_new_tokens=max_new,
+            max_new_tokens=longest,
             min_new_tokens=min_new,
             do_sample=do_sample,
             temperature=params.temperature if do_sample else None,
@@ -359,24 +410,76 @@ class CpuRolloutEngine:
             output_scores=want_logprobs and self.logprobs_mode == "processed_logprobs",
             output_logits=want_logprobs and self.logprobs_mode == "raw_logprobs",
         )
-        input_ids = torch.tensor([prompt_token_ids], dtype=torch.long)
+        width = max(len(request.prompt_token_ids) for request in batch)
+        input_ids = torch.full((len(batch), width), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, request in enumerate(batch):  # left padding: every prompt ends at column `width`
+            input_ids[row, width - len(request.prompt_token_ids):] = torch.tensor(request.prompt_token_ids)
+            attention_mask[row, width - len(request.prompt_token_ids):] = 1
+        limits = [request.max_new for request in batch]
+        stopping = [RowTokenLimits(width, limits)] if len(set(limits)) > 1 else None
         with torch.no_grad():
-            out = self.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                                      generation_config=config)
-        new_tokens = out.sequences[0, len(prompt_token_ids):].tolist()
-        stopped = bool(new_tokens) and new_tokens[-1] in stop_ids and not params.ignore_eos
-        finish_reason = "stop" if stopped else "length"
-
-        logprobs = None
-        cumulative = None
+            out = self.model.generate(input_ids=input_ids, attention_mask=attention_mask,
+                                      generation_config=config, stopping_criteria=stopping)
+        log_probs = None
         if want_logprobs:
             steps = out.scores if self.logprobs_mode == "processed_logprobs" else out.logits
+            log_probs = [torch.log_softmax(step.float(), dim=-1) for step in steps]
+        return [self._completion(out.sequences[row, width:].tolist()[: request.max_new], row, request.params,
+                                 stop_ids, log_probs)
+                for row, request in enumerate(batch)]
+
+    def _completion(self, new_tokens: List[int], row: int, params, stop_ids: List[int], log_probs):
+        from vllm.outputs import CompletionOutput, Logprob
+
+        if not params.ignore_eos:  # a row that stopped is padded after its stop token: cut there
+            end = next((i + 1 for i, token in enumerate(new_tokens) if token in stop_ids), len(new_tokens))
+            new_tokens = new_tokens[:end]
+        stopped = bool(new_tokens) and new_tokens[-1] in stop_ids and not params.ignore_eos
+        logprobs = cumulative = None
+        if log_probs is not None:
             logprobs, cumulative = [], 0.0
-            for token, step in zip(new_tokens, steps):
-                value = float(torch.log_softmax(step[0].float(), dim=-1)[token].item())
+            for token, step in zip(new_tokens, log_probs):
+                value = float(step[row, token].item())
                 logprobs.append({token: Logprob(logprob=value, rank=None)})
                 cumulative += value
         text = self.tokenizer.decode(new_tokens, skip_special_tokens=params.skip_special_tokens)
         return CompletionOutput(index=0, text=text, token_ids=new_tokens, cumulative_logprob=cumulative,
-                                logprobs=logprobs, finish_reason=finish_reason,
+                                logprobs=logprobs, finish_reason="stop" if stopped else "length",
                                 stop_reason=new_tokens[-1] if stopped else None)
+
+
+@dataclass
+class _Request:
+    prompt_token_ids: List[int]
+    params: Any
+    max_new: int
+    key: tuple
+    completion: "asyncio.Future"
+
+
+def batch_key(params) -> tuple:
+    """Requests with equal keys share one ``generate`` call: all sampling parameters but max_tokens agree.
+
+    A request with its own seed gets a key of its own (it runs alone, after ``torch.manual_seed(seed)``).
+    """
+    if params.seed is not None:
+        return ("seeded", id(params))
+    do_sample = params.temperature is not None and params.temperature > 0
+    sampling = (params.temperature, params.top_p, params.top_k) if do_sample else None
+    return (sampling, int(params.min_tokens or 0), bool(params.ignore_eos), params.repetition_penalty,
+            tuple(params.stop_token_ids or ()), params.logprobs is not None)
+
+
+class RowTokenLimits:
+    """HF stopping criterion: row i of a batch is done once it has ``limits[i]`` new tokens (per-request
+    max_tokens in one ``generate`` call; HF pads a finished row until every row is done)."""
+
+    def __init__(self, prompt_width: int, limits: List[int]):
+        import torch
+
+        self.prompt_width = prompt_width
+        self.limits = torch.tensor(limits)
+
+    def __call__(self, input_ids, scores, **_: Any):
+        return (input_ids.shape[1] - self.prompt_width) >= self.limits
