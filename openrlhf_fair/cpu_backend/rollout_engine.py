@@ -356,7 +356,8 @@ class CpuRolloutEngine:
     async def _decode_pending(self) -> None:
         """Decode the waiting requests, one batch after another, until none is left."""
         while self._pending:
-            await asyncio.sleep(BATCH_WAIT_S)  # requests sent together (one prompt's samples, ...) join the batch
+            if len(self._pending) < self.max_batch_size:  # requests sent together (one prompt's samples, ...) join
+                await asyncio.sleep(BATCH_WAIT_S)
             await self._resumed.wait()
             batch = self._next_batch()
             if not batch:
