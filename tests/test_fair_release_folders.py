@@ -52,3 +52,11 @@ def test_every_supported_release():
 
     assert set(OPENRLHF_RELEASES) == set(expected)
     assert {v: hook_diff_folder(v) for v in expected} == {v: f"openrlhf-{f}" for v, f in expected.items()}
+
+
+def test_release_tuple():
+    from openrlhf_fair.host.patch_folders import release_tuple
+
+    assert release_tuple("0.11") == (0, 11, 0)  # a missing patch number is 0
+    assert release_tuple("0.10.1.post2") == (0, 10, 1) and release_tuple("1.2.3rc1") == (1, 2, 3)
+    assert release_tuple("main") is None and release_tuple("v0.9.3") is None

@@ -239,3 +239,16 @@ def test_runs_are_grouped_by_label_in_order_of_first_appearance_and_checked_agai
         analyse(_pairs(2), [_run("x", [1.0, 1.0, 1.0])], resamples=5)
     with pytest.raises(ReportError, match="no model"):
         analyse(_pairs(2), [], resamples=5)
+
+
+def test_scale_warning_at_exactly_a_fifth_and_below():
+    """Reward std (all chosen and rejected rewards): bt +-1 -> 1; 'fifth' +-0.2 -> 0.2, exactly a fifth: not
+    below, no warning; 'below' +-0.125 -> 0.125 < 0.2: warned."""
+    from openrlhf_fair.report.analysis import scale_warnings
+
+    runs = [_run("bt", [1.0, 1.0], [-1.0, -1.0]), _run("fifth", [0.2, 0.2], [-0.2, -0.2]),
+            _run("below", [0.125, 0.125], [-0.125, -0.125])]
+    results = analyse(_pairs(2), runs, resamples=20, seed=0)
+    assert [r.value("fairness/reward_std") for r in results] == [1.0, 0.2, 0.125]
+    warnings = scale_warnings(results, "bt")
+    assert len(warnings) == 1 and warnings[0].startswith("below: reward std 0.125 is below a fifth of bt's (1)")
