@@ -252,3 +252,19 @@ def test_scale_warning_at_exactly_a_fifth_and_below():
     assert [r.value("fairness/reward_std") for r in results] == [1.0, 0.2, 0.125]
     warnings = scale_warnings(results, "bt")
     assert len(warnings) == 1 and warnings[0].startswith("below: reward std 0.125 is below a fifth of bt's (1)")
+
+
+def test_defaults_are_1000_resamples_from_seed_0():
+    """The report's numbers are reproducible: without resamples/seed, analyse draws the plan of 1,000 resamples
+    from seed 0 (the CLI passes --resamples, not a seed)."""
+    values = [float(v * v) for v in range(12)]
+    runs = [_run("A", values), _run("B", values[::-1])]
+
+    def intervals(**kw):
+        a, b = analyse(_pairs(12), runs, **kw)
+        key = "fairness/mean_chosen_reward"
+        return _interval(a.metrics[key]), _interval(b.vs_baseline[key])
+
+    assert intervals() == intervals(resamples=1000, seed=0)
+    assert intervals(resamples=1001, seed=0) != intervals(resamples=1000, seed=0)
+    assert intervals(resamples=1000, seed=1) != intervals(resamples=1000, seed=0)
