@@ -245,9 +245,15 @@ class PPOFairnessConfig:
     weight_clip: tuple[float, float] = setting(
         DEFAULT_WEIGHT_CLIP, "Clip the weights to [LOW, HIGH] before renormalising to mean 1 (0 5: never flip an "
                              "advantage's sign; at most 5x for one agent).", metavar=("LOW", "HIGH"))
+    history: float = setting(
+        0.0, "Weights from each agent's allocation averaged over rollout batches (exponential moving average: "
+             "m = DECAY * m + (1 - DECAY) * x, per label with --fair_unit label:KEY, per prompt text with prompt), "
+             "so a group under-rewarded batch after batch keeps its weight through one lucky batch; the adaptive "
+             "group reweighting of APPA. 0 (off): each batch alone. 0.9 remembers about 10 batches.",
+        metavar="DECAY")
 
     def __post_init__(self) -> None:
-        for name in ("coef", "reg", "tau", "temperature"):
+        for name in ("coef", "reg", "tau", "temperature", "history"):
             object.__setattr__(self, name, _finite(f"--fair_{name}", getattr(self, name)))
         if self.coef < 0 or self.reg < 0:
             raise FairnessConfigError(
@@ -266,6 +272,12 @@ class PPOFairnessConfig:
                 f"--fair_unit must be sample, prompt or label:KEY (KEY: a column of the prompt dataset), got {unit!r}"
             )
         object.__setattr__(self, "unit", unit)
+        if not 0.0 <= self.history < 1.0:
+            raise FairnessConfigError(f"--fair_history must be in [0, 1) (0: off; 0.9 remembers about 10 batches), "
+                                      f"got {self.history}")
+        if self.history and unit == "sample":
+            raise FairnessConfigError("--fair_history needs agents that come back in later batches: pass --fair_unit "
+                                      "label:KEY or --fair_unit prompt (each sample is a new agent)")
         clip = tuple(float(v) for v in self.weight_clip)
         if len(clip) != 2 or not all(math.isfinite(v) for v in clip) or not (0.0 <= clip[0] <= 1.0 <= clip[1] and clip[0] < clip[1]):
             raise FairnessConfigError(
@@ -287,6 +299,8 @@ class PPOFairnessConfig:
     def describe(self) -> str:
         parts = [f"fair_coef={self.coef:g}", f"fair_reg={self.reg:g}", f"tau={self.tau:g}", f"T={self.temperature:g}",
                  f"unit={self.unit}", f"clip=[{self.weight_clip[0]:g}, {self.weight_clip[1]:g}]"]
+        if self.history:
+            parts.append(f"history={self.history:g}")
         return ("PPO fairness shaping: " if self.enabled else "PPO fairness (measure only): ") + ", ".join(parts)
 
     def to_payload(self) -> dict:

@@ -153,3 +153,31 @@ def test_gae_with_critic_and_two_actor_ranks(run_cli, tiny_llama, ppo_data, tmp_
         assert step["fairness/weight_min"] < 0.95 and step["fairness/weight_max"] > 1.05  # advantages reweighted
         assert step["fairness/num_agents"] == 8.0  # unit sample: every sample is an agent
         assert "critic_loss" in step  # the critic trained on the (unchanged) returns
+
+
+@pytest.mark.timeout(240)
+def test_history_remembers_label_allocations_across_batches(run_cli, tiny_llama, ppo_data, tmp_path, reward_log):
+    """--fair_history 0.5 over label:category: the logged fairness/history_* numbers are those of the moving
+    average of each label's mean sigmoid(reward) over the rollout batches so far, recomputed from the rewards the
+    reward function gave; fairness/F stays the batch's own."""
+    import math
+
+    decay = 0.5
+    result = run_cli(
+        *ppo_command(tiny_llama, ppo_data, tmp_path, "group_norm", "--actor.num_gpus_per_node", "1",
+                     "--fair_reg", "0.5", "--fair_unit", "label:category", "--fair_history", str(decay)),
+        label="train_ppo_ray group_norm --fair_reg 0.5 --fair_unit label:category --fair_history 0.5", timeout=230,
+    )
+    steps = check_fairness_logged(result)
+    memory = {}
+    for step, batch in zip(steps, logged_rewards(reward_log, len(steps))):
+        own = {}
+        for label in ("easy", "hard"):
+            values = [1 / (1 + math.exp(-row["reward"])) for row in batch if (label == "hard") == ("hard" in row["prompt"])]
+            own[label] = sum(values) / len(values)
+            memory[label] = decay * memory[label] + (1 - decay) * own[label] if label in memory else own[label]
+        jain = lambda x: sum(x) ** 2 / (len(x) * sum(v * v for v in x))  # noqa: E731
+        assert step["fairness/jain"] == pytest.approx(jain(list(own.values())), rel=1e-5)
+        assert step["fairness/history_jain"] == pytest.approx(jain(list(memory.values())), rel=1e-5)
+        assert step["fairness/history_utility"] == pytest.approx(sum(memory.values()) / 2, rel=1e-5)
+        assert step["fairness/history_agents"] == 2.0

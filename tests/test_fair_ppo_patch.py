@@ -451,3 +451,110 @@ def test_native_experience_hook_is_used_when_the_host_has_it(host, hm, monkeypat
         assert torch.equal(s.info["fairness/weight"], e.info["fairness/weight"])
     undo()
     assert hooks._experience_hooks == []
+
+
+# ---------------------------------------------------------------------------------------------- --fair_history
+def prompt_allocation(batch, n=N_SAMPLES):
+    """{prompt text: mean sigmoid(reward)} of one shaped batch, from its logged raw rewards."""
+    sums, counts = {}, {}
+    for exp in batch:
+        for prompt, reward in zip(exp.prompts, exp.info["fairness/raw_reward"].double()):
+            sums[prompt] = sums.get(prompt, 0.0) + float(torch.sigmoid(reward))
+            counts[prompt] = counts.get(prompt, 0) + 1
+    return {prompt: sums[prompt] / counts[prompt] for prompt in sums}
+
+
+def test_history_weights_follow_the_moving_average_and_are_logged(host, hm):
+    from fair_reference import fairness
+
+    from openrlhf_fair.core.shaping import fairness_weights
+
+    decay = 0.8
+    config = PPOFairnessConfig(reg=0.5, unit="prompt", history=decay)
+    hm.apply_in_process(config)
+    maker = make_maker(host, "group_norm")
+    memory = {}
+    for seed in range(3):
+        shaped = maker.compute_advantages_and_returns(make_batch(host, seed=seed))
+        x = prompt_allocation(shaped)
+        memory = {k: decay * memory[k] + (1 - decay) * v if k in memory else v for k, v in x.items()}
+        prompts = sorted(x, key=lambda p: int(p.split()[1]))  # agent k = prompt k (index // n)
+        m = torch.tensor([memory[p] for p in prompts], dtype=torch.float64)
+        rewards = torch.cat([e.info["fairness/raw_reward"] for e in shaped]).double()
+        ids = torch.tensor([int(p.split()[1]) for e in shaped for p in e.prompts])
+        expected = fairness_weights(rewards, ids, config, log_allocation=m.log()).sample_weights
+        alone = fairness_weights(rewards, ids, config).sample_weights
+        logged = torch.cat([e.info["fairness/weight"] for e in shaped]).double()
+        torch.testing.assert_close(logged, expected, rtol=1e-6, atol=1e-7)
+        if seed:  # from the second batch on, memory moves the weights
+            assert (logged - alone).abs().max() > 1e-3
+        info = shaped[0].info
+        own = torch.tensor([x[p] for p in prompts], dtype=torch.float64)
+        assert info["fairness/F"][0].item() == pytest.approx(float(fairness(own, -1.0)), rel=1e-6)
+        assert info["fairness/history_F"][0].item() == pytest.approx(float(fairness(m, -1.0)), rel=1e-6)
+        assert info["fairness/history_utility"][0].item() == pytest.approx(float(m.mean()), rel=1e-6)
+        assert info["fairness/history_agents"][0].item() == len(memory)
+
+
+class FakeActorGroup:
+    """OpenRLHF's actor RayActorGroup as the trainer uses it for checkpoints: save, then hand the states back."""
+
+    def __init__(self):
+        self.saved = {}
+
+    def async_run_method(self, method_name, **kwargs):
+        if method_name == "save_checkpoint":
+            self.saved = copy.deepcopy(kwargs)
+            return []
+        assert method_name == "get_checkpoint_states"
+        return [copy.deepcopy(self.saved["client_states"])]
+
+
+def fake_trainer(maker, group, ckpt_path):
+    ns = SimpleNamespace
+    return ns(experience_maker=maker, actor_model_group=group, critic_model_group=None, wandb_logger=None,
+              tensorboard_logger=None, best_eval_metric_key=None, best_eval_metric_value=None,
+              _latest_eval_metric_value=None,
+              args=ns(logger=ns(logging_steps=1), ckpt=ns(save_steps=1, path=str(ckpt_path), load_enable=True)))
+
+
+def test_history_is_saved_with_the_checkpoint_and_resumed(host, hm, monkeypatch, tmp_path):
+    """OpenRLHF's own save_logs_and_checkpoints / init_checkpoint_states (patched) carry the remembered
+    allocations through a checkpoint: a run resumed after batch 2 shapes batches 3 and 4 exactly as the
+    uninterrupted run; without the restore it would not."""
+    import openrlhf.trainer.ppo_trainer as trainer_module
+
+    from openrlhf_fair.host.patching import is_patched
+
+    config = PPOFairnessConfig(reg=0.5, unit="label:category", history=0.7)
+    hm.apply_in_process(config)
+    hm.keep_history_in_checkpoints()
+    base = trainer_module.BasePPOTrainer
+    assert is_patched(base, "save_logs_and_checkpoints", hm.CHECKPOINT_PATCH_ID)
+    assert is_patched(base, "init_checkpoint_states", hm.CHECKPOINT_PATCH_ID)
+    monkeypatch.setattr(trainer_module.ray, "get", lambda refs: refs)  # the fake group returns values, not refs
+    (tmp_path / "_actor").mkdir()
+    batches = [make_batch(host, seed=seed, with_labels=True) for seed in range(4)]
+
+    uninterrupted = make_maker(host, "group_norm")
+    expected = [uninterrupted.compute_advantages_and_returns(copy.deepcopy(b)) for b in batches]
+
+    first = make_maker(host, "group_norm")
+    for b in batches[:2]:
+        first.compute_advantages_and_returns(copy.deepcopy(b))
+    group = FakeActorGroup()
+    base.save_logs_and_checkpoints(fake_trainer(first, group, tmp_path), 2, {}, {"global_step": 2, "episode": 0})
+    saved = group.saved["client_states"]
+    assert saved["global_step"] == 2 and set(saved[hm.HISTORY_CHECKPOINT_KEY]) == set(LABELS)
+
+    resumed = make_maker(host, "group_norm")
+    states = base.init_checkpoint_states(fake_trainer(resumed, group, tmp_path))
+    assert states["global_step"] == 2 and hm.HISTORY_CHECKPOINT_KEY not in states
+    fresh = make_maker(host, "group_norm")  # the same batches without the restored memory
+    for b, want in zip(batches[2:], expected[2:]):
+        got = resumed.compute_advantages_and_returns(copy.deepcopy(b))
+        for g, w in zip(got, want):
+            assert g.advantages.equal(w.advantages)
+            assert g.info["fairness/history_F"].equal(w.info["fairness/history_F"])
+        forgot = fresh.compute_advantages_and_returns(copy.deepcopy(b))
+        assert not all(f.advantages.equal(w.advantages) for f, w in zip(forgot, want))

@@ -7,7 +7,14 @@ import torch
 
 from fair_reference import fairness, fairness_objective
 from openrlhf_fair.errors import FairnessConfigError, FairnessInputError
-from openrlhf_fair.core.shaping import PPOFairnessConfig, agent_weights, fairness_weights, label_agent_ids, prompt_agent_ids
+from openrlhf_fair.core.shaping import (
+    PPOFairnessConfig,
+    agent_weights,
+    fairness_weights,
+    label_agent_ids,
+    prompt_agent_ids,
+    remembered_allocation,
+)
 
 NO_CLIP = (0.0, 1e9)
 
@@ -223,6 +230,9 @@ def test_nan_rewards_are_rejected():
         (dict(weight_clip=(1.5, 5.0)), "LOW <= 1"),
         (dict(weight_clip=(-0.5, 5.0)), "0 <= LOW"),
         (dict(weight_clip=(0.0, 0.5)), "1 <= HIGH"),
+        (dict(history=1.0, unit="prompt"), r"\[0, 1\)"),
+        (dict(history=-0.1, unit="prompt"), r"\[0, 1\)"),
+        (dict(history=0.9), "label:KEY or --fair_unit prompt"),
     ],
 )
 def test_config_rejects_settings_that_cannot_work(kwargs, match):
@@ -231,8 +241,10 @@ def test_config_rejects_settings_that_cannot_work(kwargs, match):
 
 
 def test_config_payload_round_trip_and_modes():
-    config = PPOFairnessConfig(coef=0.5, reg=0.1, tau=-2.0, temperature=3.0, unit="label:category", weight_clip=(0.1, 4.0))
+    config = PPOFairnessConfig(coef=0.5, reg=0.1, tau=-2.0, temperature=3.0, unit="label:category", weight_clip=(0.1, 4.0),
+                               history=0.8)
     assert PPOFairnessConfig.from_payload(config.to_payload()) == config
+    assert "history=0.8" in config.describe() and "history" not in PPOFairnessConfig(reg=1.0).describe()
     assert config.label_key == "category" and config.enabled
     assert not PPOFairnessConfig(unit="prompt").enabled and PPOFairnessConfig().label_key is None
     # with FR alone tau > 1 is allowed (F negative, its gradient still points toward fairness)
@@ -293,3 +305,74 @@ def test_weighted_policy_gradient_is_the_gradient_of_psi(gamma, alpha, tau):
     assert torch.allclose(plain, K * grad_u, rtol=1e-12, atol=1e-14)
     assert torch.allclose(shaped, K * grad_psi, rtol=1e-10, atol=1e-13)
     assert not torch.allclose(shaped / shaped.norm(), plain / plain.norm(), atol=1e-3)  # a different direction
+
+
+# ---------------------------------------------------------------------------------------------- --fair_history
+def reference_moving_average(batches, decay):
+    """Plain float64 loop: m_k = decay m_k + (1 - decay) x_k for agents seen before, m_k = x_k for new ones."""
+    memory, out = {}, []
+    for keys, x in batches:
+        row = []
+        for key, value in zip(keys, x.tolist()):
+            memory[key] = decay * memory[key] + (1 - decay) * value if key in memory else value
+            row.append(memory[key])
+        out.append(torch.tensor(row, dtype=torch.float64))
+    return out
+
+
+@pytest.mark.parametrize("decay", [0.0, 0.3, 0.9, 0.999])
+def test_remembered_allocation_is_the_exponential_moving_average(decay):
+    g = torch.Generator().manual_seed(3)
+    batches = []
+    for step in range(6):  # agents come and go: "c" joins at step 2, "a" skips step 4
+        keys = ["a", "b"] + (["c"] if step >= 2 else [])
+        if step == 4:
+            keys = keys[1:]
+        batches.append((keys, torch.rand(len(keys), generator=g, dtype=torch.float64) * 0.9 + 0.05))
+    history = {}
+    for (keys, x), expected in zip(batches, reference_moving_average(batches, decay)):
+        passed, before = history, dict(history)
+        log_m, history = remembered_allocation(x.log(), keys, passed, decay)
+        assert torch.allclose(log_m.exp(), expected, rtol=1e-13, atol=0)
+        assert passed == before  # the caller's dict is left as it was
+        assert history == {**before, **dict(zip(keys, log_m.tolist()))}
+
+
+def test_history_decay_zero_gives_todays_weights_bit_for_bit():
+    g = torch.Generator().manual_seed(5)
+    rewards = torch.randn(12, generator=g, dtype=torch.float64) * 2
+    ids = torch.tensor([0, 0, 1, 1, 2, 2, 0, 1, 2, 0, 1, 2])
+    config = PPOFairnessConfig(coef=0.5, reg=0.1, unit="label:category")
+    today = fairness_weights(rewards, ids, config)
+    log_m, history = remembered_allocation(today.log_allocation, ["x", "y", "z"], {"x": -3.0, "y": -0.1}, 0.0)
+    assert log_m.equal(today.log_allocation)
+    again = fairness_weights(rewards, ids, config, log_allocation=log_m)
+    assert again.sample_weights.equal(today.sample_weights) and again.fairness == today.fairness
+    assert history == dict(zip(["x", "y", "z"], today.log_allocation.tolist()))
+
+
+def test_history_keeps_the_weight_of_an_agent_under_rewarded_batch_after_batch():
+    """Five batches where "poor" is under-rewarded, then one where it is lucky: alone, that batch weighs "poor"
+    below 1; remembered (decay 0.9), "poor" is still the under-rewarded agent and keeps a weight above 1."""
+    config = PPOFairnessConfig(reg=1.0, unit="label:category", history=0.9)
+    ids = torch.tensor([0, 0, 1, 1])
+    history = {}
+    for rewards in [[2.0, 2.0, -2.0, -2.0]] * 5 + [[0.0, 0.0, 0.5, 0.5]]:
+        rewards = torch.tensor(rewards, dtype=torch.float64)
+        alone = fairness_weights(rewards, ids, config)
+        log_m, history = remembered_allocation(alone.log_allocation, ["rich", "poor"], history, config.history)
+        remembered = fairness_weights(rewards, ids, config, log_allocation=log_m)
+    assert alone.sample_weights[2] < 1.0 < remembered.sample_weights[2]
+    # m after 5 equal batches is that batch's x itself, then one step toward the lucky batch's
+    expected = 0.9 * torch.sigmoid(torch.tensor(-2.0, dtype=torch.float64)) + 0.1 * torch.sigmoid(
+        torch.tensor(0.5, dtype=torch.float64))
+    assert math.exp(history["poor"]) == pytest.approx(float(expected), rel=1e-12)
+
+
+def test_history_rejects_mismatched_input():
+    with pytest.raises(FairnessInputError, match="2 agent keys for 3"):
+        remembered_allocation(torch.zeros(3), ["a", "b"], {}, 0.5)
+    with pytest.raises(FairnessInputError, match=r"\[0, 1\)"):
+        remembered_allocation(torch.zeros(1), ["a"], {}, 1.0)
+    with pytest.raises(FairnessInputError, match="log_allocation has 2 values for 3 agents"):
+        fairness_weights(torch.zeros(3), torch.arange(3), PPOFairnessConfig(reg=1.0), log_allocation=torch.zeros(2))

@@ -90,8 +90,8 @@ def test_flag_tables_of_the_docs():
     assert first_cells("train_ppo_ray") == [
         ("| `--fair_coef GAMMA`", "0.0"), ("| `--fair_reg ALPHA`", "0.0"), ("| `--fair_tau TAU`", "-1.0"),
         ("| `--fair_temperature T`", "1.0"), ("| `--fair_unit UNIT`", "sample"),
-        ("| `--fair_weight_clip LOW HIGH`", "0.0 5.0")]
-    row = markdown_table("train_ppo_ray").splitlines()[-1]
+        ("| `--fair_weight_clip LOW HIGH`", "0.0 5.0"), ("| `--fair_history DECAY`", "0.0")]
+    row = markdown_table("train_ppo_ray").splitlines()[-2]
     assert row == ("| `--fair_weight_clip LOW HIGH` | 0.0 5.0 | Clip the weights to [LOW, HIGH] before renormalising to "
                    "mean 1 (0 5: never flip an advantage's sign; at most 5x for one agent). |")
 

@@ -8,6 +8,9 @@ RL. What is computed, for the agents k = 1..K of one rollout batch (--fair_unit:
     weights clipped to --fair_weight_clip, divided by their mean over the batch's samples, and multiplied into
     each sample's advantages after OpenRLHF's estimator computed them (returns unchanged).
 
+With --fair_history DECAY, x_k is replaced by m_k, its exponential moving average over rollout batches
+(`remembered_allocation`); the batch's own F and U are still what the metrics report.
+
 Why these weights ascend Psi to first order, why after the estimator, and why the bounds: the derivation in
 docs/ppo.md ("The derivation"), the one place it is written.
 
@@ -36,6 +39,7 @@ __all__ = [
     "fairness_weights",
     "label_agent_ids",
     "prompt_agent_ids",
+    "remembered_allocation",
 ]
 
 _HUGE = 1e300  # stands for an infinite weight before clipping
@@ -136,10 +140,12 @@ class FairnessShaping:
         }
 
 
-def fairness_weights(rewards, agent_ids, config: PPOFairnessConfig) -> FairnessShaping:
+def fairness_weights(rewards, agent_ids, config: PPOFairnessConfig, log_allocation=None) -> FairnessShaping:
     """Per-sample advantage weights for one rollout batch (derivation: docs/ppo.md).
 
     `rewards`: (N,) final rewards; `agent_ids`: (N,) integers, samples with the same id form one agent.
+    `log_allocation`: (K,) log x_k to weigh the agents by instead of the batch's own (ordered as the sorted
+    distinct agent ids; `remembered_allocation` gives it for --fair_history).
     Raises FairnessInputError for NaN/Inf rewards. With one agent every weight is 1.
     """
     r = torch.as_tensor(rewards).detach().reshape(-1).to(device="cpu", dtype=torch.float64)
@@ -158,6 +164,10 @@ def fairness_weights(rewards, agent_ids, config: PPOFairnessConfig) -> FairnessS
         sums = torch.zeros(K, dtype=torch.float64).index_add_(0, ids, (log_sig - peak[ids]).exp())
         counts = torch.bincount(ids, minlength=K).to(torch.float64)
         log_x = peak + sums.log() - counts.log()
+    if log_allocation is not None:
+        log_x = torch.as_tensor(log_allocation, dtype=torch.float64).reshape(-1)
+        if log_x.numel() != K:
+            raise FairnessInputError(f"log_allocation has {log_x.numel()} values for {K} agents")
     w_agent, F, U = agent_weights(log_x, config)
     low, high = config.weight_clip
     w = w_agent[ids]
@@ -175,3 +185,29 @@ def fairness_weights(rewards, agent_ids, config: PPOFairnessConfig) -> FairnessS
         utility=U,
         num_clipped=num_clipped,
     )
+
+
+# ----------------------------------------------------------------------------------------------- history
+def remembered_allocation(log_x, keys: Sequence[Hashable], history: dict, decay: float) -> tuple[torch.Tensor, dict]:
+    """--fair_history DECAY: each agent's allocation as an exponential moving average over rollout batches.
+
+    For agent k of this batch (``keys[k]`` names it across batches: a label, or a prompt's text), with x_k its
+    allocation in this batch and m_k the remembered one:
+        m_k = decay * m_k + (1 - decay) * x_k      if k was seen in an earlier batch,
+        m_k = x_k                                  if not,
+    computed in log space (``history`` maps key -> log m_k). An agent absent from a batch keeps its value.
+    Returns (log m of this batch's agents, in the order of ``keys``; the updated history, a new dict). With
+    ``decay = 0`` the first is ``log_x`` itself, so the weights are the batch's own bit for bit.
+    """
+    log_x = torch.as_tensor(log_x, dtype=torch.float64).reshape(-1)
+    if len(keys) != log_x.numel():
+        raise FairnessInputError(f"{len(keys)} agent keys for {log_x.numel()} allocations")
+    if not 0.0 <= decay < 1.0:
+        raise FairnessInputError(f"the history decay must be in [0, 1), got {decay}")
+    if decay == 0.0:
+        log_m = log_x
+    else:
+        previous = torch.tensor([float(history.get(key, math.nan)) for key in keys], dtype=torch.float64)
+        mixed = torch.logaddexp(math.log(decay) + previous, math.log1p(-decay) + log_x)
+        log_m = torch.where(torch.isnan(previous), log_x, mixed)
+    return log_m, {**history, **dict(zip(keys, log_m.tolist()))}

@@ -37,6 +37,9 @@ WORKER_TARGET = "openrlhf_fair.features.experience_maker:apply_in_worker"
 MAX_LABEL_METRICS = 32  # per-label mean rewards logged for at most this many labels per batch
 CLIPPED_WARNING_FRACTION = 0.5  # warn (once) when more than this share of a batch's weights is clipped
 STATE_ATTR = "_openrlhf_fair_state"
+CHECKPOINT_PATCH_ID = "openrlhf_fair.fair_history_checkpoints"
+TRAINER_MODULE = "openrlhf.trainer.ppo_trainer"
+HISTORY_CHECKPOINT_KEY = "openrlhf_fair_history"  # in the checkpoint's client states: agent key -> log m_k
 
 logger = logging.getLogger("openrlhf_fair.ppo")
 
@@ -59,6 +62,19 @@ def _metric_name(label) -> str:
     return LABEL_REWARD_PREFIX + metric_safe_name(label)
 
 
+def _state(maker) -> dict:
+    """What the feature keeps on the experience maker between rollout batches."""
+    return maker.__dict__.setdefault(STATE_ATTR, {"batches": 0, "warned": set(), "history": {}})
+
+
+def agent_keys(agent_ids, sample_keys: list) -> list:
+    """The key of each agent (compact id k = 0..K-1): the key of its first sample (a label, or a prompt's text)."""
+    keys: dict = {}
+    for agent, key in zip(agent_ids.tolist(), sample_keys):
+        keys.setdefault(agent, key)
+    return [keys[agent] for agent in range(len(keys))]
+
+
 # --------------------------------------------------------------------------------------------- the step
 def shape_experiences(maker, experiences: List, config: PPOFairnessConfig) -> List:
     """Scale each sample's advantages by its fairness weight and log the batch's fairness; see module doc.
@@ -69,9 +85,9 @@ def shape_experiences(maker, experiences: List, config: PPOFairnessConfig) -> Li
     import torch
 
     from openrlhf_fair.errors import FairnessInputError
-    from openrlhf_fair.core.shaping import fairness_weights, label_agent_ids, prompt_agent_ids
+    from openrlhf_fair.core.shaping import fairness_weights, label_agent_ids, prompt_agent_ids, remembered_allocation
 
-    state = maker.__dict__.setdefault(STATE_ATTR, {"batches": 0, "warned": set()})
+    state = _state(maker)
     state["batches"] += 1
     batch = state["batches"]
     carried = [exp.info.pop(LABEL_INFO_KEY, None) for exp in experiences]
@@ -105,13 +121,31 @@ def shape_experiences(maker, experiences: List, config: PPOFairnessConfig) -> Li
                 "so its label is unknown (the rollout engine must return the prompt it was given)"
             )
         agent_ids, label_names = label_agent_ids(labels)
+        sample_keys = labels
     elif config.unit == "prompt":
         index = [i for exp in experiences for i in exp.index]
         agent_ids = prompt_agent_ids(index, host_arg(maker.strategy.args, "rollout.n_samples_per_prompt"))
+        sample_keys = [prompt for exp in experiences for prompt in (getattr(exp, "prompts", None) or [])]
     else:
         agent_ids = torch.arange(rewards.numel())
+        sample_keys = []  # --fair_history is refused for unit sample: every sample is a new agent
 
     shaping = fairness_weights(rewards, agent_ids, config)
+    history_metrics = {}
+    if config.history:  # weights from the remembered allocations; the batch's own F, U, ... are still logged
+        if len(sample_keys) != rewards.numel():
+            raise HostMismatchError(
+                f"openrlhf-fair: --fair_history with --fair_unit {config.unit} names each agent by its prompt, but "
+                f"the experiences carry {len(sample_keys)} prompts for {rewards.numel()} samples (Experience.prompts)"
+            )
+        keys = agent_keys(shaping.agent_ids, sample_keys)
+        remembered, state["history"] = remembered_allocation(shaping.log_allocation, keys, state["history"],
+                                                             config.history)
+        own = shaping.metrics()
+        shaping = fairness_weights(rewards, agent_ids, config, log_allocation=remembered)
+        history_metrics = {"history_" + key: value for key, value in shaping.metrics().items()
+                           if key in ("F", "jain", "gini", "utility")}
+        history_metrics["history_agents"] = float(len(state["history"]))
     if shaping.num_agents == 1 and "one_agent" not in state["warned"]:
         state["warned"].add("one_agent")
         _log(
@@ -130,7 +164,10 @@ def shape_experiences(maker, experiences: List, config: PPOFairnessConfig) -> Li
             "function around 0), raise --fair_temperature, or lower --fair_reg. (Shown once; see fairness/clipped_frac.)",
             warning=True,
         )
-    constants = {METRIC_NAMESPACE + key: value for key, value in shaping.metrics().items()}
+    measures = shaping.metrics()
+    if config.history:
+        measures.update({key: own[key] for key in ("F", "jain", "gini", "utility")}, **history_metrics)
+    constants = {METRIC_NAMESPACE + key: value for key, value in measures.items()}
     if label_names is not None:
         means = row_group_means(rewards.unsqueeze(0), shaping.agent_ids.unsqueeze(0), len(label_names))[0][0]
         shown = label_names[:MAX_LABEL_METRICS]
@@ -163,7 +200,9 @@ def shape_experiences(maker, experiences: List, config: PPOFairnessConfig) -> Li
 
     _log(
         f"[Fairness shaping] batch {batch}: {rewards.numel()} samples, {shaping.num_agents} agents ({config.unit}), "
-        f"F={shaping.fairness:.4f}, weights in [{constants[METRIC_NAMESPACE + 'weight_min']:.3f}, "
+        f"F={constants[METRIC_NAMESPACE + 'F']:.4f}"
+        + (f" (remembered: {constants[METRIC_NAMESPACE + 'history_F']:.4f})" if config.history else "")
+        + f", weights in [{constants[METRIC_NAMESPACE + 'weight_min']:.3f}, "
         f"{constants[METRIC_NAMESPACE + 'weight_max']:.3f}], {shaping.num_clipped} clipped"
         + ("" if config.enabled else " (measure only: advantages unchanged)")
     )
@@ -182,6 +221,67 @@ def _experience_call_site(original):
             return extension_hooks.apply_experience_hooks(self, experiences)
 
     return compute_advantages_and_returns
+
+
+# --------------------------------------------------------------------------------------------- checkpoints
+def _save_call_site(original):
+    """`BasePPOTrainer.save_logs_and_checkpoints`: the remembered allocations go into the checkpoint's client
+    states (saved by DeepSpeed with the actor) under HISTORY_CHECKPOINT_KEY."""
+
+    @functools.wraps(original)
+    def save_logs_and_checkpoints(self, global_step, logs_dict=None, client_states=None, *args, **kwargs):
+        maker = getattr(self, "experience_maker", None)
+        if maker is not None:
+            client_states = {**(client_states or {}), HISTORY_CHECKPOINT_KEY: dict(_state(maker)["history"])}
+        return original(self, global_step, logs_dict, client_states, *args, **kwargs)
+
+    return save_logs_and_checkpoints
+
+
+def _load_call_site(original):
+    """`BasePPOTrainer.init_checkpoint_states`: a resumed run starts from the checkpoint's remembered allocations."""
+
+    @functools.wraps(original)
+    def init_checkpoint_states(self, *args, **kwargs):
+        states = original(self, *args, **kwargs)
+        history = states.pop(HISTORY_CHECKPOINT_KEY, None) if isinstance(states, dict) else None
+        if history is not None:
+            _state(self.experience_maker)["history"] = dict(history)
+            _log(f"openrlhf-fair: --fair_history resumed with the remembered allocations of {len(history)} agents")
+        return states
+
+    return init_checkpoint_states
+
+
+def keep_history_in_checkpoints() -> None:
+    """Save and restore --fair_history's state with OpenRLHF's checkpoints, once this process imports the PPO
+    trainer (registered before the trainer module is imported, or after it is complete)."""
+
+    def patch(module) -> None:
+        if CHECKPOINT_PATCH_ID in _active:
+            return
+        native_hooks.require_runtime_patching("--fair_history (its state saved with the checkpoints)")
+        trainer = require_attribute(module, "BasePPOTrainer", "the PPO trainer that saves checkpoints")
+        undos = [patch_attribute(trainer, "save_logs_and_checkpoints", _save_call_site, CHECKPOINT_PATCH_ID)]
+        try:
+            undos.append(patch_attribute(trainer, "init_checkpoint_states", _load_call_site, CHECKPOINT_PATCH_ID))
+        except BaseException:
+            undo_all(undos)()
+            raise
+
+        def undo() -> None:
+            undo_all(undos)()
+            _active.pop(CHECKPOINT_PATCH_ID, None)
+
+        _active[CHECKPOINT_PATCH_ID] = (None, undo)
+
+    ray_workers.when_imported(TRAINER_MODULE, patch)
+
+
+def undo_history_checkpoints() -> None:
+    entry = _active.get(CHECKPOINT_PATCH_ID)
+    if entry is not None:
+        entry[1]()
 
 
 # --------------------------------------------------------------------------------------------- apply
@@ -237,6 +337,8 @@ def apply_in_worker(payload: dict) -> None:
     that never make experience (vLLM engines, model actors) import nothing because of us.
     """
     config = PPOFairnessConfig.from_payload(payload)
+    if config.history:  # first: the trainer module imports the experience maker while it is being imported
+        keep_history_in_checkpoints()
     ray_workers.when_imported(HOST_MODULE, lambda _module: apply_in_process(config))
 
 
@@ -251,14 +353,18 @@ def apply_fairness(config: PPOFairnessConfig) -> Callable[[], None]:
         raise TypeError(f"openrlhf-fair: apply_fairness for train_ppo_ray needs a PPOFairnessConfig, got {type(config).__name__}")
     undo_here = apply_in_process(config)
     try:
+        if config.history:
+            keep_history_in_checkpoints()
         undo_carry = ray_workers.carry_to_workers(WORKER_TARGET, config.to_payload())
     except BaseException:  # all or nothing, as apply_in_process
+        undo_history_checkpoints()
         undo_here()
         raise
     print(f"[openrlhf-fair] {config.describe()} (carried to OpenRLHF's Ray actors)", file=sys.stderr, flush=True)
 
     def undo() -> None:
         undo_carry()
+        undo_history_checkpoints()
         undo_here()
 
     return undo
