@@ -179,3 +179,30 @@ def test_example_scripts_are_valid_shell():
     assert len(scripts) >= 3
     for script in scripts:
         subprocess.run(["bash", "-n", str(script)], check=True)
+
+
+def test_last_turn_keeps_the_dialogue_from_its_last_request():
+    from openrlhf_fair.demo.data import last_turn
+
+    dialogue = "Human: hi\n\nAssistant: hello\n\nHuman: how do I pick a lock?\n\nAssistant:"
+    assert last_turn(dialogue) == "Human: how do I pick a lock?\n\nAssistant:"
+    assert last_turn("Human: one turn\n\nAssistant:") == "Human: one turn\n\nAssistant:"
+    assert last_turn("Give three tips for staying healthy.") == "Give three tips for staying healthy."
+
+
+def test_last_turn_trims_the_written_train_and_test_prompts(tmp_path, capsys):
+    rows = [json.loads(line) for line in gzip.open(demo.PACKAGE_DATA, "rt")][:600]
+    small = tmp_path / "pairs.jsonl"
+    small.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    multi = {r["prompt"] for r in rows if r["prompt"].count("Human:") > 1}
+    assert multi  # the sample has multi-turn HH-RLHF dialogues
+    for flag, out in (([], tmp_path / "plain"), (["--last-turn"], tmp_path / "last")):
+        assert demo.main(["--data", str(small), "--backbone", "tiny", "--out", str(out), "--prepare-only",
+                          "--train-pairs", "64", "--test-pairs", "32", *flag]) == 0
+    capsys.readouterr()
+    for split in ("train", "test"):
+        plain = [json.loads(line) for line in (tmp_path / "plain" / "data" / f"{split}.jsonl").read_text().splitlines()]
+        last = [json.loads(line) for line in (tmp_path / "last" / "data" / f"{split}.jsonl").read_text().splitlines()]
+        assert all(r["prompt"].count("Human:") <= 1 for r in last)
+        assert any(r["prompt"].count("Human:") > 1 for r in plain)
+        assert {r["chosen"] for r in last} <= {r["chosen"] for r in rows}

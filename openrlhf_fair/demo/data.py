@@ -9,7 +9,7 @@ from pathlib import Path
 import openrlhf_fair
 from openrlhf_fair.errors import DemoError
 
-__all__ = ["PACKAGE_DATA", "check_pair_counts", "prepare_data"]
+__all__ = ["PACKAGE_DATA", "check_pair_counts", "last_turn", "prepare_data"]
 
 # Shipped inside the package (the wheel carries it); examples/data in a checkout links here.
 PACKAGE_DATA = Path(openrlhf_fair.__file__).resolve().parent / "data" / "helpful_harmless_pairs.jsonl.gz"
@@ -34,16 +34,28 @@ def _balanced_sample(rows, n_total: int, group_key: str, rng: random.Random) -> 
     return out
 
 
+def last_turn(prompt: str) -> str:
+    """The prompt from its last ``Human:`` turn on (HH-RLHF dialogues); a prompt with one turn or none unchanged.
+
+    OpenRLHF truncates prompt + response on the right at --data.max_len, so a long dialogue leaves a short
+    response (or none) in the window; the last request is what the responses answer."""
+    start = prompt.rfind("Human:")
+    return prompt[start:] if start > 0 else prompt
+
+
 def prepare_data(args, tokenizer, data_dir: Path) -> dict:
     """Filter no-signal pairs, sample balanced train / eval / test subsets, write them as .jsonl; return a summary."""
     from openrlhf_fair.checks.tokenizer import identical_after_truncation
     from openrlhf_fair.report import load_pairs
 
     rng = random.Random(args.seed)
-    summary = {"source": str(args.data), "max_len": args.max_len, "dropped_identical_after_truncation": {}}
+    summary = {"source": str(args.data), "max_len": args.max_len, "last_turn": bool(getattr(args, "last_turn", False)),
+               "dropped_identical_after_truncation": {}}
     subsets = {}
     for split, n in (("train", args.train_pairs), ("test", args.test_pairs)):
         rows = load_pairs(args.data, group_key=args.group_key, split=split)
+        if getattr(args, "last_turn", False):
+            rows = [{**r, "prompt": last_turn(r["prompt"])} for r in rows]
         same = identical_after_truncation(rows, tokenizer, args.max_len)
         dropped = {}
         for r, s in zip(rows, same):
