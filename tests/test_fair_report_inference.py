@@ -268,3 +268,17 @@ def test_defaults_are_1000_resamples_from_seed_0():
     assert intervals() == intervals(resamples=1000, seed=0)
     assert intervals(resamples=1001, seed=0) != intervals(resamples=1000, seed=0)
     assert intervals(resamples=1000, seed=1) != intervals(resamples=1000, seed=0)
+
+
+def test_a_single_run_model_does_not_change_the_other_models_draws():
+    """A model with one run draws no run positions (it takes its run in every draw), so adding one to a report
+    leaves the pair and run draws of the others, and their intervals, as they were."""
+    from openrlhf_fair.report.intervals import draw_indices
+
+    alone, with_single = draw_indices(5, [3], 200, seed=4), draw_indices(5, [1, 3], 200, seed=4)
+    assert torch.equal(alone.pairs, with_single.pairs) and torch.equal(alone.runs[3], with_single.runs[3])
+    # defaults: 1,000 draws from seed 0
+    default = draw_indices(3, [2])
+    assert default.pairs.shape == (1000, 3) and torch.equal(default.pairs, draw_indices(3, [2], 1000, 0).pairs)
+    assert torch.equal(default.runs[2], draw_indices(3, [2], 1000, 0).runs[2])
+    assert not torch.equal(default.pairs, draw_indices(3, [2], 1000, 1).pairs)
