@@ -17,6 +17,8 @@ from openrlhf_fair.report.data import PairSet, ScoredRun
 from openrlhf_fair.errors import ReportError
 from openrlhf_fair.report.intervals import Estimate
 
+from fair_reward_models import flash_attn_served, save_tiny_reward_models
+
 # ---------------------------------------------------------------------------------------------------------------
 # Probe loading
 
@@ -286,29 +288,10 @@ def test_bias_changes_from_report_results_by_hand():
 
 @pytest.fixture(scope="module")
 def tiny_reward_models(tmp_path_factory):
-    """Two random tiny Llama reward models saved the way train_rm saves them."""
-    from openrlhf_fair.cpu_backend.stand_ins import install, uninstall
-    from openrlhf_fair.fixtures import build_tiny_llama
-
-    installed = install("flash_attn")
-    from openrlhf.models import get_llm_for_sequence_regression
-    from openrlhf.utils import get_tokenizer
-
-    root = tmp_path_factory.mktemp("audit_models")
-    base = build_tiny_llama(root / "tiny_base")
-    paths = []
-    for seed in (1, 2):
-        torch.manual_seed(seed)
-        model = get_llm_for_sequence_regression(str(base), "reward", init_value_head=True,
-                                                attn_implementation="eager", param_dtype="bf16")
-        model.score.weight.data.normal_(0.0, 1.0)
-        tokenizer = get_tokenizer(str(base), model, "left", None)
-        model.save_pretrained(root / f"rm{seed}")
-        tokenizer.save_pretrained(root / f"rm{seed}")
-        paths.append(root / f"rm{seed}")
-    yield paths
-    if installed:
-        uninstall("flash_attn")
+    """Two random tiny Llama reward models saved the way train_rm saves them (value head 'score')."""
+    with flash_attn_served():
+        base, paths = save_tiny_reward_models(tmp_path_factory.mktemp("audit_models"))
+        yield paths
 
 
 PAIRS = [("Human: Hi?\n\nAssistant:", " Hello, how can I help you today?", " Go away.", "helpful"),

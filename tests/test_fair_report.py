@@ -19,6 +19,8 @@ import torch
 from openrlhf_fair import report
 from openrlhf_fair.report.metrics import pair_metrics, pearson
 
+from fair_reward_models import flash_attn_served, save_tiny_reward_models
+
 PAIRS = [
     # (prompt, chosen, rejected, category)
     ("Human: How do I bake bread?\n\nAssistant:", " Mix flour, water, salt and yeast, knead, let it rise, then bake.",
@@ -46,31 +48,10 @@ MAX_LEN = 48
 
 @pytest.fixture(scope="module")
 def tiny_reward_models(tmp_path_factory):
-    """Two random tiny Llama reward models saved like train_rm saves them (value head 'score')."""
-    from openrlhf_fair.cpu_backend.stand_ins import install, uninstall
-    from openrlhf_fair.fixtures import build_tiny_llama
-
-    installed = install("flash_attn")
-    from openrlhf.models import get_llm_for_sequence_regression
-    from openrlhf.utils import get_tokenizer
-
-    root = tmp_path_factory.mktemp("report_models")
-    base = build_tiny_llama(root / "tiny_base")
-    paths = []
-    for seed in (1, 2):
-        torch.manual_seed(seed)
-        model = get_llm_for_sequence_regression(
-            str(base), "reward", init_value_head=True, attn_implementation="eager", param_dtype="bf16"
-        )
-        model.score.weight.data.normal_(0.0, 1.0)  # rewards of order 1, so margins differ visibly
-        tokenizer = get_tokenizer(str(base), model, "left", None)
-        path = root / f"rm{seed}"
-        model.save_pretrained(path)
-        tokenizer.save_pretrained(path)
-        paths.append(path)
-    yield base, paths
-    if installed:
-        uninstall("flash_attn")
+    """Two random tiny Llama reward models saved the way train_rm saves them (value head 'score')."""
+    with flash_attn_served():
+        base, paths = save_tiny_reward_models(tmp_path_factory.mktemp("report_models"))
+        yield (base, paths)
 
 
 @pytest.fixture(scope="module")

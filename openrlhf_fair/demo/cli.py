@@ -17,7 +17,7 @@ mean and 95% interval over test pairs and seeds, and each method's paired differ
 best-of-N selection audit. Every step's full log is kept under OUT/logs/.
 
 This module is the command line and the run; its steps live in `demo_methods` (what to train), `demo_data` (the
-pairs) and `demo_training` (the train_rm subprocesses).
+pairs) and `demo.training` (the train_rm subprocesses).
 """
 
 from __future__ import annotations
