@@ -110,7 +110,7 @@ def test_moved_host_symbol_fails_loudly_and_patches_nothing(host, dpo_patch, mon
 def test_nothing_patched_when_fairness_flags_are_off(host):
     argv = ["--model.beta", "0.1", "--train.micro_batch_size", "4"]
     assert parse_fairness_args("train_dpo", argv) == (None, argv)
-    config, rest = parse_fairness_args("train_dpo", [*argv, "--fair_coef", "0.5"])
+    config, rest = parse_fairness_args("train_dpo", [*argv, "--fairness_coef", "0.5"])
     assert config == RewardFairnessConfig(coef=0.5) and rest == argv
     assert not any(is_patched(host.DPOTrainer, name) for name in METHODS)
 

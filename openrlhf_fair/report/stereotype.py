@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+import openrlhf_fair
 from openrlhf_fair.core.measures import row_group_means
 from openrlhf_fair.errors import ReportError
 from openrlhf_fair.report.intervals import Estimate, difference, draw_indices, estimate, method_draws
@@ -33,7 +34,7 @@ from openrlhf_fair.report.metrics import metric_safe_name
 __all__ = ["BUNDLED_PROBES", "ProbeSet", "StereotypeResult", "analyse_probes", "load_probes", "markdown_section",
            "score_probes", "stereotype_metrics"]
 
-BUNDLED_PROBES = {"crows-pairs": Path(__file__).resolve().parent.parent / "data" / "crows_pairs.jsonl.gz"}
+BUNDLED_PROBES = {"crows-pairs": Path(openrlhf_fair.__file__).resolve().parent / "data" / "crows_pairs.jsonl.gz"}
 STEREO_PREF = "fairness/stereo_pref"
 NEEDED = ("sent_more", "sent_less", "bias_type")
 
