@@ -8,13 +8,13 @@ import torch
 from fair_reference import fairness, fairness_objective
 from openrlhf_fair.errors import FairnessConfigError, FairnessInputError
 from openrlhf_fair.core.shaping import (
-    PPOFairnessConfig,
     agent_weights,
     fairness_weights,
     label_agent_ids,
     prompt_agent_ids,
     remembered_allocation,
 )
+from openrlhf_fair.settings import PPOFairnessConfig
 
 NO_CLIP = (0.0, 1e9)
 

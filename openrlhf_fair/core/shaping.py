@@ -28,13 +28,10 @@ import torch
 from openrlhf_fair.core.fairness import SHANNON_LIMIT_TAU, exp_or_inf, fairness_sign, log_fairness_of_log_p
 from openrlhf_fair.errors import FairnessInputError
 from openrlhf_fair.core.measures import gini_coefficient, jain_index
-from openrlhf_fair.settings import DEFAULT_WEIGHT_CLIP, UNITS, PPOFairnessConfig
+from openrlhf_fair.settings import PPOFairnessConfig
 
 __all__ = [
-    "DEFAULT_WEIGHT_CLIP",
     "FairnessShaping",
-    "PPOFairnessConfig",
-    "UNITS",
     "agent_weights",
     "fairness_weights",
     "label_agent_ids",
